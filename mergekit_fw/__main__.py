@@ -1,0 +1,3 @@
+from mergekit_fw.cli import main
+
+main()

@@ -1,0 +1,227 @@
+"""Calibration sets: local files read with `datasets`, tokenized into loss-masked samples.
+
+Record shapes (decided per record):
+- `text`: loss on every next-token prediction;
+- `prompt` + `response`: loss on the response tokens only;
+- `messages`: chat template of the tokenizer, loss on the last (assistant) message only.
+A YAML manifest names several tasks (`tasks: {name: path | {path, weight}}`), each its own
+loss term, so later steps can weigh tasks and report which candidate helped which task.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mergekit_fw.config import FWConfigError
+
+IGNORE_INDEX = -100
+DATA_SUFFIXES = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".txt": "text",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+MANIFEST_SUFFIXES = {".yaml", ".yml"}
+
+
+class TaskEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    weight: float = Field(1.0, gt=0)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[str, TaskEntry | str]
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss is taken
+
+    @property
+    def n_targets(self) -> int:
+        # causal LM: label at position i is predicted from positions < i
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass
+class CalibrationTask:
+    name: str
+    path: str
+    weight: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(s.n_targets for s in self.samples)
+
+
+@dataclass
+class CalibrationSet:
+    tasks: list[CalibrationTask]
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(t.samples) for t in self.tasks)
+
+    def describe(self) -> str:
+        parts = [
+            f"{t.name}: {len(t.samples)} samples, {t.n_targets} target tokens" for t in self.tasks
+        ]
+        return "; ".join(parts)
+
+
+def _check_file(path: str) -> Path:
+    source = Path(path)
+    if not source.exists():
+        raise FWConfigError(
+            f"Calibration file not found: {path} (resolved from {os.getcwd()}). "
+            "Relative paths resolve from the working directory, as mergekit model paths do."
+        )
+    if source.is_dir():
+        raise FWConfigError(
+            f"Calibration path {path} is a directory; name a data file or a manifest."
+        )
+    if source.stat().st_size == 0:
+        raise FWConfigError(f"Calibration file {path} is empty; add samples to it.")
+    return source
+
+
+def _check_data_file(path: str) -> None:
+    source = _check_file(path)
+    if source.suffix.lower() not in DATA_SUFFIXES:
+        raise FWConfigError(
+            f"Calibration file {path} has an unknown extension '{source.suffix}'; use one of "
+            f"{', '.join(sorted(DATA_SUFFIXES))}, or a .yaml manifest of tasks."
+        )
+
+
+def task_files(path: str) -> list[tuple[str, TaskEntry]]:
+    """Resolve a calibration path into (task name, entry) pairs whose files exist."""
+    source = _check_file(path)
+    if source.suffix.lower() not in MANIFEST_SUFFIXES:
+        _check_data_file(path)
+        return [(source.stem, TaskEntry(path=str(source)))]
+    try:
+        manifest = Manifest.model_validate(yaml.safe_load(source.read_text()) or {})
+    except (ValidationError, yaml.YAMLError) as error:
+        raise FWConfigError(
+            f"Calibration manifest {path} is invalid: {error}. Expected "
+            "`tasks: {name: path-or-{path, weight, max_samples}}`."
+        ) from None
+    if not manifest.tasks:
+        raise FWConfigError(f"Calibration manifest {path} lists no tasks.")
+    pairs = []
+    for name, entry in manifest.tasks.items():
+        entry = TaskEntry(path=entry) if isinstance(entry, str) else entry
+        # Paths inside a manifest resolve from the manifest's folder.
+        resolved = entry.path if os.path.isabs(entry.path) else str(source.parent / entry.path)
+        _check_data_file(resolved)
+        pairs.append((name, entry.model_copy(update={"path": resolved})))
+    return pairs
+
+
+def _read_records(path: str) -> list[dict[str, Any]]:
+    """Read a local data file with `datasets` (no network, no cache files kept)."""
+    import datasets
+
+    builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    kwargs: dict[str, Any] = {}
+    if builder == "text":
+        text = Path(path).read_text(encoding="utf-8")
+        kwargs["sample_by"] = "paragraph" if "\n\n" in text.strip() else "line"
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
+    except Exception as error:
+        raise FWConfigError(f"Could not read calibration file {path}: {error}") from None
+    finally:
+        datasets.enable_progress_bars()
+    records = [dict(r) for r in ds]
+    if builder == "text":
+        records = [r for r in records if r.get("text", "").strip()]
+    return records
+
+
+def _encode(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def encode_record(record: dict[str, Any], tokenizer, max_length: int, where: str) -> Sample:
+    """Turn one record into a loss-masked sample, or explain why it cannot be one."""
+    if record.get("messages") is not None:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise FWConfigError(
+                f"{where}: `messages` must be a non-empty list of {{role, content}}."
+            )
+        if messages[-1].get("role") != "assistant":
+            raise FWConfigError(
+                f"{where}: the last message must have role 'assistant' (it is the target)."
+            )
+        if not getattr(tokenizer, "chat_template", None):
+            raise FWConfigError(
+                f"{where}: `messages` needs a chat template, and the base model's tokenizer has "
+                "none. Use `prompt`/`response` records, or add a chat_template to the tokenizer."
+            )
+        prompt_text = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=False, add_generation_prompt=True
+        )
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = _encode(tokenizer, prompt_text, special=False)
+        full = _encode(tokenizer, full_text, special=False)
+        ids = full[:max_length]
+        labels = [IGNORE_INDEX] * min(len(prompt), len(ids)) + ids[len(prompt) :]
+    elif record.get("prompt") is not None or record.get("response") is not None:
+        if record.get("prompt") is None or record.get("response") is None:
+            raise FWConfigError(f"{where}: `prompt` and `response` must both be present.")
+        prompt = _encode(tokenizer, str(record["prompt"]), special=True)
+        response = _encode(tokenizer, str(record["response"]), special=False)
+        if tokenizer.eos_token_id is not None:
+            response = response + [tokenizer.eos_token_id]
+        ids = (prompt + response)[:max_length]
+        labels = [IGNORE_INDEX] * min(len(prompt), len(ids)) + ids[len(prompt) :]
+    elif record.get("text") is not None:
+        ids = _encode(tokenizer, str(record["text"]), special=True)[:max_length]
+        labels = list(ids)
+    else:
+        raise FWConfigError(
+            f"{where}: no usable fields (found {sorted(record)}). Each record needs `text`, "
+            "`prompt` + `response`, or `messages`."
+        )
+    sample = Sample(input_ids=ids, labels=labels)
+    if sample.n_targets == 0:
+        raise FWConfigError(
+            f"{where}: no target tokens after tokenization (max_length={max_length}). "
+            "Give it a non-empty response/text, shorten the prompt, or raise max_length."
+        )
+    return sample
+
+
+def load_calibration(path: str, tokenizer, max_length: int) -> CalibrationSet:
+    """Read and tokenize every task; all problems surface here, before any model loads."""
+    tasks = []
+    for name, entry in task_files(path):
+        records = _read_records(entry.path)
+        if entry.max_samples is not None:
+            records = records[: entry.max_samples]
+        if not records:
+            raise FWConfigError(f"Calibration file {entry.path} holds no samples.")
+        samples = [
+            encode_record(r, tokenizer, max_length, where=f"{entry.path} sample {i}")
+            for i, r in enumerate(records)
+        ]
+        tasks.append(
+            CalibrationTask(name=name, path=entry.path, weight=entry.weight, samples=samples)
+        )
+    return CalibrationSet(tasks=tasks)

@@ -1,0 +1,98 @@
+"""The FW options a recipe may set under `parameters:`, validated before any model loads.
+
+`FWSettings` is the single source of truth: mergekit's `ParameterSpec`s are derived from it
+(method.py), and so are the error messages for typos, which mergekit itself would drop.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class FWConfigError(ValueError):
+    """A recipe problem the user can fix; raised before any gradient work starts."""
+
+
+class FWSettings(BaseModel):
+    """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calibration: str = Field(
+        description="data file (jsonl/json/txt/csv/parquet) or YAML manifest of named tasks"
+    )
+    iterations: int = Field(ge=1, le=10_000, description="FW budget T")
+    lmo: Literal["inner", "cosine"] = Field(
+        "inner", description="inner: <g, s> (paper eq. 7); cosine: authors' code"
+    )
+    granularity: Literal["tensor", "model"] = Field(
+        "tensor", description="tensor: layer-wise LMO; model: task-wise LMO"
+    )
+    zero_vertex: bool = Field(False, description="origin as an extra vertex (authors' NLP code)")
+    init: Literal["base", "task_arithmetic"] = Field("base", description="starting point")
+    init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
+    step: Literal["line_search", "schedule", "constant"] = Field(
+        "line_search", description="line_search | schedule: step_size*2/(t+2) | constant"
+    )
+    step_size: float = Field(1.0, gt=0.0, le=1.0, description="scale of schedule/constant steps")
+    line_search_evals: int = Field(
+        10, ge=3, le=64, description="loss evaluations per golden-section line search"
+    )
+    tolerance: float = Field(0.0, description="stop when the FW gap falls to this (-.inf: never)")
+    max_length: int = Field(512, ge=2, description="tokens per calibration sample")
+    batch_size: int = Field(8, ge=1, description="calibration samples per forward pass")
+    seed: int = Field(0, description="torch seed for the pre-pass")
+
+    @model_validator(mode="after")
+    def _finite(self) -> FWSettings:
+        if not math.isfinite(self.init_scale):
+            raise ValueError("init_scale must be a finite number")
+        if math.isnan(self.tolerance):
+            raise ValueError("tolerance must not be NaN")
+        return self
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return list(cls.model_fields)
+
+    @classmethod
+    def from_parameters(cls, raw: dict[str, Any] | None) -> FWSettings:
+        """Validate a recipe's `parameters:` block, with messages that name the fix."""
+        raw = dict(raw or {})
+        unknown = [key for key in raw if key not in cls.model_fields]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, cls.keys(), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FWConfigError(
+                f"Unknown key '{key}' under parameters: for merge_method frank_wolfe.{hint} "
+                f"Valid keys: {', '.join(cls.keys())}."
+            )
+        for key, value in raw.items():
+            if isinstance(value, (list, dict)):
+                raise FWConfigError(
+                    f"parameters.{key} must be a single value for frank_wolfe, not a "
+                    f"{type(value).__name__} (per-layer gradients and filters do not apply "
+                    "to FW options)."
+                )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            problems = []
+            for item in error.errors():
+                where = ".".join(str(p) for p in item["loc"]) or "parameters"
+                if item["type"] == "missing":
+                    desc = cls.model_fields[where].description if where in cls.model_fields else ""
+                    problems.append(f"parameters.{where} is required ({desc})")
+                else:
+                    problems.append(
+                        f"parameters.{where}: {item['msg']} (got {item.get('input')!r})"
+                    )
+            raise FWConfigError("Invalid frank_wolfe options: " + "; ".join(problems)) from None
+
+    def public_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,235 @@
+"""The hard Frank-Wolfe loop (Algorithm 1 of arXiv 2503.12649), streamed per tensor.
+
+Memory: the model theta, one gradient-sized buffer, and one streamed vertex tensor. The
+gradient buffer is reused for the direction d = s - theta once the LMO has scored it, and
+line search moves theta in place along d, so peak memory does not grow with the number
+of candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from mergekit_fw.config import FWSettings
+from mergekit_fw.lmo import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
+from mergekit_fw.objectives import Batch, LossReport, evaluate
+from mergekit_fw.plan import FWPlan, IterationRecord
+from mergekit_fw.steps import fw_gap, make_step_rule
+from mergekit_fw.vertices import VertexPool
+
+LOG = logging.getLogger("mergekit_fw")
+
+
+@dataclass
+class Slot:
+    """One mergeable tensor: a model parameter and the checkpoint names it is stored under."""
+
+    name: str
+    param: torch.nn.Parameter
+    aliases: list[str] = field(default_factory=list)
+
+
+def build_slots(model: torch.nn.Module, stored: set[str]) -> list[Slot]:
+    """Map parameters to checkpoint names; tied parameters become one slot with aliases."""
+    groups: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), (param, []))[1].append(name)
+    slots = []
+    for param, names in groups.values():
+        present = [n for n in names if n in stored]
+        if not present:
+            raise ValueError(
+                f"Model parameter {names[0]} is not stored in the base checkpoint under that "
+                "name; mergekit-fw needs checkpoint names that match the transformers model."
+            )
+        slots.append(Slot(present[0], param, [n for n in names if n != present[0]]))
+    return slots
+
+
+class FrankWolfe:
+    """Gradient, LMO, step, merge: one object per pre-pass run."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        slots: list[Slot],
+        pool: VertexPool,
+        objective,
+        batches: list[Batch],
+        task_names: list[str],
+        settings: FWSettings,
+        quiet: bool = False,
+    ):
+        self.model, self.slots, self.pool = model, slots, pool
+        self.objective, self.batches, self.task_names = objective, batches, task_names
+        self.settings = settings
+        self.score = SCORES[settings.lmo]
+        self.oracle = ORACLES[settings.granularity]
+        self.step_rule = make_step_rule(
+            settings.step, settings.step_size, settings.line_search_evals
+        )
+        self.quiet = quiet
+        n = len(pool)
+        self.coefficients = torch.zeros(len(slots), n, dtype=torch.float64)
+        self.coefficients[:, 0] = 1.0
+        self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
+
+    # -- helpers -------------------------------------------------------------------------
+    def loss(self, grad: bool, desc: str) -> LossReport:
+        return evaluate(
+            self.model, self.objective, self.batches, self.task_names,
+            grad=grad, desc=desc, quiet=self.quiet,
+        )  # fmt: skip
+
+    def _bar(self, items, desc: str):
+        return tqdm(items, desc=desc, leave=False, disable=self.quiet)
+
+    # -- Algorithm 1 ---------------------------------------------------------------------
+    @torch.no_grad()
+    def init_task_arithmetic(self) -> None:
+        """theta_0 = base + lambda * sum_k (theta_k - base), streamed tensor by tensor."""
+        lam, n = self.settings.init_scale, len(self.pool) - 1
+        for i, slot in enumerate(self._bar(self.slots, "task-arithmetic start")):
+            slot.param.mul_(1.0 - n * lam)
+            for k in range(1, len(self.pool)):
+                slot.param.add_(self.pool.tensor(k, slot.name), alpha=lam)
+        self.coefficients[:, 0] = 1.0 - n * lam
+        self.coefficients[:, 1:] = lam
+
+    @torch.no_grad()
+    def score_pass(self) -> ScoreTable:
+        """One streamed read of every vertex tensor: inner products with the gradient."""
+        n, rows = len(self.pool), len(self.slots)
+        dots = torch.zeros(rows, n, dtype=torch.float64)
+        need_norms = self._norms is None
+        norms = torch.zeros(rows, n, dtype=torch.float64) if need_norms else self._norms
+        grad_norms = torch.zeros(rows, dtype=torch.float64)
+        current = torch.zeros(rows, dtype=torch.float64)
+        for i, slot in enumerate(self._bar(self.slots, "LMO")):
+            g = slot.param.grad
+            grad_norms[i] = torch.linalg.vector_norm(g, dtype=torch.float64)
+            current[i] = torch.sum(g * slot.param, dtype=torch.float64)
+            for k in range(n):
+                x = self.pool.tensor(k, slot.name)
+                dots[i, k] = torch.sum(g * x, dtype=torch.float64)
+                if need_norms:
+                    norms[i, k] = torch.linalg.vector_norm(x, dtype=torch.float64)
+                del x
+        self._norms = norms
+        return ScoreTable(dots, norms, grad_norms, current)
+
+    @torch.no_grad()
+    def direction_pass(self, picks: list[int]) -> None:
+        """Overwrite each gradient buffer with d = s - theta (the gradient is spent)."""
+        for slot, pick in zip(self.slots, picks):
+            d = slot.param.grad
+            if pick == ZERO:
+                d.copy_(slot.param).neg_()
+            else:
+                d.copy_(self.pool.tensor(pick, slot.name)).sub_(slot.param)
+
+    @torch.no_grad()
+    def move(self, delta: float) -> None:
+        """theta += delta * d, in place (line search walks along d without copies)."""
+        if delta != 0.0:
+            for slot in self.slots:
+                slot.param.add_(slot.param.grad, alpha=delta)
+
+    def line_loss(self, position: list[float]):
+        def loss_at(gamma: float) -> float:
+            self.move(gamma - position[0])
+            position[0] = gamma
+            return self.loss(grad=False, desc=f"line search g={gamma:.3f}").total
+
+        return loss_at
+
+    def vertex_matrix(self, picks: list[int]) -> torch.Tensor:
+        rows = torch.zeros_like(self.coefficients)
+        for i, pick in enumerate(picks):
+            if pick != ZERO:
+                rows[i, pick] = 1.0
+        return rows
+
+    def label(self, pick: int) -> str:
+        return "zero" if pick == ZERO else self.pool.labels[pick]
+
+    def run(self) -> FWPlan:
+        started = time.perf_counter()
+        s = self.settings
+        torch.manual_seed(s.seed)
+        self.model.eval()  # deterministic gradients: no dropout
+        for slot in self.slots:
+            slot.param.requires_grad_(True)
+        if s.init == "task_arithmetic":
+            self.init_task_arithmetic()
+        history: list[IterationRecord] = []
+        stopped = "budget"
+        for t in range(s.iterations):
+            # 1. gradient at the current merge
+            self.model.zero_grad(set_to_none=False)
+            report = self.loss(grad=True, desc=f"gradient t={t}")
+            # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
+            table = self.score_pass()
+            picks = self.oracle(self.score(table), s.zero_vertex)
+            # 3. FW gap, and stop when it is small enough
+            gap = fw_gap(float(table.current_dots.sum()), float(picked_dots(table, picks).sum()))
+            wins = Counter(self.label(p) for p in picks)
+            record = IterationRecord(
+                t=t, loss=report.total, task_losses=report.per_task, gap=gap, gamma=0.0,
+                wins=dict(wins),
+                picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
+            )  # fmt: skip
+            if gap <= s.tolerance:
+                history.append(record)
+                self._log(record)
+                stopped = "tolerance"
+                break
+            # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
+            self.direction_pass(picks)
+            position = [0.0]
+            gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
+            self.move(gamma - position[0])
+            self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
+            record.gamma = gamma
+            history.append(record)
+            self._log(record)
+        self.model.zero_grad(set_to_none=True)
+        final = self.loss(grad=False, desc="final loss")
+        if not self.quiet:
+            LOG.info("final calibration loss %.5f", final.total)
+        return self._plan(history, final, stopped, time.perf_counter() - started)
+
+    def _log(self, r: IterationRecord) -> None:
+        wins = ", ".join(f"{k} {v}" for k, v in sorted(r.wins.items(), key=lambda kv: -kv[1]))
+        message = (
+            f"FW t={r.t}: loss {r.loss:.5f}  gap {r.gap:.4g}  gamma {r.gamma:.4g}  wins: {wins}"
+        )
+        if self.quiet:
+            LOG.info(message)
+        else:
+            tqdm.write(message)
+
+    def _plan(self, history, final: LossReport, stopped: str, seconds: float) -> FWPlan:
+        aliases = {alias: slot.name for slot in self.slots for alias in slot.aliases}
+        return FWPlan(
+            settings=self.settings.public_dict(),
+            base_model=str(self.pool.refs[0]),
+            models=[str(r) for r in self.pool.refs],
+            labels=self.pool.labels,
+            tensors=[slot.name for slot in self.slots],
+            aliases=aliases,
+            coefficients={
+                slot.name: self.coefficients[i].tolist() for i, slot in enumerate(self.slots)
+            },
+            iterations=history,
+            final_loss=final.total,
+            final_task_losses=final.per_task,
+            stopped=stopped,
+            seconds=seconds,
+        )

@@ -1,0 +1,95 @@
+"""FWPlan: what the pre-pass hands to mergekit's executor, and what the user can audit.
+
+Every FW update is linear, so the last iterate is, per tensor, sum_k c_k theta_k over
+[base, candidates]. The plan stores those coefficients plus the trajectory (loss, gap,
+gamma and the pick of each tensor per iteration). It can be exported as a plain mergekit
+`linear` recipe that reproduces the merge without mergekit-fw, data or gradients.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+PLAN_FORMAT = "mergekit_fw/plan-v1"
+PLAN_FILE = "fw_plan.json"
+
+
+class IterationRecord(BaseModel):
+    t: int
+    loss: float  # f(theta_t), before the step
+    task_losses: dict[str, float]
+    gap: float  # <-grad, s - theta_t>
+    gamma: float  # 0 when the run stopped at this iteration
+    wins: dict[str, int]  # vertex label -> tensors it won
+    picks: dict[str, str]  # tensor -> vertex label
+
+
+class FWPlan(BaseModel):
+    format: str = PLAN_FORMAT
+    settings: dict[str, Any]
+    base_model: str
+    models: list[str]  # str(ModelReference); index 0 is the base
+    labels: list[str]  # short names, same order
+    tensors: list[str]  # tensors the pre-pass optimised (primary names)
+    aliases: dict[str, str] = Field(default_factory=dict)  # tied name -> primary name
+    coefficients: dict[str, list[float]]  # primary tensor name -> c over `models`
+    iterations: list[IterationRecord]
+    final_loss: float
+    final_task_losses: dict[str, float]
+    stopped: Literal["budget", "tolerance"]
+    seconds: float = 0.0
+
+    def coefficients_for(self, tensor_name: str) -> dict[str, float] | None:
+        """Coefficients keyed by model reference string; None if the tensor was not planned."""
+        name = self.aliases.get(tensor_name, tensor_name)
+        row = self.coefficients.get(name)
+        if row is None:
+            return None
+        return dict(zip(self.models, row))
+
+    def total_coefficients(self) -> dict[str, float]:
+        """Sum of each model's coefficient over tensors: a rough 'who contributed' ranking."""
+        totals = [0.0] * len(self.models)
+        for row in self.coefficients.values():
+            for k, value in enumerate(row):
+                totals[k] += value
+        return dict(zip(self.labels, totals))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FWPlan:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"{path} is not a {PLAN_FORMAT} file")
+        return cls.model_validate(data)
+
+    def linear_recipe(self, dtype: str | None = None) -> dict[str, Any]:
+        """A stock mergekit `linear` recipe with one filter per tensor.
+
+        mergekit filters are substring matches where the first match wins, so longer names
+        come first: a name can only be a substring of a longer one. Unplanned tensors
+        fall back to the base, as they do in the FW kernel.
+        """
+        names = sorted({*self.coefficients, *self.aliases}, key=lambda n: (-len(n), n))
+        models = []
+        for k, ref in enumerate(self.models):
+            weights: list[dict[str, Any]] = [
+                {"filter": name, "value": self.coefficients[self.aliases.get(name, name)][k]}
+                for name in names
+            ]
+            weights.append({"value": 1.0 if k == 0 else 0.0})
+            models.append({"model": ref, "parameters": {"weight": weights}})
+        recipe: dict[str, Any] = {
+            "merge_method": "linear",
+            "models": models,
+            "parameters": {"normalize": False},
+        }
+        if dtype:
+            recipe["dtype"] = dtype
+        return recipe

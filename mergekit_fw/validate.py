@@ -1,0 +1,184 @@
+"""Recipe checks that run before any model is loaded or any gradient is taken.
+
+mergekit validates syntax, but silently drops unknown keys and only finds shape problems
+mid-merge. Everything here reads configs, tokenizers and safetensors headers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from mergekit.common import ModelReference
+from mergekit.config import MergeConfiguration
+
+from mergekit_fw.calibration import CalibrationSet, load_calibration
+from mergekit_fw.config import FWConfigError, FWSettings
+
+METHOD_NAME = "frank_wolfe"
+
+
+@dataclass
+class Recipe:
+    settings: FWSettings
+    base: ModelReference
+    candidates: list[ModelReference]
+    tokenizer: object
+    calibration: CalibrationSet | None
+
+
+def raw_parameters(config: MergeConfiguration) -> dict:
+    return dict(config.parameters or {})
+
+
+def _structure(config: MergeConfiguration) -> tuple[ModelReference, list[ModelReference]]:
+    if config.merge_method != METHOD_NAME:
+        raise FWConfigError(f"merge_method is {config.merge_method!r}, not {METHOD_NAME!r}.")
+    if config.slices or config.modules or not config.models:
+        raise FWConfigError(
+            "frank_wolfe recipes list candidates under `models:`; `slices:` and `modules:` are "
+            "not supported (FW chooses per tensor itself)."
+        )
+    if config.base_model is None:
+        raise FWConfigError(
+            "frank_wolfe needs `base_model:` (the pretrained model the candidates were "
+            "fine-tuned from)."
+        )
+    if config.tokenizer is not None or config.tokenizer_source is not None:
+        raise FWConfigError(
+            "frank_wolfe does not support `tokenizer:`/`tokenizer_source:`: the pre-pass needs "
+            "candidates that share the base's vocabulary. Remove the key, or align the "
+            "vocabularies first (e.g. with mergekit-tokensurgeon)."
+        )
+    for model in config.models:
+        if model.parameters:
+            raise FWConfigError(
+                f"models[{model.model}] has `parameters:`; frank_wolfe takes no per-model "
+                "parameters (FW computes every coefficient). Put options under the top-level "
+                "`parameters:`."
+            )
+    base = config.base_model
+    candidates = [m.model for m in config.models if m.model != base]
+    if not candidates:
+        raise FWConfigError(
+            "frank_wolfe needs at least one candidate under `models:` besides the base."
+        )
+    return base, candidates
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.sep == "\\"
+
+
+def check_model_path(ref: ModelReference, role: str) -> None:
+    """A local model folder must exist and hold a config and weights."""
+    for path in [ref.model.path] + ([ref.lora.path] if ref.lora else []):
+        if os.path.isdir(path):
+            continue
+        if os.path.exists(path) or _looks_local(path):
+            raise FWConfigError(
+                f"{role} {path}: no such model folder (resolved from {os.getcwd()}). "
+                "Fix the path in the recipe; relative paths resolve from the working directory."
+            )
+    path = ref.model.path
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise FWConfigError(
+                f"{role} {path} has no config.json; is it a transformers model folder?"
+            )
+        names = os.listdir(path)
+        if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
+            raise FWConfigError(f"{role} {path} holds no weights (*.safetensors or *.bin).")
+
+
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Shapes from safetensors headers only; {} when the weights are pickles."""
+    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
+    from safetensors import safe_open
+
+    index = ShardedTensorIndex.from_disk(path)
+    if not index.is_safetensors:
+        return {}
+    shapes = {}
+    for shard in index.shards:
+        with safe_open(os.path.join(path, shard.filename), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def check_compatible(base: ModelReference, candidates: list[ModelReference]) -> None:
+    """Every candidate must have the base's tensors, shapes and vocabulary."""
+    if not os.path.isdir(base.model.path) or base.lora:
+        return  # hub models and adapters are checked by mergekit itself
+    base_shapes = tensor_shapes(base.model.path)
+    base_vocab = _vocab(base.model.path)
+    for ref in candidates:
+        if ref.lora or not os.path.isdir(ref.model.path):
+            continue
+        shapes = tensor_shapes(ref.model.path)
+        for name, shape in base_shapes.items():
+            if shapes and name not in shapes:
+                raise FWConfigError(
+                    f"Candidate {ref} has no tensor {name}, which the base has; candidates must "
+                    "be fine-tunes of the base with the same architecture."
+                )
+            if shapes and shapes[name] != shape:
+                raise FWConfigError(
+                    f"Candidate {ref}: tensor {name} has shape {list(shapes[name])}, the base "
+                    f"{list(shape)}. FW merges fine-tunes of one base; a different vocabulary "
+                    "size needs aligning first (e.g. mergekit-tokensurgeon)."
+                )
+        vocab = _vocab(ref.model.path)
+        if base_vocab is not None and vocab is not None and vocab != base_vocab:
+            diff = sorted(set(vocab.items()) ^ set(base_vocab.items()))[:3]
+            raise FWConfigError(
+                f"Candidate {ref} has a different tokenizer vocabulary from the base (e.g. "
+                f"{diff}); FW needs one shared vocabulary. Align it first (mergekit-tokensurgeon)."
+            )
+
+
+def _vocab(path: str) -> dict[str, int] | None:
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(file):
+        return None
+    model = json.loads(open(file, encoding="utf-8").read()).get("model", {})
+    vocab = model.get("vocab")
+    if isinstance(vocab, list):  # unigram: [[piece, score], ...]
+        vocab = {piece[0]: i for i, piece in enumerate(vocab)}
+    added = json.loads(open(file, encoding="utf-8").read()).get("added_tokens", [])
+    return {**(vocab or {}), **{t["content"]: t["id"] for t in added}}
+
+
+def load_tokenizer(base: ModelReference, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            base.model.path, revision=base.model.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as error:
+        raise FWConfigError(
+            f"Could not load the base model's tokenizer from {base.model.path}: {error}. "
+            "The calibration data is tokenized with it; copy the tokenizer files into the base folder."
+        ) from None
+
+
+def check_recipe(
+    config: MergeConfiguration, trust_remote_code: bool = False, with_calibration: bool = True
+) -> Recipe:
+    """All recipe problems, in the order a user would want to fix them."""
+    base, candidates = _structure(config)
+    settings = FWSettings.from_parameters(raw_parameters(config))
+    check_model_path(base, "base_model")
+    for ref in candidates:
+        check_model_path(ref, "model")
+    check_compatible(base, candidates)
+    tokenizer = load_tokenizer(base, trust_remote_code) if with_calibration else None
+    calibration = (
+        load_calibration(settings.calibration, tokenizer, settings.max_length)
+        if with_calibration
+        else None
+    )
+    return Recipe(settings, base, candidates, tokenizer, calibration)
