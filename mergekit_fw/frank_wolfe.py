@@ -95,7 +95,7 @@ class FrankWolfe:
     def init_task_arithmetic(self) -> None:
         """theta_0 = base + lambda * sum_k (theta_k - base), streamed tensor by tensor."""
         lam, n = self.settings.init_scale, len(self.pool) - 1
-        for i, slot in enumerate(self._bar(self.slots, "task-arithmetic start")):
+        for slot in self._bar(self.slots, "task-arithmetic start"):
             slot.param.mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
                 slot.param.add_(self.pool.tensor(k, slot.name), alpha=lam)
