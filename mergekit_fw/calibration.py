@@ -185,6 +185,8 @@ def encode_record(record: dict[str, Any], tokenizer, max_length: int, where: str
     elif record.get("prompt") is not None or record.get("response") is not None:
         if record.get("prompt") is None or record.get("response") is None:
             raise FWConfigError(f"{where}: `prompt` and `response` must both be present.")
+        if not str(record["response"]).strip():
+            raise FWConfigError(f"{where}: no target tokens: the response is empty.")
         prompt = _encode(tokenizer, str(record["prompt"]), special=True)
         response = _encode(tokenizer, str(record["response"]), special=False)
         if tokenizer.eos_token_id is not None:

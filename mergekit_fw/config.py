@@ -10,11 +10,16 @@ import difflib
 import math
 from typing import Any, Literal
 
+import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class FWConfigError(ValueError):
-    """A recipe problem the user can fix; raised before any gradient work starts."""
+class FWConfigError(click.ClickException, ValueError):
+    """A recipe problem the user can fix; raised before any gradient work starts.
+
+    A ClickException, so `mergekit-yaml` (a click command) prints "Error: ..." and exits 1
+    instead of a traceback.
+    """
 
 
 class FWSettings(BaseModel):

@@ -9,6 +9,7 @@ of candidates.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -213,7 +214,7 @@ class FrankWolfe:
         if self.quiet:
             LOG.info(message)
         else:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr)
 
     def _plan(self, history, final: LossReport, stopped: str, seconds: float) -> FWPlan:
         aliases = {alias: slot.name for slot in self.slots for alias in slot.aliases}

@@ -1,0 +1,51 @@
+"""Options under `parameters:`: typos and bad values fail with a message that names the fix."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mergekit_fw.config import FWConfigError, FWSettings
+from mergekit_fw.method import FrankWolfeMerge
+
+
+def test_defaults_match_the_yaml_contract():
+    s = FWSettings.from_parameters({"calibration": "c.jsonl", "iterations": 10})
+    assert (s.lmo, s.granularity, s.zero_vertex, s.init) == ("inner", "tensor", False, "base")
+    assert (s.init_scale, s.step, s.step_size, s.tolerance) == (0.3, "line_search", 1.0, 0.0)
+    assert (s.max_length, s.batch_size, s.seed) == (512, 8, 0)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(FWConfigError, match=r"Unknown key 'iteration'.*Did you mean 'iterations'"):
+        FWSettings.from_parameters({"calibration": "c.jsonl", "iteration": 10})
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"iterations": 3}, r"parameters\.calibration is required"),
+        ({"calibration": "c"}, r"parameters\.iterations is required"),
+        ({"calibration": "c", "iterations": 0}, r"parameters\.iterations"),
+        (
+            {"calibration": "c", "iterations": 2, "lmo": "dot"},
+            r"parameters\.lmo.*'inner' or 'cosine'",
+        ),
+        ({"calibration": "c", "iterations": 2, "step_size": 1.5}, r"parameters\.step_size"),
+        ({"calibration": "c", "iterations": [1, 2]}, r"single value"),
+    ],
+)
+def test_bad_values(params, message):
+    with pytest.raises(FWConfigError, match=message):
+        FWSettings.from_parameters(params)
+
+
+def test_mergekit_spec_is_derived_from_the_schema():
+    spec = FrankWolfeMerge.spec
+    names = [p.name for p in spec.parameters]
+    assert names == FWSettings.keys()
+    required = {p.name for p in spec.parameters if p.required}
+    assert required == {"calibration", "iterations"}
+    lmo = next(p for p in spec.parameters if p.name == "lmo")
+    with pytest.raises(ValidationError):
+        lmo.validate("dot")
