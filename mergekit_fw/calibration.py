@@ -46,10 +46,14 @@ class Manifest(BaseModel):
 @dataclass
 class Sample:
     input_ids: list[int]
-    labels: list[int]  # IGNORE_INDEX where no loss is taken
+    labels: list[int]  # causal LM: per token, IGNORE_INDEX where no loss; classifier: [label]
+    token_type_ids: list[int] | None = None
+    sequence_level: bool = False  # one target per sample (classification)
 
     @property
     def n_targets(self) -> int:
+        if self.sequence_level:
+            return 1
         # causal LM: label at position i is predicted from positions < i
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
@@ -210,8 +214,45 @@ def encode_record(record: dict[str, Any], tokenizer, max_length: int, where: str
     return sample
 
 
-def load_calibration(path: str, tokenizer, max_length: int) -> CalibrationSet:
-    """Read and tokenize every task; all problems surface here, before any model loads."""
+def encode_classification(
+    record: dict[str, Any], tokenizer, max_length: int, where: str, num_labels: int | None
+) -> Sample:
+    """`text` (+ `text_pair`) and an integer `label`; without num_labels the label is optional
+    (unlabelled data for the entropy objective)."""
+    if record.get("text") is None:
+        raise FWConfigError(
+            f"{where}: classification records need `text` (and optionally `text_pair`, `label`); "
+            f"found {sorted(record)}."
+        )
+    label = record.get("label")
+    if num_labels is not None:
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_labels:
+            raise FWConfigError(
+                f"{where}: `label` must be an integer in [0, {num_labels}) for this "
+                f"{num_labels}-label model; got {label!r}."
+            )
+    enc = tokenizer(
+        str(record["text"]),
+        None if record.get("text_pair") is None else str(record["text_pair"]),
+        truncation=True,
+        max_length=max_length,
+    )
+    return Sample(
+        input_ids=list(enc["input_ids"]),
+        labels=[label if isinstance(label, int) else IGNORE_INDEX],
+        token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
+        sequence_level=True,
+    )
+
+
+def load_calibration(
+    path: str, tokenizer, max_length: int, num_labels: int | None = None, sequence: bool = False
+) -> CalibrationSet:
+    """Read and tokenize every task; all problems surface here, before any model loads.
+
+    `sequence=True` reads classifier records (`text`, `text_pair`, `label`); `num_labels`
+    then makes the label required and range-checked.
+    """
     tasks = []
     for name, entry in task_files(path):
         records = _read_records(entry.path)
@@ -220,7 +261,9 @@ def load_calibration(path: str, tokenizer, max_length: int) -> CalibrationSet:
         if not records:
             raise FWConfigError(f"Calibration file {entry.path} holds no samples.")
         samples = [
-            encode_record(r, tokenizer, max_length, where=f"{entry.path} sample {i}")
+            encode_classification(r, tokenizer, max_length, f"{entry.path} sample {i}", num_labels)
+            if sequence
+            else encode_record(r, tokenizer, max_length, where=f"{entry.path} sample {i}")
             for i, r in enumerate(records)
         ]
         tasks.append(

@@ -67,6 +67,11 @@ def check(config_file: str, calibration: bool) -> None:
     click.echo(
         f"  candidates ({len(recipe.candidates)}): " + ", ".join(map(str, recipe.candidates))
     )
+    if recipe.adapters:  # LoRA adapter vertices (parameters.adapters)
+        click.echo(
+            f"  adapters ({len(recipe.adapters)}): "
+            + ", ".join(f"{a.label} ({a.path})" for a in recipe.adapters)
+        )
     if recipe.calibration is not None:
         click.echo(f"  calibration: {recipe.calibration.describe()}")
     settings = recipe.settings.public_dict()
@@ -89,6 +94,98 @@ def export(plan_file: str, output: str, dtype: str | None) -> None:
     else:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def _split_names(values: tuple[str, ...]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@main.command(name="eval")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--tasks", "-t", multiple=True, required=True, help="lm-eval tasks: T1,T2 (or repeat)."
+)
+@click.option("--compare", "-c", multiple=True, help="Also evaluate this model (repeatable).")
+@click.option(
+    "--auto-compare/--no-auto-compare",
+    default=True,
+    help="Without --compare, also evaluate the base and candidates from OUT/fw_plan.json.",
+)
+@click.option("--include-path", multiple=True, help="Folder of extra lm-eval task YAMLs.")
+@click.option("--limit", type=float, default=None, help="Docs per task (<1: a fraction).")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if any).")
+@click.option("--batch-size", default=None, help="Default: auto on GPU, 8 on CPU.")
+@click.option("--dtype", default="auto", show_default=True, help="dtype the models load in.")
+@click.option("--num-fewshot", type=int, default=None, help="Override the tasks' shot count.")
+@click.option("--metric", default=None, help="Headline metric where a task has it (e.g. acc_norm).")
+@click.option("--output", "-o", default=None, help="JSON file (default: OUT/fw_eval.json).")
+@click.option("--trust-remote-code", is_flag=True, help="Passed to transformers.")
+@click.option("--verbose", is_flag=True, help="Show lm-eval's own logging.")
+def eval_command(
+    out: str,
+    tasks: tuple[str, ...],
+    compare: tuple[str, ...],
+    auto_compare: bool,
+    include_path: tuple[str, ...],
+    limit: float | None,
+    device: str | None,
+    batch_size: str | None,
+    dtype: str,
+    num_fewshot: int | None,
+    metric: str | None,
+    output: str | None,
+    trust_remote_code: bool,
+    verbose: bool,
+) -> None:
+    """Run lm-eval on merge OUT and, side by side, on the models it was merged from."""
+    from mergekit_fw.evaluate import EvalError, quiet_lm_eval, run_eval
+
+    quiet_lm_eval(verbose)
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    size: int | str | None = batch_size
+    if batch_size is not None and batch_size.isdigit():
+        size = int(batch_size)
+    try:
+        document = run_eval(
+            out, _split_names(tasks), compare=compare, auto_compare=auto_compare,
+            include_paths=include_path, limit=limit, device=device, batch_size=size,
+            dtype=dtype, num_fewshot=num_fewshot, metric=metric,
+            trust_remote_code=trust_remote_code, output=output,
+            progress=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
+    except EvalError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(document["table"])
+    click.echo(f"Results: {document['path']}", err=True)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+def report(out: str) -> None:
+    """Plots (loss, FW gap, coefficients, wins) and the model-card section for merge OUT."""
+    from pathlib import Path
+
+    from mergekit_fw.plan import PLAN_FILE
+    from mergekit_fw.report import write_report
+
+    if not Path(out).is_dir():
+        raise click.ClickException(f"{out} is not a folder; pass the output folder of a merge.")
+    if not (Path(out) / PLAN_FILE).exists():
+        raise click.ClickException(
+            f"{out} has no {PLAN_FILE}: it is not the output folder of a finished "
+            "frank_wolfe merge."
+        )
+    try:
+        paths = write_report(out)
+    except ImportError as error:
+        raise click.ClickException(
+            f"Plots need matplotlib ({error}): pip install 'mergekit-fw[plots]'"
+        ) from None
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for path in paths:
+        click.echo(str(path))
 
 
 if __name__ == "__main__":

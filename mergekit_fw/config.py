@@ -51,6 +51,33 @@ class FWSettings(BaseModel):
     max_length: int = Field(512, ge=2, description="tokens per calibration sample")
     batch_size: int = Field(8, ge=1, description="calibration samples per forward pass")
     seed: int = Field(0, description="torch seed for the pre-pass")
+    adapters: str | None = Field(
+        None, description="YAML manifest of PEFT LoRA adapters of the base, added as candidates"
+    )
+    lora_mode: Literal["weights", "factors"] = Field(
+        "weights",
+        description="weights: adapter vertex W0 + s B A, dense output | factors: authors' "
+        "G-hard on the A/B factors, writes a LoRA adapter",
+    )
+    objective: Literal["causal_lm", "classification", "entropy"] = Field(
+        "causal_lm", description="causal_lm | classification (sequence classifiers) | entropy"
+    )
+    variant: Literal["hard", "soft"] = Field(
+        "hard", description="hard: step to one vertex; soft: fit coefficients of k vertices"
+    )
+    topk: int = Field(2, ge=1, le=64, description="soft, select topk: vertices per iteration")
+    select: Literal["topk", "per_task"] = Field(
+        "topk", description="soft: k best of one LMO | one distinct argmin per task (authors)"
+    )
+    coefficients: Literal["simplex", "free"] = Field(
+        "simplex",
+        description="soft: projected GD on the simplex (paper) | Adam, unconstrained (authors)",
+    )
+    fit_granularity: Literal["tensor", "model"] = Field(
+        "tensor", description="soft: one coefficient per tensor and vertex | per vertex"
+    )
+    inner_steps: int = Field(20, ge=1, le=10_000, description="soft: coefficient-fit steps")
+    inner_lr: float = Field(0.05, gt=0.0, description="soft: coefficient-fit learning rate")
 
     @model_validator(mode="after")
     def _finite(self) -> FWSettings:
@@ -58,6 +85,10 @@ class FWSettings(BaseModel):
             raise ValueError("init_scale must be a finite number")
         if math.isnan(self.tolerance):
             raise ValueError("tolerance must not be NaN")
+        if self.variant == "soft" and self.zero_vertex:
+            raise ValueError(
+                "zero_vertex applies to the hard variant only; remove it or use variant: hard"
+            )
         return self
 
     @classmethod

@@ -22,7 +22,7 @@ from mergekit_fw.lmo import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
 from mergekit_fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.plan import FWPlan, IterationRecord
 from mergekit_fw.steps import fw_gap, make_step_rule
-from mergekit_fw.vertices import VertexPool
+from mergekit_fw.vertices import VertexPool, vertex_ids, vertex_scores
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -116,12 +116,10 @@ class FrankWolfe:
             g = slot.param.grad
             grad_norms[i] = torch.linalg.vector_norm(g, dtype=torch.float64)
             current[i] = torch.sum(g * slot.param, dtype=torch.float64)
-            for k in range(n):
-                x = self.pool.tensor(k, slot.name)
-                dots[i, k] = torch.sum(g * x, dtype=torch.float64)
+            for k, dot, norm in vertex_scores(self.pool, slot.name, g, need_norms):
+                dots[i, k] = dot  # streamed; adapter vertices are scored from their factors
                 if need_norms:
-                    norms[i, k] = torch.linalg.vector_norm(x, dtype=torch.float64)
-                del x
+                    norms[i, k] = norm
         self._norms = norms
         return ScoreTable(dots, norms, grad_norms, current)
 
@@ -160,6 +158,57 @@ class FrankWolfe:
     def label(self, pick: int) -> str:
         return "zero" if pick == ZERO else self.pool.labels[pick]
 
+    def record(
+        self, t: int, report: LossReport, table: ScoreTable, picks: list[int]
+    ) -> IterationRecord:
+        """Loss, FW gap and wins of the LMO's picks at the current merge."""
+        gap = fw_gap(float(table.current_dots.sum()), float(picked_dots(table, picks).sum()))
+        return IterationRecord(
+            t=t, loss=report.total, task_losses=report.per_task, gap=gap, gamma=0.0,
+            wins=dict(Counter(self.label(p) for p in picks)),
+            picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
+        )  # fmt: skip
+
+    def iteration(self, t: int) -> tuple[IterationRecord, bool]:
+        """One pass of Algorithm 1; returns its record and whether the gap says stop."""
+        # 1. gradient at the current merge
+        self.model.zero_grad(set_to_none=False)
+        report = self.loss(grad=True, desc=f"gradient t={t}")
+        # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
+        table = self.score_pass()
+        picks = self.oracle(self.score(table), self.settings.zero_vertex)
+        # 3. FW gap, and stop when it is small enough
+        record = self.record(t, report, table, picks)
+        if record.gap <= self.settings.tolerance:
+            return record, True
+        # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
+        self.direction_pass(picks)
+        position = [0.0]
+        gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
+        self.move(gamma - position[0])
+        self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
+        record.gamma = gamma
+        return record, False
+
+    def task_preferences(self) -> dict[str, dict[str, int]]:
+        """Which vertex each task's own gradient prefers at the final merge (tensors won)."""
+        preferences = {}
+        for index, name in enumerate(self.task_names):
+            self.model.zero_grad(set_to_none=False)
+            batches = [b for b in self.batches if b.task == index]
+            evaluate(
+                self.model,
+                self.objective,
+                batches,
+                self.task_names,
+                grad=True,
+                desc=f"task {name}",
+                quiet=self.quiet,
+            )
+            picks = self.oracle(self.score(self.score_pass()), False)
+            preferences[name] = dict(Counter(self.label(p) for p in picks))
+        return preferences
+
     def run(self) -> FWPlan:
         started = time.perf_counter()
         s = self.settings
@@ -172,39 +221,20 @@ class FrankWolfe:
         history: list[IterationRecord] = []
         stopped = "budget"
         for t in range(s.iterations):
-            # 1. gradient at the current merge
-            self.model.zero_grad(set_to_none=False)
-            report = self.loss(grad=True, desc=f"gradient t={t}")
-            # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
-            table = self.score_pass()
-            picks = self.oracle(self.score(table), s.zero_vertex)
-            # 3. FW gap, and stop when it is small enough
-            gap = fw_gap(float(table.current_dots.sum()), float(picked_dots(table, picks).sum()))
-            wins = Counter(self.label(p) for p in picks)
-            record = IterationRecord(
-                t=t, loss=report.total, task_losses=report.per_task, gap=gap, gamma=0.0,
-                wins=dict(wins),
-                picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
-            )  # fmt: skip
-            if gap <= s.tolerance:
-                history.append(record)
-                self._log(record)
-                stopped = "tolerance"
-                break
-            # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
-            self.direction_pass(picks)
-            position = [0.0]
-            gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
-            self.move(gamma - position[0])
-            self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
-            record.gamma = gamma
+            record, stop = self.iteration(t)
             history.append(record)
             self._log(record)
+            if stop:
+                stopped = "tolerance"
+                break
+        preferences = self.task_preferences() if len(self.task_names) > 1 else {}
         self.model.zero_grad(set_to_none=True)
         final = self.loss(grad=False, desc="final loss")
         if not self.quiet:
             LOG.info("final calibration loss %.5f", final.total)
-        return self._plan(history, final, stopped, time.perf_counter() - started)
+        plan = self._plan(history, final, stopped, time.perf_counter() - started)
+        plan.task_preferences = preferences
+        return plan
 
     def _log(self, r: IterationRecord) -> None:
         wins = ", ".join(f"{k} {v}" for k, v in sorted(r.wins.items(), key=lambda kv: -kv[1]))
@@ -221,7 +251,7 @@ class FrankWolfe:
         return FWPlan(
             settings=self.settings.public_dict(),
             base_model=str(self.pool.refs[0]),
-            models=[str(r) for r in self.pool.refs],
+            models=vertex_ids(self.pool),
             labels=self.pool.labels,
             tensors=[slot.name for slot in self.slots],
             aliases=aliases,

@@ -75,7 +75,9 @@ class FrankWolfeMerge(GroupMergeMethod):
     spec = MergeMethodSpec(
         name=METHOD_NAME,
         parameters=parameter_specs(),
-        contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
+        # min_non_base=0: a pool of LoRA adapters only lists the base under `models:`;
+        # validate.check_recipe requires at least one candidate, dense or adapter
+        contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=0),
         pretty_name="Frank-Wolfe Merging",
         reference_url="https://arxiv.org/abs/2503.12649",
         optional_tensor_policy=OptionalTensorPolicy.PASSTHROUGH_BASE_SINGLETON,
@@ -91,6 +93,10 @@ class FrankWolfeMerge(GroupMergeMethod):
             # Not a parameter of the transformers model (e.g. a stored buffer): the
             # pre-pass left it at the base, so the output does too.
             weight = {entry.id: 1.0 if entry.is_base else 0.0 for entry in group.entries}
+        elif plan.adapters:  # adapter vertices W0 + s B A, added from their factors
+            from mergekit_fw.adapters import merge_with_adapters
+
+            return merge_with_adapters(group, plan, coefficients)
         else:
             weight = {by_name[key]: coefficients[key] for key in by_name}
         linear = merge_methods.get("linear")

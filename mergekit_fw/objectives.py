@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_fw.calibration import IGNORE_INDEX, CalibrationSet
+from mergekit_fw.config import FWConfigError
 
 
 @dataclass
@@ -21,9 +22,16 @@ class Batch:
     task: int
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor
-    scale: float  # task weight / (task target tokens * total weight)
-    task_targets: int  # target tokens in this batch's whole task
+    labels: torch.Tensor  # [B, W] per token (causal LM) or [B, 1] per sample (classifier)
+    scale: float  # task weight / (task targets * total weight)
+    task_targets: int  # targets in this batch's whole task
+    token_type_ids: torch.Tensor | None = None
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            inputs["token_type_ids"] = self.token_type_ids
+        return inputs
 
 
 @dataclass
@@ -32,20 +40,25 @@ class LossReport:
     per_task: dict[str, float]
 
 
+def _auto(name: str):
+    import transformers
+
+    return getattr(transformers, name)
+
+
 class CausalLMObjective:
     """Next-token cross-entropy, mean over target tokens (per task, then task-weighted)."""
 
     name = "causal_lm"
+    sequence_level = False
+    needs_labels = True
 
     @staticmethod
     def auto_class():
-        from transformers import AutoModelForCausalLM
+        return _auto("AutoModelForCausalLM")
 
-        return AutoModelForCausalLM
-
-    def batch_loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logits = logits[:, :-1].float()
+    def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
+        logits = model(**batch.inputs()).logits[:, :-1].float()
         targets = batch.labels[:, 1:]
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
@@ -55,7 +68,75 @@ class CausalLMObjective:
         )
 
 
-OBJECTIVES = {"causal_lm": CausalLMObjective}
+class ClassificationObjective:
+    """Cross-entropy of a sequence classifier (e.g. BertForSequenceClassification)."""
+
+    name = "classification"
+    sequence_level = True
+    needs_labels = True
+
+    @staticmethod
+    def auto_class():
+        return _auto("AutoModelForSequenceClassification")
+
+    def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
+        logits = model(**batch.inputs()).logits.float()
+        return F.cross_entropy(logits, batch.labels[:, 0], reduction="sum")
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+class EntropyObjective:
+    """Mean prediction entropy on unlabelled inputs (AdaMerging-style test-time objective).
+
+    Causal LMs: next-token entropy at every position that has a next token (text records) or
+    at the response positions (prompt/response records). Classifiers: entropy of the class
+    distribution, one term per sample. Labels, if present, are ignored.
+    """
+
+    name = "entropy"
+    needs_labels = False
+
+    def __init__(self, sequence_level: bool):
+        self.sequence_level = sequence_level
+
+    def auto_class(self):
+        if self.sequence_level:
+            return _auto("AutoModelForSequenceClassification")
+        return _auto("AutoModelForCausalLM")
+
+    def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
+        logits = model(**batch.inputs()).logits
+        if self.sequence_level:
+            return _entropy(logits).sum()
+        mask = batch.labels[:, 1:] != IGNORE_INDEX
+        return (_entropy(logits[:, :-1]) * mask).sum()
+
+
+def make_objective(name: str, architectures: list[str] | None):
+    """The objective a recipe names, checked against the base model's architecture."""
+    arch = (architectures or [""])[0]
+    is_classifier = arch.endswith("ForSequenceClassification")
+    if name == "causal_lm":
+        if is_classifier:
+            raise FWConfigError(
+                f"The base model is a {arch}; use `objective: classification` (or entropy)."
+            )
+        return CausalLMObjective()
+    if name == "classification":
+        if not is_classifier:
+            raise FWConfigError(
+                f"`objective: classification` needs a *ForSequenceClassification base model; the "
+                f"base is {arch or 'unknown'}. Save the base and the experts with one shared "
+                "classification head (same num_labels)."
+            )
+        return ClassificationObjective()
+    if name == "entropy":
+        return EntropyObjective(sequence_level=is_classifier)
+    raise FWConfigError(f"Unknown objective {name!r}.")
 
 
 def make_batches(calib: CalibrationSet, batch_size: int, pad_id: int, device) -> list[Batch]:
@@ -67,18 +148,30 @@ def make_batches(calib: CalibrationSet, batch_size: int, pad_id: int, device) ->
         for start in range(0, len(task.samples), batch_size):
             chunk = task.samples[start : start + batch_size]
             width = max(len(s.input_ids) for s in chunk)
+            label_width = max(len(s.labels) for s in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+            labels = torch.full((len(chunk), label_width), IGNORE_INDEX, dtype=torch.long)
+            types = None
+            if chunk[0].token_type_ids is not None:
+                types = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, sample in enumerate(chunk):
                 n = len(sample.input_ids)
                 ids[row, :n] = torch.tensor(sample.input_ids)
                 mask[row, :n] = 1
-                labels[row, :n] = torch.tensor(sample.labels)
+                labels[row, : len(sample.labels)] = torch.tensor(sample.labels)
+                if types is not None:
+                    types[row, :n] = torch.tensor(sample.token_type_ids)
             batches.append(
                 Batch(
-                    index, ids.to(device), mask.to(device), labels.to(device), scale, task.n_targets
-                )
+                    index,
+                    ids.to(device),
+                    mask.to(device),
+                    labels.to(device),
+                    scale,
+                    task.n_targets,
+                    None if types is None else types.to(device),
+                )  # fmt: skip
             )
     return batches
 

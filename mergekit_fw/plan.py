@@ -25,7 +25,9 @@ class IterationRecord(BaseModel):
     gap: float  # <-grad, s - theta_t>
     gamma: float  # 0 when the run stopped at this iteration
     wins: dict[str, int]  # vertex label -> tensors it won
-    picks: dict[str, str]  # tensor -> vertex label
+    picks: dict[str, str]  # tensor -> vertex label ("a+b" for the k vertices of a soft step)
+    soft_weights: dict[str, float] = Field(default_factory=dict)  # soft: mean fitted weight per vertex
+    task_wins: dict[str, dict[str, int]] = Field(default_factory=dict)  # per_task: task -> label -> tensors
 
 
 class FWPlan(BaseModel):
@@ -41,7 +43,10 @@ class FWPlan(BaseModel):
     final_loss: float
     final_task_losses: dict[str, float]
     stopped: Literal["budget", "tolerance"]
+    task_preferences: dict[str, dict[str, int]] = Field(default_factory=dict)
     seconds: float = 0.0
+    # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder
+    adapters: dict[str, str] = Field(default_factory=dict)
 
     def coefficients_for(self, tensor_name: str) -> dict[str, float] | None:
         """Coefficients keyed by model reference string; None if the tensor was not planned."""
@@ -76,6 +81,13 @@ class FWPlan(BaseModel):
         come first: a name can only be a substring of a longer one. Unplanned tensors
         fall back to the base, as they do in the FW kernel.
         """
+        if self.adapters:
+            from mergekit_fw.config import FWConfigError
+
+            raise FWConfigError(
+                "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "
+                "express (mergekit would densify them); re-run the frank_wolfe recipe instead."
+            )
         names = sorted({*self.coefficients, *self.aliases}, key=lambda n: (-len(n), n))
         models = []
         for k, ref in enumerate(self.models):

@@ -25,8 +25,9 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from mergekit_fw.frank_wolfe import FrankWolfe, build_slots
-from mergekit_fw.objectives import OBJECTIVES, make_batches
+from mergekit_fw.objectives import make_batches
 from mergekit_fw.plan import PLAN_FILE, FWPlan
+from mergekit_fw.soft import SoftFrankWolfe
 from mergekit_fw.validate import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.vertices import VertexPool
 
@@ -48,8 +49,8 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
     dtype = dtype_from_name(config.dtype) or torch.float32
     loader_cache = LoaderCache()
     loader_cache.setup(options)
-    pool = VertexPool([recipe.base, *recipe.candidates], device, dtype)
-    objective = OBJECTIVES["causal_lm"]()
+    pool = VertexPool([recipe.base, *recipe.candidates], device, dtype, adapters=recipe.adapters)
+    objective = recipe.objective
     base_path = recipe.base.merged(
         cache_dir=options.lora_merge_cache,
         trust_remote_code=options.trust_remote_code,
@@ -63,6 +64,10 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
     with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
         for slot in slots:
             slot.param.copy_(pool.tensor(0, slot.name))
+    if settings.lora_mode == "factors":  # authors' G-hard: theta = LoRA factors (adapters.py)
+        from mergekit_fw.adapters import factor_problem
+
+        model, slots, pool = factor_problem(model, recipe, device)
     tokenizer = recipe.tokenizer
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -72,11 +77,13 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
-    runner = FrankWolfe(
+    loop = SoftFrankWolfe if settings.variant == "soft" else FrankWolfe
+    runner = loop(
         model, slots, pool, objective, batches,
         [t.name for t in recipe.calibration.tasks], settings, quiet=options.quiet,
     )  # fmt: skip
     plan = runner.run()
+    plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     del runner, slots, model
     gc.collect()
     if device.type == "cuda":
@@ -90,14 +97,18 @@ def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
 
 
 def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> None:
-    from mergekit_fw.report import append_card_section
+    from mergekit_fw.report import append_card_section, report_after_merge
 
     out = Path(out_path)
-    with open(out / LINEAR_RECIPE_FILE, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(plan.linear_recipe(config.dtype), handle, sort_keys=False)
+    if plan.adapters:  # a mergekit `linear` recipe cannot express adapter vertices
+        LOG.info("No %s: the plan has LoRA adapter vertices", LINEAR_RECIPE_FILE)
+    else:
+        with open(out / LINEAR_RECIPE_FILE, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(plan.linear_recipe(config.dtype), handle, sort_keys=False)
     card = out / "README.md"
     if card.exists():
         append_card_section(card, plan)
+    report_after_merge(out, plan)  # plots + card; a missing matplotlib only logs a warning
     plan.save(out / PLAN_FILE)  # last: its presence marks a finished FW merge
 
 
@@ -123,8 +134,13 @@ def run_fw_merge(
 
         transformers.trainer_utils.set_seed(options.random_seed)
     plan = prepare(config, options)
-    with active_plan(plan):
-        run_merge(config, out_path, options, config_source=config_source)
+    if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
+        from mergekit_fw.adapters import write_factor_adapter
+
+        write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
+    else:
+        with active_plan(plan):
+            run_merge(config, out_path, options, config_source=config_source)
     write_artifacts(out_path, plan, config)
     LOG.info(
         "Frank-Wolfe merge written to %s (plan: %s)", out_path, os.path.join(out_path, PLAN_FILE)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
+from mergekit_fw.adapters import load_adapters
 from mergekit_fw.calibration import CalibrationSet, load_calibration
 from mergekit_fw.config import FWConfigError, FWSettings
+from mergekit_fw.objectives import make_objective
 
 METHOD_NAME = "frank_wolfe"
 
@@ -26,6 +28,8 @@ class Recipe:
     candidates: list[ModelReference]
     tokenizer: object
     calibration: CalibrationSet | None
+    objective: object = None
+    adapters: list = field(default_factory=list)  # adapters.Adapter vertices (parameters.adapters)
 
 
 def raw_parameters(config: MergeConfiguration) -> dict:
@@ -60,10 +64,7 @@ def _structure(config: MergeConfiguration) -> tuple[ModelReference, list[ModelRe
             )
     base = config.base_model
     candidates = [m.model for m in config.models if m.model != base]
-    if not candidates:
-        raise FWConfigError(
-            "frank_wolfe needs at least one candidate under `models:` besides the base."
-        )
+    # "at least one candidate" counts LoRA adapters too: adapters.load_adapters checks it
     return base, candidates
 
 
@@ -175,10 +176,37 @@ def check_recipe(
     for ref in candidates:
         check_model_path(ref, "model")
     check_compatible(base, candidates)
-    tokenizer = load_tokenizer(base, trust_remote_code) if with_calibration else None
-    calibration = (
-        load_calibration(settings.calibration, tokenizer, settings.max_length)
-        if with_calibration
-        else None
+    adapters = load_adapters(settings, base, candidates)  # [] without parameters.adapters
+    base_config = load_base_config(base, trust_remote_code)
+    objective = make_objective(settings.objective, getattr(base_config, "architectures", None))
+    if not with_calibration:
+        return Recipe(settings, base, candidates, None, None, objective, adapters=adapters)
+    tokenizer = load_tokenizer(base, trust_remote_code)
+    sequence = objective.sequence_level
+    calibration = load_calibration(
+        settings.calibration,
+        tokenizer,
+        settings.max_length,
+        num_labels=base_config.num_labels if sequence and objective.needs_labels else None,
+        sequence=sequence,
     )
-    return Recipe(settings, base, candidates, tokenizer, calibration)
+    if settings.variant == "soft" and settings.select == "per_task" and len(calibration.tasks) < 2:
+        raise FWConfigError(
+            "`select: per_task` picks one vertex per calibration task, and the calibration "
+            f"{settings.calibration} has one task; use a manifest with several tasks, or "
+            "`select: topk`."
+        )
+    return Recipe(settings, base, candidates, tokenizer, calibration, objective, adapters=adapters)
+
+
+def load_base_config(base: ModelReference, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            base.model.path, revision=base.model.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as error:
+        raise FWConfigError(
+            f"Could not read the base model's config ({base.model.path}): {error}"
+        ) from None

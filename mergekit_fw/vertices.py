@@ -28,26 +28,112 @@ def short_labels(refs: Sequence[ModelReference]) -> list[str]:
 
 
 class VertexPool:
-    """Index 0 is the base model; 1..n are the candidates."""
+    """Index 0 is the base model; 1..n are the candidates.
 
-    def __init__(self, refs: Sequence[ModelReference], device: torch.device, dtype: torch.dtype):
+    LoRA adapters (adapters.py) come after the dense candidates: vertex W0 + s B A, scored
+    from its factors (`scores`), never read through mergekit's LoaderCache.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[ModelReference],
+        device: torch.device,
+        dtype: torch.dtype,
+        adapters: Sequence = (),
+    ):
         self.refs = list(refs)
         self.labels = short_labels(self.refs)
         self.device = device
         self.dtype = dtype
         cache = LoaderCache()
         self.loaders = [cache.get(ref) for ref in self.refs]
+        self.adapters = list(adapters)
+        if self.adapters:
+            from mergekit_fw.adapters import unique_labels
+
+            self.labels += unique_labels(self.labels, [a.label for a in self.adapters])
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return len(self.refs) + len(self.adapters)
+
+    @property
+    def ids(self) -> list[str]:
+        """Plan entries: str(ModelReference) of dense vertices, `adapter:<folder>` of adapters."""
+        return [str(r) for r in self.refs] + [a.id for a in self.adapters]
+
+    def _adapter(self, k: int):
+        return self.adapters[k - len(self.refs)] if k >= len(self.refs) else None
 
     def has(self, k: int, name: str) -> bool:
+        k = 0 if self._adapter(k) is not None else k
         return name in self.loaders[k].index.tensor_paths
 
     def tensor(self, k: int, name: str) -> torch.Tensor:
         """One tensor of one vertex, on the math device, in the merge dtype."""
+        adapter = self._adapter(k)
+        if adapter is not None:  # W0 + s B A: one tensor-sized temporary, no dense copy
+            work = torch.float64 if self.dtype == torch.float64 else torch.float32
+            x = self.loaders[0].get_tensor(name, device="cpu")
+            x = x.to(device=self.device, dtype=work, copy=True)  # never the loader's own tensor
+            return adapter.add_delta_(x, name).to(dtype=self.dtype)
         x = self.loaders[k].get_tensor(name, device="cpu")
         return x.to(device=self.device, dtype=self.dtype)
 
     def tensor_names(self, k: int = 0) -> list[str]:
+        k = 0 if self._adapter(k) is not None else k
         return list(self.loaders[k].index.tensor_paths)
+
+    def scores(self, name: str, g: torch.Tensor, with_norms: bool):
+        """(k, <g, v_k>, ||v_k|| or None) for every vertex of tensor `name`, streamed.
+
+        Dense vertices are read one at a time; adapter vertices are scored from their
+        factors plus the base's own dot and norm (adapters.Adapter.dot / norm_sq).
+        """
+        base_dot = base_sq = None
+        adapter_sq: list = []
+        for k in range(len(self.refs)):
+            x = self.tensor(k, name)
+            dot, norm = _dense_score(g, x, with_norms)
+            if k == 0 and self.adapters:
+                base_dot = dot
+                if with_norms:  # the W0 terms of every adapter's norm, while W0 is here
+                    base_sq, w0 = norm * norm, _work(x)
+                    adapter_sq = [a.norm_sq(name, w0, base_sq) for a in self.adapters]
+                    del w0
+            del x
+            yield k, dot, norm
+        if self.adapters:
+            g = _work(g)
+            for j, adapter in enumerate(self.adapters):
+                norm = adapter_sq[j].clamp_min(0.0).sqrt() if with_norms else None
+                yield len(self.refs) + j, adapter.dot(name, g, base_dot), norm
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    """float32 (or float64) view of a tensor for factor products."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _dense_score(g: torch.Tensor, x: torch.Tensor, with_norms: bool):
+    dot = torch.sum(g * x, dtype=torch.float64)
+    return dot, torch.linalg.vector_norm(x, dtype=torch.float64) if with_norms else None
+
+
+def vertex_scores(pool, name: str, g: torch.Tensor, with_norms: bool):
+    """(k, <g, v_k>, ||v_k|| or None) per vertex: the pool's own `scores` if it has one
+    (factor-scored adapters), else one streamed `pool.tensor(k, name)` at a time."""
+    scores = getattr(pool, "scores", None)
+    if scores is not None:
+        yield from scores(name, g, with_norms)
+        return
+    for k in range(len(pool)):
+        x = pool.tensor(k, name)
+        dot, norm = _dense_score(g, x, with_norms)
+        del x
+        yield k, dot, norm
+
+
+def vertex_ids(pool) -> list[str]:
+    """The plan's `models`: the pool's ids (adapters included) or its references."""
+    ids = getattr(pool, "ids", None)
+    return list(ids) if ids is not None else [str(r) for r in pool.refs]

@@ -1,0 +1,230 @@
+"""FW-soft: select k vertices, then fit their coefficients on the calibration loss.
+
+Each iteration (paper section 3.3; the authors' V-soft in fw_reference.md section 5):
+  1. selection: the k best vertices of one LMO (`select: topk`), or one distinct argmin per
+     calibration task from that task's own gradient (`select: per_task`, the authors' code);
+  2. fit: theta(w) = theta_t + sum_j w_j (s_j - theta_t), with w per tensor or per model,
+     by projected gradient descent onto the simplex {w >= 0, sum w <= 1} (the paper,
+     `coefficients: simplex`) or unconstrained Adam (the authors' code, `coefficients: free`);
+  3. merge: theta_{t+1} = theta(w*), again a per-tensor linear combination of the vertices.
+Memory: the model, the k selected directions s_j - theta_t, and the coefficients.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from mergekit_fw.frank_wolfe import FrankWolfe
+from mergekit_fw.lmo import ScoreTable, inner_scores
+from mergekit_fw.objectives import LossReport, evaluate
+from mergekit_fw.plan import IterationRecord
+
+
+def project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto the probability simplex (Duchi et al. 2008)."""
+    m = v.shape[-1]
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    css = u.cumsum(dim=-1) - 1.0
+    ind = torch.arange(1, m + 1, dtype=v.dtype, device=v.device)
+    positive = (u - css / ind) > 0
+    rho = (positive * ind).argmax(dim=-1, keepdim=True)  # last index where positive
+    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return torch.clamp(v - tau, min=0.0)
+
+
+def topk_vertices(scores: torch.Tensor, k: int, per_tensor: bool) -> torch.Tensor:
+    """[L, k] indices of the k lowest scores (stable: ties keep vertex order)."""
+    k = min(k, scores.shape[1])
+    if per_tensor:
+        return torch.argsort(scores, dim=1, stable=True)[:, :k]
+    order = torch.argsort(scores.sum(dim=0), stable=True)[:k]
+    return order.expand(scores.shape[0], k).clone()
+
+
+def argmin_excluding(
+    scores: torch.Tensor, chosen: torch.Tensor | None, per_tensor: bool
+) -> torch.Tensor:
+    """One vertex per tensor (or for the model), never one already chosen there."""
+    masked = scores.clone()
+    if not per_tensor:
+        masked = masked.sum(dim=0, keepdim=True).expand_as(scores).clone()
+    if chosen is not None and chosen.numel():
+        masked.scatter_(1, chosen, float("inf"))
+    return torch.argmin(masked, dim=1)
+
+
+def fit_coefficients(
+    loss_of,
+    n_rows: int,
+    k: int,
+    simplex: bool,
+    steps: int,
+    lr: float,
+    init: float,
+    quiet: bool = True,
+) -> tuple[torch.Tensor, float]:
+    """Minimise loss_of(w) over w [n_rows, k] (w_j: weight of vertex j, 1 - sum w on theta_t).
+
+    `loss_of(w)` returns the loss and leaves its gradient in w.grad. Simplex: projected
+    gradient descent from w = 0 (theta_t itself) with an adaptive step (grow after a
+    decrease, halve and retry after an increase), so the fit never ends above the current
+    loss. Free: the authors' unconstrained Adam from `init` (0.3 / 0.01 in their code),
+    returning the best point seen. Each step costs one pass over the calibration set.
+    """
+    start = 0.0 if simplex else init
+    w = torch.full((n_rows, k), start, dtype=torch.float64, requires_grad=True)
+    optimiser = None if simplex else torch.optim.Adam([w], lr=lr)
+
+    def evaluate_at(point: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with torch.no_grad():
+            w.copy_(point)
+        w.grad = None
+        value = loss_of(w)
+        return value, w.grad.detach().clone()
+
+    best_w = w.detach().clone()
+    best_loss, grad = evaluate_at(best_w)
+    step = lr
+    for _ in tqdm(range(steps), desc="fit coefficients", leave=False, disable=quiet):
+        if simplex:
+            lifted = torch.cat([1.0 - best_w.sum(dim=1, keepdim=True), best_w - step * grad], dim=1)
+            trial = project_simplex(lifted)[:, 1:]
+            value, trial_grad = evaluate_at(trial)
+            if value <= best_loss:
+                best_w, best_loss, grad, step = trial, value, trial_grad, step * 1.5
+            else:
+                step *= 0.5
+        else:
+            w.grad = grad.clone()
+            optimiser.step()
+            value, grad = evaluate_at(w.detach().clone())
+            if value < best_loss:
+                best_w, best_loss = w.detach().clone(), value
+    return best_w, best_loss
+
+
+class SoftFrankWolfe(FrankWolfe):
+    """FW-soft: same pre-pass plumbing and plan format as the hard variant."""
+
+    def selection(self, t: int) -> tuple[LossReport, ScoreTable, torch.Tensor, dict]:
+        s = self.settings
+        per_tensor = s.granularity == "tensor"
+        if s.select == "topk":
+            self.model.zero_grad(set_to_none=False)
+            report = self.loss(grad=True, desc=f"gradient t={t}")
+            table = self.score_pass()
+            return report, table, topk_vertices(self.score(table), s.topk, per_tensor), {}
+        # per_task: each task's own gradient picks a vertex no earlier task picked
+        chosen: list[torch.Tensor] = []
+        tables: list[ScoreTable] = []
+        task_wins = {}
+        report = LossReport(total=0.0, per_task={})
+        for index, name in enumerate(self.task_names):
+            self.model.zero_grad(set_to_none=False)
+            batches = [b for b in self.batches if b.task == index]
+            part = evaluate(
+                self.model, self.objective, batches, self.task_names,
+                grad=True, desc=f"gradient t={t} task {name}", quiet=self.quiet,
+            )  # fmt: skip
+            report.total += part.total
+            report.per_task[name] = part.per_task[name]
+            if len(chosen) >= len(self.pool):
+                continue  # more tasks than vertices: the extra tasks only add to the loss
+            table = self.score_pass()
+            previous = torch.stack(chosen, dim=1) if chosen else None
+            pick = argmin_excluding(self.score(table), previous, per_tensor)
+            chosen.append(pick)
+            tables.append(table)
+            task_wins[name] = dict(Counter(self.pool.labels[int(p)] for p in pick))
+        # <g, v> is linear in g, and the task gradients sum to the total gradient
+        total = ScoreTable(
+            dots=sum(tb.dots for tb in tables),
+            norms=tables[0].norms,
+            grad_norms=torch.zeros_like(tables[0].grad_norms),
+            current_dots=sum(tb.current_dots for tb in tables),
+        )
+        return report, total, torch.stack(chosen, dim=1), task_wins
+
+    def iteration(self, t: int) -> tuple[IterationRecord, bool]:
+        s = self.settings
+        report, table, selected, task_wins = self.selection(t)
+        # the FW gap is that of the exact (inner-product) LMO at theta_t
+        record = self.record(t, report, table, self.oracle(inner_scores(table), False))
+        record.task_wins = task_wins
+        record.picks = {
+            slot.name: "+".join(self.pool.labels[int(v)] for v in row)
+            for slot, row in zip(self.slots, selected)
+        }
+        record.wins = dict(Counter(self.pool.labels[int(v)] for row in selected for v in row))
+        if record.gap <= s.tolerance:
+            return record, True
+        weights = self.fit(t, selected)
+        record.gamma = float(weights.sum(dim=1).mean())
+        record.soft_weights = {
+            label: float(weights[selected == k].mean())
+            for k, label in enumerate(self.pool.labels)
+            if bool((selected == k).any())
+        }
+        return record, False
+
+    def fit(self, t: int, selected: torch.Tensor) -> torch.Tensor:
+        """Fit w, then move theta and the coefficients to theta(w). Returns w [L, k]."""
+        s = self.settings
+        k = selected.shape[1]
+        with torch.no_grad():  # directions s_j - theta_t: the k selected vertices in memory
+            directions = [
+                torch.stack([self.pool.tensor(int(v), slot.name) - slot.param for v in row])
+                for slot, row in zip(self.slots, selected)
+            ]
+        theta = {slot.name: slot.param.detach() for slot in self.slots}
+        per_tensor = s.fit_granularity == "tensor"
+        rows = len(self.slots) if per_tensor else 1
+
+        def merged(w: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = {}
+            for i, slot in enumerate(self.slots):
+                wi = w[i if per_tensor else 0].to(slot.param.dtype)
+                shape = (k,) + (1,) * slot.param.dim()
+                out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
+            return out
+
+        def loss_of(w: torch.Tensor) -> float:
+            params = merged(w)
+            total = 0.0
+            for j, batch in enumerate(self.batches):
+                bound = _Bound(self.model, params)
+                value = self.objective.batch_loss_sum(bound, batch) * batch.scale
+                value.backward(retain_graph=j < len(self.batches) - 1)
+                total += value.item()
+            return total
+
+        weights, _ = fit_coefficients(
+            loss_of, rows, k, simplex=s.coefficients == "simplex", steps=s.inner_steps,
+            lr=s.inner_lr, init=0.3 if t == 0 else 0.01, quiet=self.quiet,
+        )  # fmt: skip
+        weights = weights.expand(len(self.slots), k) if not per_tensor else weights
+        with torch.no_grad():
+            for i, slot in enumerate(self.slots):
+                wi = weights[i].to(slot.param.dtype).view((k,) + (1,) * slot.param.dim())
+                slot.param.add_((wi * directions[i]).sum(dim=0))
+            vertex = torch.zeros_like(self.coefficients)
+            vertex.scatter_add_(1, selected, weights.to(vertex.dtype))
+            self.coefficients.mul_(1.0 - weights.sum(dim=1, keepdim=True)).add_(vertex)
+        del directions
+        return weights
+
+
+class _Bound:
+    """Call a module with substituted parameters (torch.func), like the module itself."""
+
+    def __init__(self, model: torch.nn.Module, params: dict[str, torch.Tensor]):
+        self.model, self.params = model, params
+
+    def __call__(self, **inputs):
+        return functional_call(
+            self.model, self.params, args=(), kwargs=inputs, tie_weights=True, strict=False
+        )
