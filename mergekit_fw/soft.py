@@ -214,7 +214,7 @@ class SoftFrankWolfe(FrankWolfe):
             vertex = torch.zeros_like(self.coefficients)
             vertex.scatter_add_(1, selected, weights.to(vertex.dtype))
             self.coefficients.mul_(1.0 - weights.sum(dim=1, keepdim=True)).add_(vertex)
-        del directions
+        directions.clear()  # free the k vertex copies now
         return weights
 
 
