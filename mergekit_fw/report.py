@@ -61,6 +61,25 @@ def summary_table(plan: FWPlan) -> list[str]:
     ]
 
 
+def task_preference_lines(plan: FWPlan) -> list[str]:
+    """Which candidate each calibration task's own gradient prefers at the final merge."""
+    if not plan.task_preferences:
+        return []
+    lines = [
+        "",
+        "Which vertex each calibration task's gradient prefers at the final merge "
+        "(tensors won, per-task LMO):",
+        "",
+        "| task | " + " | ".join(plan.labels) + " |",
+        "|---|" + "---|" * len(plan.labels),
+    ]
+    for task, wins in plan.task_preferences.items():
+        lines.append(
+            f"| {task} | " + " | ".join(str(wins.get(label, 0)) for label in plan.labels) + " |"
+        )
+    return lines
+
+
 def evaluation_lines(evaluation: dict | None) -> list[str]:
     if not evaluation or not evaluation.get("table"):
         return []
@@ -134,6 +153,7 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
     lines += ["", "Total coefficient per model, summed over tensors:", ""]
     totals = sorted(plan.total_coefficients().items(), key=lambda kv: -kv[1])
     lines += [f"- {label}: {value:.3f}" for label, value in totals]
+    lines += task_preference_lines(plan)
     lines += evaluation_lines(evaluation)
     return "\n".join(lines) + "\n"
 

@@ -155,6 +155,9 @@ def test_classifier_merge_through_stock_mergekit_yaml(classifiers, tmp_path, var
     assert result.returncode == 0, result.stderr[-3000:]
     plan = FWPlan.load(out / "fw_plan.json")
     assert set(plan.task_preferences) == set(RULES)
+    card = (out / "README.md").read_text()
+    assert "Which vertex each calibration task's gradient prefers" in card
+    assert all(f"| {task} |" in card for task in RULES)
     assert plan.final_loss < plan.iterations[0].loss
     # the written classifier reproduces the pre-pass loss
     from mergekit_fw.calibration import load_calibration
