@@ -152,18 +152,31 @@ def _vocab(path: str) -> dict[str, int] | None:
     return {**(vocab or {}), **{t["content"]: t["id"] for t in added}}
 
 
-def load_tokenizer(base: ModelReference, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+def _from_base(auto_class: str, base: ModelReference, trust_remote_code: bool, hint: str):
+    """AutoTokenizer/AutoConfig of the base, with an error that says what to fix."""
+    import transformers
 
     try:
-        return AutoTokenizer.from_pretrained(
+        return getattr(transformers, auto_class).from_pretrained(
             base.model.path, revision=base.model.revision, trust_remote_code=trust_remote_code
         )
     except Exception as error:
         raise FWConfigError(
-            f"Could not load the base model's tokenizer from {base.model.path}: {error}. "
-            "The calibration data is tokenized with it; copy the tokenizer files into the base folder."
+            f"Could not load {auto_class} from {base.model.path}: {error}. {hint}"
         ) from None
+
+
+def load_tokenizer(base: ModelReference, trust_remote_code: bool = False):
+    return _from_base(
+        "AutoTokenizer", base, trust_remote_code,
+        "The calibration data is tokenized with the base model's tokenizer; copy its files into the base folder.",
+    )  # fmt: skip
+
+
+def load_base_config(base: ModelReference, trust_remote_code: bool = False):
+    return _from_base(
+        "AutoConfig", base, trust_remote_code, "Is the base a transformers model folder?"
+    )
 
 
 def check_recipe(
@@ -197,16 +210,3 @@ def check_recipe(
             "`select: topk`."
         )
     return Recipe(settings, base, candidates, tokenizer, calibration, objective, adapters=adapters)
-
-
-def load_base_config(base: ModelReference, trust_remote_code: bool = False):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(
-            base.model.path, revision=base.model.revision, trust_remote_code=trust_remote_code
-        )
-    except Exception as error:
-        raise FWConfigError(
-            f"Could not read the base model's config ({base.model.path}): {error}"
-        ) from None
