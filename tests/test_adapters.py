@@ -20,6 +20,7 @@ from mergekit_fw import toy
 from mergekit_fw.adapters import factor_layout, read_adapter
 from mergekit_fw.config import FWConfigError
 from mergekit_fw.plan import FWPlan
+from tests.conftest import write_recipe as recipe
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 ADAPTERS = {  # task -> LoraConfig options (one rsLoRA of another rank, one with o_proj too)
@@ -53,18 +54,6 @@ def write_manifest(path: Path, adapters: list[str]) -> str:
     entries = [{"path": os.path.relpath(a, path.parent)} for a in adapters]
     path.write_text(yaml.safe_dump({"adapters": entries}))
     return str(path)
-
-
-def recipe(path: Path, base: str, models: list[str], **parameters) -> Path:
-    data = {
-        "merge_method": "frank_wolfe",
-        "base_model": base,
-        "models": [{"model": m} for m in models],
-        "dtype": "float32",
-        "parameters": parameters,
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def mergekit_yaml(config: Path, out: Path, *extra: str):
