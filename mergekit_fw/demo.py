@@ -94,6 +94,29 @@ def main() -> None:
         f"(ratio {fw_seconds / ta_seconds:.1f}); demo total {time.perf_counter() - started:.0f} s"
     )
     print("FW plan, plots and model card: .demo/out/fw/ (fw_plan.json, README.md)")
+    lm_eval_table(rows)
+
+
+def lm_eval_table(rows: list[tuple[str, str]]) -> None:
+    """The same comparison scored by lm-eval-harness on the shipped offline toy tasks."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        print("\n(lm-eval is not installed: pip install '.[eval]' for the lm-eval table)")
+        return
+    command = [
+        str(Path(sys.executable).with_name("mergekit-fw")), "eval", str(ROOT / "out" / "fw"),
+        "--tasks", ",".join(f"toy_{t}" for t in TARGETS),
+        "--include-path", "examples/lm_eval_tasks", "--limit", "50", "--device", "cpu",
+        "--no-auto-compare",
+    ]  # fmt: skip
+    for _name, path in rows[:-1]:
+        command += ["--compare", path]
+    print(
+        "\n== lm-eval-harness on the offline toy tasks: mergekit-fw eval .demo/out/fw ...",
+        flush=True,
+    )
+    subprocess.run(command, check=True)
 
 
 if __name__ == "__main__":
