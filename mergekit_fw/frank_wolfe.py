@@ -114,8 +114,8 @@ class FrankWolfe:
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
             g = slot.param.grad
-            grad_norms[i] = torch.linalg.vector_norm(g, dtype=torch.float64)
-            current[i] = torch.sum(g * slot.param, dtype=torch.float64)
+            grad_norms[i] = torch.linalg.vector_norm(g.float())
+            current[i] = torch.dot(g.reshape(-1).float(), slot.param.detach().reshape(-1).float())
             for k, dot, norm in vertex_scores(self.pool, slot.name, g, need_norms):
                 dots[i, k] = dot  # streamed; adapter vertices are scored from their factors
                 if need_norms:
@@ -169,8 +169,8 @@ class FrankWolfe:
             picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
         )  # fmt: skip
 
-    def iteration(self, t: int) -> tuple[IterationRecord, bool]:
-        """One pass of Algorithm 1; returns its record and whether the gap says stop."""
+    def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
+        """One pass of Algorithm 1; returns its record and why to stop, if the run should."""
         # 1. gradient at the current merge
         self.model.zero_grad(set_to_none=False)
         report = self.loss(grad=True, desc=f"gradient t={t}")
@@ -180,15 +180,17 @@ class FrankWolfe:
         # 3. FW gap, and stop when it is small enough
         record = self.record(t, report, table, picks)
         if record.gap <= self.settings.tolerance:
-            return record, True
+            return record, "tolerance"
         # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
         self.direction_pass(picks)
         position = [0.0]
         gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
         self.move(gamma - position[0])
+        if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
+            return record, "no_descent"
         self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
         record.gamma = gamma
-        return record, False
+        return record, None
 
     def task_preferences(self) -> dict[str, dict[str, int]]:
         """Which vertex each task's own gradient prefers at the final merge (tensors won)."""
@@ -225,7 +227,7 @@ class FrankWolfe:
             history.append(record)
             self._log(record)
             if stop:
-                stopped = "tolerance"
+                stopped = stop
                 break
         preferences = self.task_preferences() if len(self.task_names) > 1 else {}
         self.model.zero_grad(set_to_none=True)

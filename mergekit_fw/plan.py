@@ -26,8 +26,12 @@ class IterationRecord(BaseModel):
     gamma: float  # 0 when the run stopped at this iteration
     wins: dict[str, int]  # vertex label -> tensors it won
     picks: dict[str, str]  # tensor -> vertex label ("a+b" for the k vertices of a soft step)
-    soft_weights: dict[str, float] = Field(default_factory=dict)  # soft: mean fitted weight per vertex
-    task_wins: dict[str, dict[str, int]] = Field(default_factory=dict)  # per_task: task -> label -> tensors
+    soft_weights: dict[str, float] = Field(
+        default_factory=dict
+    )  # soft: mean fitted weight per vertex
+    task_wins: dict[str, dict[str, int]] = Field(
+        default_factory=dict
+    )  # per_task: task -> label -> tensors
 
 
 class FWPlan(BaseModel):
@@ -42,7 +46,9 @@ class FWPlan(BaseModel):
     iterations: list[IterationRecord]
     final_loss: float
     final_task_losses: dict[str, float]
-    stopped: Literal["budget", "tolerance"]
+    stopped: Literal[
+        "budget", "tolerance", "no_descent"
+    ]  # no_descent: line search found no lower loss
     task_preferences: dict[str, dict[str, int]] = Field(default_factory=dict)
     seconds: float = 0.0
     # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder

@@ -149,7 +149,7 @@ class SoftFrankWolfe(FrankWolfe):
         )
         return report, total, torch.stack(chosen, dim=1), task_wins
 
-    def iteration(self, t: int) -> tuple[IterationRecord, bool]:
+    def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
         s = self.settings
         report, table, selected, task_wins = self.selection(t)
         # the FW gap is that of the exact (inner-product) LMO at theta_t
@@ -161,7 +161,7 @@ class SoftFrankWolfe(FrankWolfe):
         }
         record.wins = dict(Counter(self.pool.labels[int(v)] for row in selected for v in row))
         if record.gap <= s.tolerance:
-            return record, True
+            return record, "tolerance"
         weights = self.fit(t, selected)
         record.gamma = float(weights.sum(dim=1).mean())
         record.soft_weights = {
@@ -169,7 +169,7 @@ class SoftFrankWolfe(FrankWolfe):
             for k, label in enumerate(self.pool.labels)
             if bool((selected == k).any())
         }
-        return record, False
+        return record, None
 
     def fit(self, t: int, selected: torch.Tensor) -> torch.Tensor:
         """Fit w, then move theta and the coefficients to theta(w). Returns w [L, k]."""

@@ -34,33 +34,46 @@ class ConstantStep:
 
 
 class LineSearch:
-    """Golden-section search of the loss on [0, 1]; never returns a gamma that raises it.
+    """Minimise the loss over gamma in [0, 1]: halving bracket, then golden section.
 
-    gamma = 1 is tried first (FW often wants the whole vertex early on); the best of all
-    evaluated points, and of gamma = 0 with the known loss f0, wins. Ties go to the smaller
-    step, so a flat direction is not taken.
+    gamma = 1, 1/2, 1/4, ... are tried until the loss falls below f0 and then stops falling,
+    which brackets the best step even when it is small (a plain golden section on [0, 1]
+    never tries a step below ~0.09 and so stalls on losses that only allow small steps).
+    The remaining evaluations refine the bracket. The best evaluated point wins, or gamma = 0
+    with the known loss f0, so the loss never rises; ties go to the smaller step.
     """
 
     def __init__(self, evals: int = 10):
         self.evals = evals
 
     def choose(self, t: int, f0: float, loss_at: Callable[[float], float]) -> float:
-        seen = {0.0: f0, 1.0: loss_at(1.0)}
-        inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
-        a, b = 0.0, 1.0
-        c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
-        fc, fd = loss_at(c), loss_at(d)
-        seen[c], seen[d] = fc, fd
-        for _ in range(self.evals - 3):
-            if fc < fd:
-                b, d, fd = d, c, fc
-                c = b - inv_phi * (b - a)
-                fc = seen[c] = loss_at(c)
-            else:
-                a, c, fc = c, d, fd
-                d = a + inv_phi * (b - a)
-                fd = seen[d] = loss_at(d)
-        return min(seen, key=lambda gamma: (seen[gamma], gamma))
+        seen = {0.0: f0}
+
+        def f(gamma: float) -> float:
+            if gamma not in seen:
+                seen[gamma] = loss_at(gamma)
+            return seen[gamma]
+
+        best, gamma = None, 1.0
+        while len(seen) <= self.evals:
+            value = f(gamma)
+            if value < f0 and (best is None or value < seen[best]):
+                best = gamma  # still improving as the step shrinks
+            elif best is not None:
+                break  # worse than the larger step: the minimum is bracketed
+            gamma /= 2.0
+        if best is not None:
+            inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+            a, b = best / 2.0, min(1.0, best * 2.0)
+            c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+            while len(seen) <= self.evals:
+                if f(c) < f(d):
+                    b, d = d, c
+                    c = b - inv_phi * (b - a)
+                else:
+                    a, c = c, d
+                    d = a + inv_phi * (b - a)
+        return min(seen, key=lambda g: (seen[g], g))
 
 
 def make_step_rule(name: str, step_size: float, line_search_evals: int):

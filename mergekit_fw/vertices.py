@@ -115,8 +115,10 @@ def _work(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_score(g: torch.Tensor, x: torch.Tensor, with_norms: bool):
-    dot = torch.sum(g * x, dtype=torch.float64)
-    return dot, torch.linalg.vector_norm(x, dtype=torch.float64) if with_norms else None
+    # float32 BLAS dot: a float64-accumulated sum of g * x was the LMO's main cost
+    # (docs/benchmarks.md, LMO speed); float32 accumulation is ample for ranking vertices.
+    dot = torch.dot(g.reshape(-1).float(), x.reshape(-1).float())
+    return dot, torch.linalg.vector_norm(x.float()) if with_norms else None
 
 
 def vertex_scores(pool, name: str, g: torch.Tensor, with_norms: bool):

@@ -125,3 +125,12 @@ def test_fw_gap_and_step_rules():
     assert gamma == pytest.approx(0.3, abs=5e-3)
     rising = lambda gamma: 1.0 + gamma  # noqa: E731
     assert LineSearch(evals=8).choose(0, 1.0, rising) == 0.0
+
+
+@pytest.mark.parametrize("best", [0.7, 0.05, 0.004])
+def test_line_search_finds_small_steps(best):
+    """A loss that only allows small steps (benchmarks: every golden-section step was 0)."""
+    loss = lambda gamma: (gamma - best) ** 2  # noqa: E731
+    gamma = LineSearch(evals=12).choose(0, loss(0.0), loss)
+    assert 0.0 < gamma and loss(gamma) < loss(0.0)
+    assert gamma == pytest.approx(best, rel=0.15)
