@@ -1,0 +1,143 @@
+"""Experiment 5: one LMO pass of the package (FrankWolfe.score_pass) over n candidates,
+against a plain read of the same safetensors bytes, warm page cache, in the same process.
+(`python -m benchmarks.run --only lmo`)"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from benchmarks.bigmodel import build
+from benchmarks.common import CACHE
+
+RESULTS = CACHE / "results" / "lmo.json"
+SIZES = [4, 16]
+REPEATS = 3
+
+
+def raw_read(files: list[str]) -> float:
+    """Read every byte of every file into one reused buffer (no parsing, no conversion)."""
+    size = max(os.path.getsize(f) for f in files)
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as handle:
+            while handle.readinto(view) > 0:
+                pass
+    return time.perf_counter() - t0
+
+
+def safetensors_load(files: list[str]) -> float:
+    from safetensors.torch import load_file
+
+    t0 = time.perf_counter()
+    for f in files:
+        sd = load_file(f)
+        del sd
+    return time.perf_counter() - t0
+
+
+def fw_runner(info: dict, n: int):
+    """The package's FrankWolfe object, built exactly as runner.compute_plan builds it."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.options import MergeOptions
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_fw.frank_wolfe import FrankWolfe, build_slots
+    from mergekit_fw.objectives import make_batches
+    from mergekit_fw.validate import check_recipe
+    from mergekit_fw.vertices import VertexPool
+
+    config = MergeConfiguration.model_validate({
+        "merge_method": "frank_wolfe", "base_model": info["base"], "dtype": "float32",
+        "models": [{"model": p} for p in info["cands"][:n]],
+        "parameters": {"calibration": info["calibration"], "iterations": 1,
+                       "batch_size": 4, "max_length": 64},
+    })  # fmt: skip
+    options = MergeOptions(quiet=True)
+    recipe = check_recipe(config)
+    LoaderCache().setup(options)
+    pool = VertexPool([recipe.base, *recipe.candidates], torch.device("cpu"), torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(info["base"], dtype=torch.float32)
+    slots = build_slots(model, set(pool.tensor_names(0)))
+    batches = make_batches(recipe.calibration, 4, 0, torch.device("cpu"))
+    runner = FrankWolfe(
+        model,
+        slots,
+        pool,
+        recipe.objective,
+        batches,
+        [t.name for t in recipe.calibration.tasks],
+        recipe.settings,
+        quiet=True,
+    )
+    for slot in slots:
+        slot.param.requires_grad_(True)
+    runner.loss(grad=True, desc="gradient")
+    files = [os.path.join(p, "model.safetensors") for p in [info["base"], *info["cands"][:n]]]
+    return runner, files
+
+
+def breakdown(runner) -> dict:
+    """Where an LMO pass goes: read + bf16->fp32 (pool.tensor), the package's float64
+    `torch.sum(g * x)`, and a float32 `torch.dot` on the same tensors (best of 2)."""
+    best = None
+    for _ in range(2):
+        t_read = t_sum = t_dot = 0.0
+        for slot in runner.slots:
+            g = slot.param.grad
+            for k in range(len(runner.pool)):
+                t0 = time.perf_counter()
+                x = runner.pool.tensor(k, slot.name)
+                t1 = time.perf_counter()
+                torch.sum(g * x, dtype=torch.float64)
+                t2 = time.perf_counter()
+                torch.dot(g.reshape(-1), x.reshape(-1))
+                t3 = time.perf_counter()
+                t_read, t_sum, t_dot = t_read + t1 - t0, t_sum + t2 - t1, t_dot + t3 - t2
+        if best is None or t_read + t_sum < best["read_convert"] + best["sum_f64"]:
+            best = {"read_convert": t_read, "sum_f64": t_sum, "dot_f32": t_dot}
+    return best
+
+
+def run(sizes=SIZES) -> dict:
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    info = build(max(sizes))
+    rows = []
+    for n in sizes:
+        runner, files = fw_runner(info, n)
+        raw_read(files)  # warm the page cache
+        first = time.perf_counter()
+        runner.score_pass()  # first pass also computes the vertex norms (cached afterwards)
+        first = time.perf_counter() - first
+        reads, loads, passes = [], [], []
+        for _ in range(REPEATS):  # interleaved, so load from other users hits both alike
+            reads.append(raw_read(files))
+            t0 = time.perf_counter()
+            runner.score_pass()
+            passes.append(time.perf_counter() - t0)
+            loads.append(safetensors_load(files))
+        row = {
+            "n": n, "bytes": sum(os.path.getsize(f) for f in files), "raw_read": min(reads),
+            "safetensors_load": min(loads), "lmo_first": first, "lmo": min(passes),
+            "ratio": min(passes) / min(reads), "ratio_first": first / min(reads),
+            "ratio_vs_load": min(passes) / min(loads),
+        }  # fmt: skip
+        if n == min(sizes):
+            parts = breakdown(runner)
+            row.update({f"breakdown_{k}": v / min(reads) for k, v in parts.items()})
+        rows.append(row)
+        print(f"lmo n={n:2d}: pass {row['lmo']:.2f}s (first {first:.2f}s), raw read "
+              f"{row['raw_read']:.2f}s, load_file {row['safetensors_load']:.2f}s, ratio "
+              f"{row['ratio']:.2f}", flush=True)  # fmt: skip
+        del runner
+    result = {"params": info["params"], "rows": rows, "seconds": time.perf_counter() - started}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    return result

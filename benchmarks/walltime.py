@@ -1,0 +1,87 @@
+"""Experiment 6: wall time of a full FW merge (pre-pass + mergekit write) against a stock
+task-arithmetic merge of the same pool, side by side in one process.
+(`python -m benchmarks.run --only walltime`)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import torch
+
+from benchmarks.common import CACHE
+from benchmarks.tasks import ADDITIONS, TARGETS
+
+RESULTS = CACHE / "results" / "walltime.json"
+
+
+def _config(method, base, cands, params):
+    from mergekit.config import MergeConfiguration
+
+    models = [{"model": p} for p in cands]
+    if method == "task_arithmetic":
+        models = [{"model": p, "parameters": {"weight": 1.0}} for p in cands]
+    return MergeConfiguration.model_validate({
+        "merge_method": method, "base_model": base, "dtype": "float32", "models": models,
+        "parameters": params,
+    })  # fmt: skip
+
+
+def _time(method, config) -> float:
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from mergekit_fw.runner import run_fw_merge
+
+    out = str(CACHE / "tmp_out" / "walltime")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    if method == "frank_wolfe":
+        run_fw_merge(config, out, MergeOptions(quiet=True))
+    else:
+        run_merge(config, out, MergeOptions(quiet=True))
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def run() -> dict:
+    torch.set_num_threads(2)
+    from benchmarks.bigmodel import build as build_big
+    from benchmarks.merging import FW_PACKAGE, Zoo
+    from benchmarks.scaling import CALIB_SAMPLES, ITERATIONS, LINE_EVALS
+
+    started = time.perf_counter()
+    zoo = Zoo(CALIB_SAMPLES)
+    pool = [zoo.paths[f"expert_{t}"] for t in TARGETS + ADDITIONS[:12]]
+    fw_params = {
+        "calibration": zoo.manifest(TARGETS), "iterations": ITERATIONS,
+        "line_search_evals": LINE_EVALS, "batch_size": 100, "max_length": 256,
+        "tolerance": float("-inf"), **FW_PACKAGE,
+    }  # fmt: skip
+    big = build_big(16)
+    big_params = {"calibration": big["calibration"], "iterations": 2, "step": "constant",
+                  "step_size": 0.5, "batch_size": 4, "max_length": 64}  # fmt: skip
+    cases = [
+        (f"zoo, 16 experts, {ITERATIONS} FW iterations (line search), 4x{CALIB_SAMPLES} "
+         "calibration samples", zoo.paths["base"], pool, fw_params),
+        ("66M random model, 16 candidates, 2 FW iterations, 4 samples", big["base"],
+         big["cands"], big_params),
+    ]  # fmt: skip
+    rows = []
+    for label, base, cands, params in cases:
+        ta = _config("task_arithmetic", base, cands, {"lambda": 0.3})
+        fw = _config("frank_wolfe", base, cands, params)
+        ta_times = [_time("task_arithmetic", ta)]
+        fw_time = _time("frank_wolfe", fw)
+        ta_times.append(_time("task_arithmetic", ta))
+        row = {"case": label, "fw": fw_time, "task_arithmetic": min(ta_times),
+               "ratio": fw_time / min(ta_times)}  # fmt: skip
+        rows.append(row)
+        print(f"walltime {label}: FW {fw_time:.1f}s, TA {min(ta_times):.1f}s, "
+              f"ratio {row['ratio']:.1f}", flush=True)  # fmt: skip
+    result = {"rows": rows, "seconds": time.perf_counter() - started}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    return result

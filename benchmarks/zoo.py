@@ -1,0 +1,233 @@
+"""Build (or load from cache) the expert zoo: `python -m benchmarks.run --only zoo`.
+
+- tokenizer: character level, trained with `tokenizers` on the pretraining text;
+- base: LLaMA-style, ~0.7M parameters, pretrained on half of the BBC train articles;
+- 17 experts fine-tuned from the base, one per task (5 topics, 12 string tasks);
+- 2 noisy experts (shift, sports) fine-tuned from a differently initialised base;
+- held-out scores of the base and every expert on every task (scores.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+
+import torch
+
+from benchmarks.common import (
+    CACHE,
+    IGNORE,
+    ZOO,
+    Encoded,
+    encode,
+    exact_match,
+    make_model,
+    score,
+    threads,
+    train_tokenizer,
+)  # fmt: skip
+from benchmarks.tasks import ALL_TASKS, NOISY_TASKS, TOPICS, clean, kind, splits, text_splits
+
+SETTINGS = {
+    "hidden": 128, "layers": 4, "base_steps": 150, "base_batch": 32, "base_len": 64,
+    "base_string_batch": 64, "base_string_per_task": 500, "base_lr": 3e-3,
+    "noisy_base_steps": 30, "string_expert_steps": 300, "text_expert_steps": 60,
+    "expert_batch": 32, "text_expert_batch": 16, "expert_lr": 3e-3, "text_expert_lr": 1e-3, "version": 4,
+}  # fmt: skip
+
+
+def fingerprint() -> str:
+    return hashlib.sha1(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _batches(rows, batch: int, steps: int, seed: int):
+    rng = random.Random(seed)
+    for _ in range(steps):
+        chunk = [rows[rng.randrange(len(rows))] for _ in range(batch)]
+        width = max(len(r[0]) for r in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, (x, y) in enumerate(chunk):
+            ids[i, : len(x)] = torch.tensor(x)
+            labels[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+        yield ids, mask, labels
+
+
+def train(model, rows, steps: int, batch: int, lr: float, seed: int, mix=None) -> float:
+    """AdamW with linear decay to 10%; loss on labelled tokens only. Returns the last loss.
+
+    mix=(rows2, batch2): alternate batches of `rows` and `rows2` (the base's pretraining).
+    """
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    total = steps * (2 if mix else 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(total, 1))
+    model.train()
+    last = float("nan")
+    stream = _batches(rows, batch, steps, seed)
+    if mix:
+        other = _batches(mix[0], mix[1], steps, seed + 1)
+        stream = (b for pair in zip(stream, other) for b in pair)
+    for ids, mask, labels in stream:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        last = float(loss.detach())
+    model.eval()
+    return last
+
+
+def write_jsonl(path, records) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def load_zoo() -> dict:
+    info = json.loads((ZOO / "zoo.json").read_text())
+    return info
+
+
+def build(force: bool = False) -> dict:
+    threads()
+    marker = ZOO / "zoo.json"
+    if marker.exists() and not force:
+        info = json.loads(marker.read_text())
+        if info.get("fingerprint") == fingerprint():
+            print(f"zoo: cached at {ZOO} (built in {info['seconds']:.0f}s)")
+            return info
+    ZOO.mkdir(parents=True, exist_ok=True)
+    data = {t: splits(t) for t in ALL_TASKS}
+    pretrain = [clean(a) for t in TOPICS for a in text_splits(t)["pretrain"]]
+    string_text = [r["prompt"] + r["response"] for t in ALL_TASKS if kind(t) == "string"
+                   for r in data[t]["train"]]  # fmt: skip
+    tok = train_tokenizer(pretrain + string_text)
+    vocab = len(tok)
+    for task in ALL_TASKS:  # calibration / test files (the merge methods read calibration)
+        folder = ZOO / "data" / task
+        folder.mkdir(parents=True, exist_ok=True)
+        write_jsonl(folder / "calibration.jsonl", data[task]["calibration"])
+        write_jsonl(folder / "test.jsonl", data[task]["test"])
+    base_rows = []
+    for article in pretrain:
+        for i in range(0, max(len(article) - SETTINGS["base_len"], 1), SETTINGS["base_len"]):
+            ids = tok(article[i : i + SETTINGS["base_len"]])["input_ids"]
+            base_rows.append((ids, ids))
+    # the base also sees a little of every string task's train split (prompt format + skills
+    # to specialise); experts then fine-tune on far more of their own task
+    string_rows = [encode(r, tok)[:2] for t in ALL_TASKS if kind(t) == "string"
+                   for r in data[t]["train"][: SETTINGS["base_string_per_task"]]]  # fmt: skip
+    timings = {}
+
+    def save(model, name, stamp, seconds):
+        path = ZOO / name
+        model.save_pretrained(str(path), safe_serialization=True)
+        tok.save_pretrained(str(path))
+        (path / "stage.json").write_text(json.dumps({"stamp": stamp, "seconds": seconds}))
+        return str(path)
+
+    def cached(name, stamp):
+        """Stages are cached one model at a time: an interrupted build resumes."""
+        file = ZOO / name / "stage.json"
+        if file.exists() and json.loads(file.read_text())["stamp"] == stamp:
+            timings[name] = json.loads(file.read_text())["seconds"]
+            print(f"zoo: {name} cached ({timings[name]:.0f}s when built)", flush=True)
+            return str(ZOO / name)
+        return None
+
+    paths = {}
+    for name, seed, steps in [("base", 0, SETTINGS["base_steps"]),
+                              ("noisy_base", 1, SETTINGS["noisy_base_steps"])]:  # fmt: skip
+        stamp = [SETTINGS[k] for k in ("hidden", "layers", "base_batch", "base_len", "base_lr",
+                 "base_string_batch", "base_string_per_task")] + [steps, seed, vocab]  # fmt: skip
+        if (path := cached(name, stamp)) is not None:
+            paths[name] = path
+            continue
+        t0 = time.perf_counter()
+        model = make_model(vocab, seed, SETTINGS["hidden"], SETTINGS["layers"])
+        loss = train(model, base_rows, steps, SETTINGS["base_batch"], SETTINGS["base_lr"], seed,
+                     mix=(string_rows, SETTINGS["base_string_batch"]))  # fmt: skip
+        timings[name] = time.perf_counter() - t0
+        paths[name] = save(model, name, stamp, timings[name])
+        print(f"zoo: {name} loss {loss:.3f} in {timings[name]:.0f}s", flush=True)
+    n_params = sum(p.numel() for p in make_model(vocab, 0, SETTINGS["hidden"],
+                                                 SETTINGS["layers"]).parameters())  # fmt: skip
+    jobs = [(t, "base", f"expert_{t}") for t in ALL_TASKS]
+    jobs += [(t, "noisy_base", f"noisy_{t}") for t in NOISY_TASKS]
+    shard = os.environ.get("ZOO_SHARD")  # "i/k": train only every k-th expert (parallel builds)
+    for i, (task, base_name, name) in enumerate(jobs):
+        if shard and i % int(shard.split("/")[1]) != int(shard.split("/")[0]):
+            continue
+        keys = (("text_expert_steps", "text_expert_batch") if kind(task) == "text" else
+                ("string_expert_steps", "expert_batch", "expert_lr"))  # fmt: skip
+        stamp = [SETTINGS[k] for k in keys] + [task, base_name, i]
+        stamp.append(json.loads((ZOO / base_name / "stage.json").read_text())["stamp"])
+        if (path := cached(name, stamp)) is not None:
+            paths[name] = path
+            continue
+        t0 = time.perf_counter()
+        model = make_model(vocab, 0, SETTINGS["hidden"], SETTINGS["layers"])
+        model.load_state_dict(type(model).from_pretrained(paths[base_name]).state_dict())
+        rows = [encode(r, tok)[:2] for r in data[task]["train"]]
+        text = kind(task) == "text"
+        loss = train(
+            model, rows, SETTINGS["text_expert_steps" if text else "string_expert_steps"],
+            SETTINGS["text_expert_batch" if text else "expert_batch"],
+            SETTINGS["text_expert_lr" if text else "expert_lr"], seed=100 + i,
+        )  # fmt: skip
+        timings[name] = time.perf_counter() - t0
+        paths[name] = save(model, name, stamp, timings[name])
+        print(f"zoo: {name} loss {loss:.3f} in {timings[name]:.0f}s", flush=True)
+    if shard:
+        return {}
+    train_seconds = sum(timings.values())
+    # held-out scores of every model on every task
+    scoring = time.perf_counter()
+    tests = {t: Encoded(t, data[t]["test"], tok) for t in ALL_TASKS}
+    scores, exact = {}, {}
+    from transformers import LlamaForCausalLM
+
+    for name, path in paths.items():
+        model = LlamaForCausalLM.from_pretrained(path).eval()
+        scores[name] = {t: score(model, tests[t]) for t in ALL_TASKS}
+        exact[name] = {t: exact_match(model, tests[t]) for t in ALL_TASKS if kind(t) == "string"}
+    info = {
+        "fingerprint": fingerprint(), "settings": SETTINGS, "paths": paths, "vocab": vocab,
+        "params": n_params, "scores": scores, "exact_match": exact, "timings": timings,
+        "seconds": train_seconds + time.perf_counter() - scoring,
+        "train_seconds": train_seconds, "cpu_seconds_this_run": time.process_time(),
+    }  # fmt: skip
+    marker.write_text(json.dumps(info, indent=1))
+    print(f"zoo: built in {info['seconds']:.0f}s ({n_params} parameters per model)")
+    return info
+
+
+def expert_table(info: dict) -> str:
+    """Markdown: base vs own expert on each task's test split."""
+    lines = ["| task | kind | metric | base | own expert | noisy expert | exact match base / expert |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in ALL_TASKS:
+        metric = "bits/byte (lower is better)" if kind(t) == "text" else "token accuracy"
+        em = info.get("exact_match", {})
+        em_cell = (f"{em['base'][t]:.2f} / {em[f'expert_{t}'][t]:.2f}"
+                   if kind(t) == "string" and em else "")  # fmt: skip
+        sign = -1 if kind(t) == "text" else 1
+        noisy = info["scores"].get(f"noisy_{t}", {}).get(t)
+        lines.append(
+            f"| {t} | {kind(t)} | {metric} | {sign * info['scores']['base'][t]:.3f} | "
+            f"{sign * info['scores'][f'expert_{t}'][t]:.3f} | "
+            f"{'' if noisy is None else f'{sign * noisy:.3f}'} | {em_cell} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    build()
+    print(expert_table(load_zoo()))
+    print(CACHE)
