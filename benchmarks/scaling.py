@@ -27,7 +27,7 @@ from benchmarks.tasks import ADDITIONS, ALL_TASKS, NOISY_TASKS, TARGETS
 RESULTS_DIR = CACHE / "results"  # one file per experiment: parts can run in parallel
 CALIB_SAMPLES = 16  # of the 100 calibration samples per task, to keep FW runs short on 2 cores
 ITERATIONS = 4
-LINE_EVALS = 5
+LINE_EVALS = 8
 SIZES = {"irrelevance": [4, 10, 16], "relevance": [4, 16]}
 CORE = [
     "task arithmetic",
