@@ -38,7 +38,7 @@ def batch(labels) -> Batch:
 def test_classification_value_and_gradient():
     z = torch.zeros(1, 2, requires_grad=True)
     loss = ClassificationObjective().batch_loss_sum(fixed(z), batch([[0]]))
-    assert float(loss) == pytest.approx(math.log(2))
+    assert loss.item() == pytest.approx(math.log(2))
     loss.backward()
     assert z.grad[0].tolist() == pytest.approx([-0.5, 0.5])  # softmax - onehot
 
@@ -47,7 +47,7 @@ def test_causal_lm_value_and_gradient_skip_masked_positions():
     # positions 0..2 predict tokens 1..3; the label at position 1 is masked (a prompt token)
     z = torch.zeros(1, 3, 4, requires_grad=True)
     loss = CausalLMObjective().batch_loss_sum(fixed(z), batch([[5, IGNORE_INDEX, 2]]))
-    assert float(loss) == pytest.approx(math.log(4))  # one target (token 2), uniform over 4
+    assert loss.item() == pytest.approx(math.log(4))  # one target (token 2), uniform over 4
     loss.backward()
     expected = torch.zeros(1, 3, 4)
     expected[0, 1] = torch.tensor([0.25, 0.25, -0.75, 0.25])
@@ -59,7 +59,7 @@ def test_entropy_value_and_gradient():
     loss = EntropyObjective(sequence_level=True).batch_loss_sum(fixed(z), batch([[IGNORE_INDEX]]))
     p = torch.tensor([0.25, 0.75])
     h = float(-(p * p.log()).sum())
-    assert float(loss) == pytest.approx(h)
+    assert loss.item() == pytest.approx(h)
     loss.backward()
     assert z.grad[0].tolist() == pytest.approx((-p * (p.log() + h)).tolist(), abs=1e-6)
 
