@@ -72,12 +72,20 @@ FW_COMMON = {
 FW_VARIANTS = {
     # paper defaults (inner-product LMO, per-tensor, line search from the base), 8 iterations
     "FW-hard": {"variant": "hard", "iterations": 8, "line_search_evals": 6},
-    # authors' selection (one vertex per task's gradient), simplex coefficients per tensor
-    "FW-soft": {
+    # one vertex per task's gradient (authors' selection); coefficients per tensor fitted by
+    # projected gradient descent on the simplex (paper) or by unconstrained Adam (authors)
+    "FW-soft-simplex": {
         "variant": "soft",
         "iterations": 2,
         "select": "per_task",
         "coefficients": "simplex",
+        "inner_steps": 8,
+    },
+    "FW-soft-free": {
+        "variant": "soft",
+        "iterations": 2,
+        "select": "per_task",
+        "coefficients": "free",
         "inner_steps": 8,
     },
 }
@@ -336,10 +344,10 @@ def run_fw(bench: Bench, setting: str, name: str, options: dict, threads: int) -
         print(f"  {setting} {name}: mergekit-yaml (log {log}) ...", flush=True)
         seconds = mergekit_yaml(recipe, out, threads, log)
         meta = {"digest": digest, "seconds": round(seconds, 1), "options": options}
-        plan = out / "fw_plan.json"
-        if plan.exists():
-            meta["plan_summary"] = _plan_summary(json.loads(plan.read_text()))
-        meta_path.write_text(json.dumps(meta, indent=2))
+    plan = out / "fw_plan.json"
+    if plan.exists():
+        meta["plan_summary"] = _plan_summary(json.loads(plan.read_text()))
+    meta_path.write_text(json.dumps(meta, indent=2))
     targets = SETTINGS[setting]["targets"]
     key = f"fw|{digest}"
     calib = bench.score(key, lambda: load_state(out), targets, "calib")
@@ -358,23 +366,21 @@ def run_fw(bench: Bench, setting: str, name: str, options: dict, threads: int) -
 
 
 def _plan_summary(plan: dict) -> dict:
-    """Mass per vertex (mean coefficient over tensors) and the loss trajectory, if present."""
+    """Mean coefficient per vertex over tensors, the loss trajectory and final losses."""
     summary: dict = {}
     try:
-        names = plan.get("vertices") or plan.get("vertex_names")
-        coeffs = plan.get("coefficients")
-        if isinstance(coeffs, dict) and coeffs:
-            rows = list(coeffs.values())
-            width = len(rows[0])
-            summary["mean_coefficient"] = {
-                (names[i] if names and i < len(names) else str(i)): round(
-                    sum(r[i] for r in rows) / len(rows), 4
-                )
-                for i in range(width)
-            }
-        trajectory = plan.get("trajectory") or plan.get("iterations")
-        if isinstance(trajectory, list):
-            summary["loss"] = [round(t.get("loss", float("nan")), 4) for t in trajectory]
+        labels = plan["labels"]
+        rows = list(plan["coefficients"].values())
+        summary["mean_coefficient"] = {
+            label: round(sum(r[i] for r in rows) / len(rows), 4) for i, label in enumerate(labels)
+        }
+        summary["loss"] = [round(r["loss"], 4) for r in plan["iterations"]]
+        summary["gamma"] = [round(r["gamma"], 4) for r in plan["iterations"]]
+        summary["final_loss"] = round(plan["final_loss"], 4)
+        summary["final_task_losses"] = {
+            k: round(v, 4) for k, v in plan.get("final_task_losses", {}).items()
+        }
+        summary["prepass_seconds"] = round(plan.get("seconds", 0.0), 1)
     except Exception as error:  # the plan format belongs to mergekit_fw; never fail on it
         summary["error"] = repr(error)
     return summary
@@ -479,31 +485,56 @@ def table(bench: Bench, setting: str) -> str:
     spec = SETTINGS[setting]
     targets = spec["targets"]
     names = ["base", *spec["pool"], *BASELINES, *FW_VARIANTS]
-    head = "| model | " + " | ".join(targets) + " | mean | chosen on calib | wall s |"
-    lines = [head, "|" + "---|" * (len(targets) + 4)]
+    head = "| model | " + " | ".join(targets) + " | mean | mean AUC | chosen on calib | wall s |"
+    lines = [head, "|" + "---|" * (len(targets) + 5)]
+    merges = [n for n in [*BASELINES, *FW_VARIANTS] if f"{setting}|{n}" in bench.runs]
     best = max(
-        (mean(bench.runs[f"{setting}|{n}"]["test"][t][0] for t in targets), n)
-        for n in names[len(spec["pool"]) + 1 :]
-        if f"{setting}|{n}" in bench.runs
-    )[1]
+        merges,
+        key=lambda n: mean(bench.runs[f"{setting}|{n}"]["test"][t][0] for t in targets),
+        default=None,
+    )
     for name in names:
         record = bench.runs.get(f"{setting}|{name}")
         if record is None:
-            lines.append(
-                f"| {name} | " + " | ".join("n/a" for _ in targets) + " | n/a | not run | |"
-            )
+            cells = " | ".join("n/a" for _ in targets)
+            lines.append(f"| {name} | {cells} | n/a | n/a | not run | |")
             continue
         accs = [record["test"][t][0] for t in targets]
+        aucs = [record["test"][t][2] for t in targets]
         label = f"expert {name}" if name in spec["pool"] else name
-        chosen = record.get("chosen")
-        chosen = ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen else ""
+        chosen = record.get("chosen") or {}
+        if name in FW_VARIANTS:
+            chosen = {k: v for k, v in chosen.items() if k != "variant"}
+        chosen = ", ".join(f"{k}={v}" for k, v in chosen.items())
         seconds = record.get("seconds", "")
         cells = " | ".join(f"{a:.3f}" for a in accs)
         m = f"{mean(accs):.3f}"
         if name == best:
             m = f"**{m}**"
-        lines.append(f"| {label} | {cells} | {m} | {chosen} | {seconds} |")
+        lines.append(f"| {label} | {cells} | {m} | {mean(aucs):.3f} | {chosen} | {seconds} |")
     return "\n".join(lines)
+
+
+def fw_table(setting: str) -> str | None:
+    """Mean FW coefficient per vertex over tensors, and the final calibration loss."""
+    spec = SETTINGS[setting]
+    labels = ["base", *spec["pool"]]
+    lines = []
+    for name in FW_VARIANTS:
+        path = BENCH / "fw" / setting / name / "bench_meta.json"
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text()).get("plan_summary") or {}
+        coeff = summary.get("mean_coefficient")
+        if not coeff:
+            continue
+        cells = " | ".join(f"{coeff.get(label, float('nan')):.3f}" for label in labels)
+        loss = " → ".join(f"{x:.3f}" for x in [*summary["loss"], summary["final_loss"]])
+        lines.append(f"| {name} | {cells} | {loss} |")
+    if not lines:
+        return None
+    head = "| FW run | " + " | ".join(labels) + " | calibration loss per iteration → final |"
+    return "\n".join([head, "|" + "---|" * (len(labels) + 2), *lines])
 
 
 def report(bench: Bench) -> str:
@@ -512,6 +543,11 @@ def report(bench: Bench) -> str:
         if not any(k.startswith(f"{setting}|") for k in bench.runs):
             continue
         parts.append(f"#### `{setting}`: {spec['about']}\n\n{table(bench, setting)}\n")
+        coefficients = fw_table(setting)
+        if coefficients:
+            parts.append(
+                f"Mean FW coefficient per vertex (over tensors), `{setting}`:\n\n{coefficients}\n"
+            )
     zoo_meta = json.loads((zoo.CACHE / "zoo.json").read_text())
     lines = ["| expert | fine-tune s | own-task test acc | base acc |", "|---|---|---|---|"]
     for task, meta in zoo_meta["experts"].items():
@@ -522,6 +558,14 @@ def report(bench: Bench) -> str:
             f"{'-' if acc is None else f'{acc:.3f}'} | {'-' if base is None else f'{base:.3f}'} |"
         )
     parts.append("#### The zoo\n\n" + "\n".join(lines) + "\n")
+    check = bench.runs.get("cli_check")
+    if check:
+        items = [
+            f"`{m}` {c['params']}: max abs diff {c['max_abs_diff_vs_mergekit_yaml']:.1e} vs "
+            f"`mergekit-yaml` ({c['mergekit_yaml_seconds']} s)"
+            for m, c in check.items()
+        ]
+        parts.append("In-memory baselines vs stock `mergekit-yaml`: " + "; ".join(items) + ".\n")
     return "\n".join(parts)
 
 
