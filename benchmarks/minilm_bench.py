@@ -80,6 +80,7 @@ FW_VARIANTS = {
         "select": "per_task",
         "coefficients": "simplex",
         "inner_steps": 8,
+        "inner_lr": 1.0,  # scale-free: the first trial moves the largest weight by 1.0
     },
     "FW-soft-free": {
         "variant": "soft",

@@ -77,7 +77,12 @@ class FWSettings(BaseModel):
         "tensor", description="soft: one coefficient per tensor and vertex | per vertex"
     )
     inner_steps: int = Field(20, ge=1, le=10_000, description="soft: coefficient-fit steps")
-    inner_lr: float = Field(0.05, gt=0.0, description="soft: coefficient-fit learning rate")
+    inner_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="soft: free -> Adam learning rate (default 0.05); simplex -> first trial "
+        "move of the largest weight (default 1.0, a full step), then adaptive",
+    )
 
     @model_validator(mode="after")
     def _finite(self) -> FWSettings:

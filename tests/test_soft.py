@@ -136,6 +136,24 @@ def test_soft_fw_recovers_the_best_convex_combination():
     assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
 
 
+def test_simplex_fit_is_scale_free():
+    """A loss scaled by 1e-6 (a flat start, as at a classifier near log 2) still moves.
+
+    With a raw-gradient step the weights would move by about 1e-7 in 8 fit steps."""
+    from mergekit_fw.soft import fit_coefficients
+
+    target = torch.tensor([[0.25, 0.5]], dtype=torch.float64)
+
+    def loss_of(w):
+        value = 1e-6 * ((w - target) ** 2).sum()
+        value.backward()
+        return float(value)
+
+    w, loss = fit_coefficients(loss_of, 1, 2, simplex=True, steps=8, lr=1.0, init=0.0)
+    assert float((w - target).abs().max()) < 0.05
+    assert loss < 1e-6 * 0.25**2 * 0.05
+
+
 def test_free_coefficients_are_unconstrained():
     gen = torch.Generator().manual_seed(1)
     base, v1, v2 = (torch.randn(6, generator=gen) for _ in range(3))
