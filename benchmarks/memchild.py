@@ -3,7 +3,8 @@
 MODE: fw (mergekit-fw pre-pass + mergekit write), ties (stock mergekit TIES),
 allmem (every candidate loaded as fp32 in memory, as the authors' code does).
 Prints one JSON line: peak RSS (VmHWM) and the peaks of its anonymous and file-backed parts,
-sampled every 10 ms.
+sampled every 10 ms; for fw also the sampled peak (anon + file) of the pre-pass and of
+mergekit's write phase separately.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(mode: str, n: int, out: str) -> None:
     info = build()
     cands = info["cands"][:n]
     peaks = {"RssAnon": 0, "RssFile": 0}
+    phase = ["setup"]
+    phase_peaks: dict[str, int] = {}
     done = threading.Event()
 
     def sample():
@@ -41,6 +44,8 @@ def main(mode: str, n: int, out: str) -> None:
             s = _status()
             for k in peaks:
                 peaks[k] = max(peaks[k], s[k])
+            total = s["RssAnon"] + s["RssFile"]
+            phase_peaks[phase[0]] = max(phase_peaks.get(phase[0], 0), total)
             time.sleep(0.01)
 
     before = _status()
@@ -64,6 +69,19 @@ def main(mode: str, n: int, out: str) -> None:
 
         if mode == "fw":
             import mergekit_fw  # noqa: F401  (registers the method and the run_merge hook)
+            from mergekit_fw import runner
+
+            compute_plan = runner.compute_plan
+
+            def timed_plan(*args, **kwargs):
+                phase[0] = "prepass"
+                try:
+                    return compute_plan(*args, **kwargs)
+                finally:
+                    time.sleep(0.03)  # let the sampler see the end of the pre-pass
+                    phase[0] = "write"
+
+            runner.compute_plan = timed_plan
 
             params = {
                 "calibration": info["calibration"], "iterations": 2, "step": "constant",
@@ -94,6 +112,7 @@ def main(mode: str, n: int, out: str) -> None:
     print(json.dumps({
         "mode": mode, "n": n, "peak_rss": after["VmHWM"], "peak_anon": peaks["RssAnon"],
         "peak_file": peaks["RssFile"], "start_rss": before["VmRSS"], "seconds": seconds,
+        "phase_peaks": phase_peaks,
     }))  # fmt: skip
 
 

@@ -10,8 +10,8 @@ rsLoRA). Nothing here forms a dense per-adapter model, on disk or in memory:
   adapter targets costs nothing per adapter.
 - The pre-pass forms W0 + s B A for one tensor at a time only where it must: the direction
   d = s - theta of a tensor an adapter won, and the task-arithmetic start.
-- The mergekit kernel writes (c_0 + sum_a c_a) W0 + sum_dense c_k W_k + sum_a c_a s_a B_a A_a;
-  the last sum is added one adapter at a time, in place (`merge_with_adapters`).
+- The write phase forms (c_0 + sum_a c_a) W0 + sum_dense c_k W_k + sum_a c_a s_a B_a A_a;
+  the last sum is added one adapter at a time, in place (`streaming.combine`).
 
 Adapters never go through mergekit's LoaderCache (that is what densifies `base+adapter`
 references); their safetensors are read here, one factor at a time.
@@ -432,32 +432,6 @@ def unique_labels(existing: Sequence[str], wanted: Sequence[str]) -> list[str]:
 
 
 # -- the mergekit kernel (lora_mode: weights) ---------------------------------------------
-def merge_with_adapters(group, plan, coefficients: dict[str, float]) -> torch.Tensor:
-    """One output tensor: linear over the dense inputs, plus each adapter's s B A.
-
-    The base coefficient grows by the adapters' coefficients (their W0 part); the low-rank
-    parts are added one adapter at a time by in-place addmm, so no dense copy of an adapter
-    vertex exists even for one tensor.
-    """
-    from mergekit import merge_methods
-
-    name = plan.aliases.get(group.metadata.name, group.metadata.name)
-    ids = [m for m in plan.models if m in plan.adapters]
-    extra = sum(coefficients[m] for m in ids)
-    weight = {
-        entry.id: coefficients[str(entry.id)] + (extra if entry.is_base else 0.0)
-        for entry in group.entries
-    }
-    linear = merge_methods.get("linear")
-    (merged,) = linear((group,), parameters={"weight": weight, "normalize": False})
-    work = torch.float64 if merged.dtype == torch.float64 else torch.float32
-    out = merged.to(work)
-    for vertex_id in ids:
-        adapter = adapter_from_id(vertex_id, plan.adapters[vertex_id])
-        adapter.add_delta_(out, name, alpha=coefficients[vertex_id])
-    return out.to(merged.dtype)
-
-
 # -- lora_mode: factors (the authors' G-hard) ---------------------------------------------
 def factor_keys(module: LoraModule) -> tuple[str, str]:
     """Keys of one module's factors in a PEFT adapter file (and of the pre-pass slots)."""

@@ -3,8 +3,9 @@
 mergekit never passes the configuration, options or output path to a merge method, and a
 method cannot add graph tasks. So the import hook wraps `mergekit.merge.run_merge`: for a
 frank_wolfe recipe it (1) checks the recipe, (2) runs the FW pre-pass on the math device,
-(3) calls the stock `run_merge`, whose kernel reads the plan, then (4) writes fw_plan.json
-and the FW model-card section. Other recipes pass straight through.
+(3) calls the stock `run_merge`, whose tensors are gathered by streaming.StreamedGather
+(one vertex in memory at a time), then (4) writes fw_plan.json and the FW model-card
+section. Other recipes pass straight through.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
     return compute_plan(recipe, config, options)
 
 
+def write_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> VertexPool:
+    """The vertices again, for the write phase (headers only; nothing is read yet)."""
+    dtype = dtype_from_name(config.dtype) or torch.float32
+    return VertexPool(
+        [recipe.base, *recipe.candidates], math_device(options), dtype, adapters=recipe.adapters
+    )
+
+
 def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> None:
     from mergekit_fw.report import append_card_section, report_after_merge
 
@@ -120,7 +129,7 @@ def run_fw_merge(
     run_merge=None,
 ) -> FWPlan:
     """Check, pre-pass, stock mergekit write, FW artifacts."""
-    from mergekit_fw.method import active_plan
+    from mergekit_fw.streaming import streamed_gather
 
     if run_merge is None:
         import mergekit.merge
@@ -133,13 +142,14 @@ def run_fw_merge(
         import transformers
 
         transformers.trainer_utils.set_seed(options.random_seed)
-    plan = prepare(config, options)
+    recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
+    plan = compute_plan(recipe, config, options)
     if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
         from mergekit_fw.adapters import write_factor_adapter
 
         write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
     else:
-        with active_plan(plan):
+        with streamed_gather(plan, write_pool(recipe, config, options)):
             run_merge(config, out_path, options, config_source=config_source)
     write_artifacts(out_path, plan, config)
     LOG.info(

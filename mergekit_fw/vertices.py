@@ -1,7 +1,10 @@
 """The vertex pool: base model and candidates, streamed one tensor at a time.
 
-Tensors come from mergekit's own `LoaderCache`, so the pre-pass reads exactly what the
-executor will read later (same shards, same LoRA merges, same dtype casts).
+Models resolve through mergekit's own `LoaderCache` (same shards, same `model@lora`
+merges); safetensors shards are then read with `pread` (reader.py), not memory-mapped, so
+nothing of a candidate stays resident after its tensor has been used. On CPU the LMO
+scores a tensor in blocks of `BLOCK` elements, every vertex per block, so the gradient
+block stays in cache while the vertices stream past it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from collections.abc import Sequence
 import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
+
+from mergekit_fw.reader import TensorReader
+
+BLOCK = 1 << 18  # elements per LMO block: a 1 MiB float32 gradient block stays in L2
 
 
 def short_labels(refs: Sequence[ModelReference]) -> list[str]:
@@ -47,6 +54,7 @@ class VertexPool:
         self.dtype = dtype
         cache = LoaderCache()
         self.loaders = [cache.get(ref) for ref in self.refs]
+        self.readers = [TensorReader.for_loader(loader) for loader in self.loaders]
         self.adapters = list(adapters)
         if self.adapters:
             from mergekit_fw.adapters import unique_labels
@@ -68,16 +76,22 @@ class VertexPool:
         k = 0 if self._adapter(k) is not None else k
         return name in self.loaders[k].index.tensor_paths
 
+    def stored(self, k: int, name: str) -> torch.Tensor:
+        """One dense vertex's tensor as stored (dtype, CPU): a fresh buffer, no memory map."""
+        reader = self.readers[k]
+        x = reader.read(name) if reader is not None else None
+        if x is None:  # not safetensors (or not found there): mergekit's loader decides
+            x = self.loaders[k].get_tensor(name, device="cpu")
+        return x
+
     def tensor(self, k: int, name: str) -> torch.Tensor:
         """One tensor of one vertex, on the math device, in the merge dtype."""
         adapter = self._adapter(k)
         if adapter is not None:  # W0 + s B A: one tensor-sized temporary, no dense copy
             work = torch.float64 if self.dtype == torch.float64 else torch.float32
-            x = self.loaders[0].get_tensor(name, device="cpu")
-            x = x.to(device=self.device, dtype=work, copy=True)  # never the loader's own tensor
+            x = self.stored(0, name).to(device=self.device, dtype=work, copy=True)
             return adapter.add_delta_(x, name).to(dtype=self.dtype)
-        x = self.loaders[k].get_tensor(name, device="cpu")
-        return x.to(device=self.device, dtype=self.dtype)
+        return self.stored(k, name).to(device=self.device, dtype=self.dtype)
 
     def tensor_names(self, k: int = 0) -> list[str]:
         k = 0 if self._adapter(k) is not None else k
@@ -91,7 +105,14 @@ class VertexPool:
         """
         base_dot = base_sq = None
         adapter_sq: list = []
+        dense = self._blocked_scores(name, g, with_norms)
         for k in range(len(self.refs)):
+            if dense is not None and not (k == 0 and self.adapters and with_norms):
+                dot, norm = dense[k]
+                if k == 0:
+                    base_dot = dot
+                yield k, dot, norm
+                continue
             x = self.tensor(k, name)
             dot, norm = _dense_score(g, x, with_norms)
             if k == 0 and self.adapters:
@@ -107,6 +128,40 @@ class VertexPool:
             for j, adapter in enumerate(self.adapters):
                 norm = adapter_sq[j].clamp_min(0.0).sqrt() if with_norms else None
                 yield len(self.refs) + j, adapter.dot(name, g, base_dot), norm
+
+    def _blocked_scores(self, name: str, g: torch.Tensor, with_norms: bool):
+        """[(<g, v_k>, ||v_k|| or None)] for the dense vertices, read block by block.
+
+        None where it does not apply (a GPU, or a vertex that is not plain safetensors);
+        the caller then reads whole tensors.
+        """
+        if g.device.type != "cpu" or any(r is None for r in self.readers):
+            return None
+        entries = [r.entry(name) for r in self.readers]
+        if any(e is None or not e.dtype.is_floating_point for e in entries):
+            return None
+        flat = g.reshape(-1)
+        flat = flat if flat.dtype == torch.float32 else flat.float()
+        numel = flat.numel()
+        if any(e.numel != numel for e in entries):
+            return None
+        size = min(BLOCK, numel)
+        raw = {e.dtype: torch.empty(size, dtype=e.dtype) for e in entries}
+        work = torch.empty(size, dtype=torch.float32)
+        dots = torch.zeros(len(entries), dtype=torch.float64)
+        squares = torch.zeros(len(entries), dtype=torch.float64)
+        for start in range(0, numel, size):
+            stop = min(start + size, numel)
+            g_block = flat[start:stop]
+            for k, (reader, entry) in enumerate(zip(self.readers, entries)):
+                x = reader.read(name, start, stop, out=raw[entry.dtype])
+                if x.dtype != torch.float32:
+                    x = work[: stop - start].copy_(x)
+                dots[k] += torch.dot(g_block, x).item()
+                if with_norms:
+                    squares[k] += torch.dot(x, x).item()
+        norms = squares.sqrt() if with_norms else None
+        return [(dots[k], norms[k] if with_norms else None) for k in range(len(entries))]
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:

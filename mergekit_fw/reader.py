@@ -1,0 +1,146 @@
+"""Read safetensors tensors with plain `pread`s instead of memory maps.
+
+Why: mergekit's lazy loader (and `safetensors.safe_open`) memory-map each shard and keep it
+mapped, so every page the LMO touches stays in the process's resident set until the file is
+closed. Streaming 16 candidates then grew the peak RSS with the pool (docs/benchmarks.md,
+Memory). A `pread` lands in the kernel's page cache, which is shared and reclaimable, and in
+one buffer of ours that is freed as soon as the tensor has been used.
+
+The index (which shard holds which tensor) is mergekit's own `ShardedTensorIndex`, so this
+reads exactly the bytes mergekit's loader would read; anything that is not a plain
+safetensors shard (`pytorch_model.bin`) returns None and the caller falls back to mergekit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+import torch
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor lives: file, absolute byte offset, dtype and shape."""
+
+    path: str
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_header(path: str) -> dict[str, Entry]:
+    """The tensors of one safetensors file (format: u64 header size, JSON header, data)."""
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    start = 8 + size
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__" or info.get("dtype") not in _DTYPES:
+            continue
+        entries[name] = Entry(
+            path, start + info["data_offsets"][0], _DTYPES[info["dtype"]], tuple(info["shape"])
+        )
+    return entries
+
+
+class TensorReader:
+    """Tensors of one model (a mergekit `ShardedTensorIndex`), read on demand, no mmap."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self._entries: dict[str, Entry] = {}
+        self._parsed: set[str] = set()
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_loader(cls, loader) -> TensorReader | None:
+        """A reader for a mergekit LazyTensorLoader's model, or None if it is not safetensors."""
+        index = getattr(loader, "index", None)
+        if index is None or not getattr(index, "is_safetensors", False):
+            return None
+        return cls(index)
+
+    def entry(self, name: str) -> Entry | None:
+        shard = self.index.tensor_paths.get(name)
+        if shard is None:
+            return None
+        path = os.path.join(self.index.base_path, shard)
+        with self._lock:
+            if path not in self._parsed:
+                self._entries.update(read_header(path))
+                self._parsed.add(path)
+        return self._entries.get(name)
+
+    def _fd(self, path: str) -> int:
+        with self._lock:
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            return self._fds[path]
+
+    def read(
+        self, name: str, start: int = 0, stop: int | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Elements [start, stop) of the flattened tensor in its stored dtype (a fresh buffer,
+        or `out`'s first elements). The whole tensor, reshaped, when no range is given."""
+        entry = self.entry(name)
+        if entry is None:
+            return None
+        whole = start == 0 and stop is None
+        stop = entry.numel if stop is None else stop
+        count = stop - start
+        if out is None:
+            out = torch.empty(count, dtype=entry.dtype)
+        else:
+            out = out[:count]
+        if count:
+            view = memoryview(out.view(torch.uint8).numpy()).cast("B")
+            done, offset = 0, entry.offset + start * entry.itemsize
+            fd = self._fd(entry.path)
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise OSError(f"short read of {name} from {entry.path}")
+                done += n
+        return out.view(entry.shape) if whole else out
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
