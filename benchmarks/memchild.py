@@ -1,6 +1,7 @@
 """One memory measurement in a fresh process: `python -m benchmarks.memchild MODE N OUT`.
 
-MODE: fw (mergekit-fw pre-pass + mergekit write), ties (stock mergekit TIES),
+MODE: fw (mergekit-fw pre-pass + mergekit write), fw_soft (the same with variant: soft,
+topk: 2, 3 fit steps, one iteration), ties (stock mergekit TIES),
 allmem (every candidate loaded as fp32 in memory, as the authors' code does).
 Prints one JSON line: peak RSS (VmHWM) and the peaks of its anonymous and file-backed parts,
 sampled every 10 ms; for fw also the sampled peak (anon + file) of the pre-pass and of
@@ -67,7 +68,7 @@ def main(mode: str, n: int, out: str) -> None:
         from mergekit.merge import run_merge
         from mergekit.options import MergeOptions
 
-        if mode == "fw":
+        if mode in ("fw", "fw_soft"):
             import mergekit_fw  # noqa: F401  (registers the method and the run_merge hook)
             from mergekit_fw import runner
 
@@ -87,6 +88,9 @@ def main(mode: str, n: int, out: str) -> None:
                 "calibration": info["calibration"], "iterations": 2, "step": "constant",
                 "step_size": 0.5, "batch_size": 4, "max_length": 64,
             }  # fmt: skip
+            if mode == "fw_soft":
+                params.update(variant="soft", topk=2, inner_steps=3, iterations=1)
+                del params["step"], params["step_size"]
             method = "frank_wolfe"
             models = [{"model": p} for p in cands]
         else:
@@ -98,7 +102,7 @@ def main(mode: str, n: int, out: str) -> None:
             "merge_method": method, "base_model": info["base"], "dtype": "float32",
             "models": models, "parameters": params,
         })  # fmt: skip
-        if mode == "fw":
+        if mode in ("fw", "fw_soft"):
             from mergekit_fw.runner import run_fw_merge
 
             run_fw_merge(config, out, MergeOptions(quiet=True))

@@ -13,7 +13,7 @@ from benchmarks.common import CACHE, ROOT
 
 RESULTS = CACHE / "results" / "memory.json"
 SIZES = [2, 4, 8, 16]
-MODES = ["fw", "ties", "allmem"]
+MODES = ["fw", "fw_soft", "ties", "allmem"]
 
 
 def run(sizes=SIZES, modes=MODES) -> dict:

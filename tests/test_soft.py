@@ -147,7 +147,7 @@ def test_simplex_fit_is_scale_free():
     def loss_of(w):
         value = 1e-6 * ((w - target) ** 2).sum()
         value.backward()
-        return float(value)
+        return float(value.detach())
 
     w, loss = fit_coefficients(loss_of, 1, 2, simplex=True, steps=8, lr=1.0, init=0.0)
     assert float((w - target).abs().max()) < 0.05

@@ -54,13 +54,18 @@ def test_blocked_scores_equal_whole_tensor_scores(zoo, monkeypatch, with_norms):
     gen = torch.Generator().manual_seed(1)
     for name in pool.tensor_names(0)[:6]:
         g = torch.randn(pool.tensor(0, name).shape, generator=gen)
-        blocked = list(pool.scores(name, g, with_norms))
-        assert [k for k, _, _ in blocked] == list(range(len(pool)))
-        for k, dot, norm in blocked:
+        theta = torch.randn(g.shape, generator=gen)
+        scores = pool.score_tensor(name, g, theta, with_norms)
+        assert len(scores.dots) == len(pool)
+        assert scores.grad_norm == pytest.approx(float(g.double().norm()), rel=1e-5)
+        assert scores.current == pytest.approx(
+            float((g.double() * theta).sum()), rel=1e-4, abs=1e-5
+        )
+        for k, dot in enumerate(scores.dots):
             x = pool.tensor(k, name).double()
             assert float(dot) == pytest.approx(float((g.double() * x).sum()), rel=1e-5, abs=1e-5)
             if with_norms:
-                assert float(norm) == pytest.approx(float(x.norm()), rel=1e-5)
+                assert float(scores.norms[k]) == pytest.approx(float(x.norm()), rel=1e-5)
 
 
 def test_write_phase_never_gathers_the_candidates(zoo, tmp_path, monkeypatch):
