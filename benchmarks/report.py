@@ -146,15 +146,19 @@ def write() -> None:
         "All numbers below are produced by `make bench` (= `python -m benchmarks.run`) on a "
         "2-core CPU; each table names the sub-command that reproduces it. Results are cached "
         "in `benchmarks/.cache/results/`; `python -m benchmarks.run --only report` rewrites "
-        "this page from them. Wall times of the steps: "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in steps.items())
-        + "."
+        "this page from them. Wall times of the steps (their last runs; cached cells are "
+        "skipped): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in steps.items()) + "."
     )
     out += ["", "## The expert zoo", "", f"`{CMD} zoo` (cached in `benchmarks/.cache/zoo/`; "
             f"sum of per-model build times {zoo['seconds'] / 60:.1f} min, of which training "
-            f"{zoo['train_seconds'] / 60:.1f} min, on 2 cores shared with other jobs (load "
-            "average 7-12); the experts were trained in 4 parallel processes "
-            "(`ZOO_SHARD=i/4 python -m benchmarks.zoo`), then scored by the command above)", ""]  # fmt: skip
+            f"{zoo['train_seconds'] / 60:.1f} min; experts in parallel processes, `ZOO_JOBS`, "
+            "default 2)", ""]  # fmt: skip
+    rebuild = _load("zoo_rebuild.json")
+    if rebuild:
+        out += [f"Rebuild from nothing on the idle 2-core machine, `BENCH_CACHE={rebuild['cache']} "
+                f"python -m benchmarks.zoo` (experts in {rebuild['jobs']} parallel processes, "
+                f"`ZOO_JOBS`): **{rebuild['wall_seconds'] / 60:.1f} min** wall, tokenizer to "
+                f"scores. {rebuild['same_scores']}", ""]  # fmt: skip
     out.append(
         f"- base: LLaMA-style, {zoo['params']:,} parameters ({zoo['settings']['layers']} layers, "
         f"hidden {zoo['settings']['hidden']}), character tokenizer ({zoo['vocab']} tokens) "

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 
 import torch
@@ -20,6 +22,7 @@ import torch
 from benchmarks.common import (
     CACHE,
     IGNORE,
+    ROOT,
     ZOO,
     Encoded,
     encode,
@@ -95,9 +98,12 @@ def load_zoo() -> dict:
 
 
 def build(force: bool = False) -> dict:
+    """Tokenizer, bases, experts (in ZOO_JOBS parallel processes, default 2), then scores."""
     threads()
+    started = time.perf_counter()
+    jobs = int(os.environ.get("ZOO_JOBS", "2"))
     marker = ZOO / "zoo.json"
-    if marker.exists() and not force:
+    if marker.exists() and not force and not os.environ.get("ZOO_SHARD"):
         info = json.loads(marker.read_text())
         if info.get("fingerprint") == fingerprint():
             print(f"zoo: cached at {ZOO} (built in {info['seconds']:.0f}s)")
@@ -158,10 +164,18 @@ def build(force: bool = False) -> dict:
         print(f"zoo: {name} loss {loss:.3f} in {timings[name]:.0f}s", flush=True)
     n_params = sum(p.numel() for p in make_model(vocab, 0, SETTINGS["hidden"],
                                                  SETTINGS["layers"]).parameters())  # fmt: skip
-    jobs = [(t, "base", f"expert_{t}") for t in ALL_TASKS]
-    jobs += [(t, "noisy_base", f"noisy_{t}") for t in NOISY_TASKS]
+    experts = [(t, "base", f"expert_{t}") for t in ALL_TASKS]
+    experts += [(t, "noisy_base", f"noisy_{t}") for t in NOISY_TASKS]
     shard = os.environ.get("ZOO_SHARD")  # "i/k": train only every k-th expert (parallel builds)
-    for i, (task, base_name, name) in enumerate(jobs):
+    if not shard and jobs > 1:  # one process per shard; each caches its experts as it goes
+        children = [
+            subprocess.Popen([sys.executable, "-m", "benchmarks.zoo"], cwd=str(ROOT.parent),
+                             env=dict(os.environ, ZOO_SHARD=f"{i}/{jobs}"))
+            for i in range(jobs)
+        ]  # fmt: skip
+        if any(child.wait() for child in children):
+            raise RuntimeError("zoo: an expert shard failed (see its output above)")
+    for i, (task, base_name, name) in enumerate(experts):
         if shard and i % int(shard.split("/")[1]) != int(shard.split("/")[0]):
             continue
         keys = (("text_expert_steps", "text_expert_batch") if kind(task) == "text" else
@@ -202,6 +216,7 @@ def build(force: bool = False) -> dict:
         "params": n_params, "scores": scores, "exact_match": exact, "timings": timings,
         "seconds": train_seconds + time.perf_counter() - scoring,
         "train_seconds": train_seconds, "cpu_seconds_this_run": time.process_time(),
+        "wall_seconds_this_run": time.perf_counter() - started, "jobs": jobs,
     }  # fmt: skip
     marker.write_text(json.dumps(info, indent=1))
     print(f"zoo: built in {info['seconds']:.0f}s ({n_params} parameters per model)")
@@ -229,5 +244,6 @@ def expert_table(info: dict) -> str:
 
 if __name__ == "__main__":
     build()
-    print(expert_table(load_zoo()))
-    print(CACHE)
+    if not os.environ.get("ZOO_SHARD"):
+        print(expert_table(load_zoo()))
+        print(CACHE)
