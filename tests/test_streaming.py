@@ -41,15 +41,30 @@ def test_reader_matches_safetensors(tmp_path):
     assert reader.read("missing") is None
 
 
-def _pool(zoo) -> VertexPool:
+def _pool(zoo, paths=None) -> VertexPool:
     LoaderCache().setup(MergeOptions())
-    refs = [ModelReference.parse(zoo[k]) for k in ("base", "reverse", "add", "count")]
+    paths = paths or [zoo[k] for k in ("base", "reverse", "add", "count")]
+    refs = [ModelReference.parse(p) for p in paths]
     return VertexPool(refs, torch.device("cpu"), torch.float32)
 
 
+def _bf16_copies(zoo, root) -> list[str]:
+    """The toy zoo stored in bfloat16, as most released checkpoints are."""
+    paths = []
+    for key in ("base", "reverse", "add", "count"):
+        folder = root / key
+        folder.mkdir()
+        tensors = load_file(f"{zoo[key]}/model.safetensors")
+        bf16 = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+        save_file(bf16, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        paths.append(str(folder))
+    return paths
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
 @pytest.mark.parametrize("with_norms", [False, True])
-def test_blocked_scores_equal_whole_tensor_scores(zoo, monkeypatch, with_norms):
-    pool = _pool(zoo)
+def test_blocked_scores_equal_whole_tensor_scores(zoo, tmp_path, monkeypatch, with_norms, stored):
+    pool = _pool(zoo, _bf16_copies(zoo, tmp_path) if stored == "bfloat16" else None)
     monkeypatch.setattr(vertices, "BLOCK", 37)  # many blocks, the last one partial
     gen = torch.Generator().manual_seed(1)
     for name in pool.tensor_names(0)[:6]:
