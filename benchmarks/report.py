@@ -155,10 +155,10 @@ def write() -> None:
             "default 2)", ""]  # fmt: skip
     rebuild = _load("zoo_rebuild.json")
     if rebuild:
-        out += [f"Rebuild from nothing on the idle 2-core machine, `BENCH_CACHE={rebuild['cache']} "
-                f"python -m benchmarks.zoo` (experts in {rebuild['jobs']} parallel processes, "
-                f"`ZOO_JOBS`): **{rebuild['wall_seconds'] / 60:.1f} min** wall, tokenizer to "
-                f"scores. {rebuild['same_scores']}", ""]  # fmt: skip
+        out += [f"Built from nothing on the idle 2-core machine by `{rebuild['command']}` "
+                f"(experts in {rebuild['jobs']} parallel processes, `ZOO_JOBS`): "
+                f"**{rebuild['wall_seconds'] / 60:.1f} min** wall, tokenizer to scores. "
+                f"{rebuild['same_scores']}", ""]  # fmt: skip
     out.append(
         f"- base: LLaMA-style, {zoo['params']:,} parameters ({zoo['settings']['layers']} layers, "
         f"hidden {zoo['settings']['hidden']}), character tokenizer ({zoo['vocab']} tokens) "
@@ -184,10 +184,11 @@ def write() -> None:
         "calibration). Merge methods only ever see calibration data; all scores are on test."
     )
     out.append(
-        "- score: token accuracy on the response (string tasks: share of response tokens, EOS "
-        "included, that greedy decoding gets right given the correct prefix; exact match, the "
-        "all-tokens-right version, is in the last column and near 0 for most experts, which "
-        "were trained too briefly) or bits per byte (topics). Normalised score = merged / own "
+        "- score: greedy exact match on the response (string tasks; computed exactly by "
+        "teacher forcing: greedy decoding reproduces the response and stops iff every "
+        "response token, EOS included, is the argmax given the correct prefix) or bits per "
+        "byte (topics). The zoo table also shows token accuracy, the per-token version. "
+        "Normalised score = merged / own "
         "expert (for bits per byte: expert bpb / merged bpb), as in the paper; tables show the "
         "mean over the target tasks."
     )

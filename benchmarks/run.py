@@ -32,6 +32,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default="", help="scaling: semicolon-separated method names")
     parser.add_argument("--full", action="store_true", help="scaling: extra FW variants")
     parser.add_argument("--sizes", default="", help="scaling: pool sizes, e.g. 4,16")
+    parser.add_argument(
+        "--calib", type=int, default=0, help="scaling: calibration samples per task (default 16)"
+    )
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     if "scaling" in steps:
@@ -40,6 +43,8 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {STEPS}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.calib:
+        os.environ["BENCH_CALIB"] = str(args.calib)
     warnings.filterwarnings("ignore")
     logging.getLogger("mergekit_fw").setLevel(logging.WARNING)
     from benchmarks.common import CACHE

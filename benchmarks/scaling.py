@@ -8,6 +8,7 @@ interrupted run resumes; `--fresh` recomputes.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from benchmarks.common import CACHE, normalised
@@ -25,7 +26,9 @@ from benchmarks.merging import (
 from benchmarks.tasks import ADDITIONS, ALL_TASKS, NOISY_TASKS, TARGETS
 
 RESULTS_DIR = CACHE / "results"  # one file per experiment: parts can run in parallel
-CALIB_SAMPLES = 16  # of the 100 calibration samples per task, to keep FW runs short on 2 cores
+# of the 100 calibration samples per task, to keep FW runs short on 2 cores; `--calib N`
+# (BENCH_CALIB) runs an ablation whose results go to scaling_<part>_calib<N>.json
+CALIB_SAMPLES = int(os.environ.get("BENCH_CALIB") or 16)
 ITERATIONS = 4
 LINE_EVALS = 8
 SIZES = {"irrelevance": [4, 10, 16], "relevance": [4, 16]}
@@ -78,7 +81,8 @@ def methods(full: bool) -> dict:
 
 
 def _file(part):
-    return RESULTS_DIR / f"scaling_{part}.json"
+    suffix = "" if CALIB_SAMPLES == 16 else f"_calib{CALIB_SAMPLES}"
+    return RESULTS_DIR / f"scaling_{part}{suffix}.json"
 
 
 def load_results(parts=("irrelevance", "relevance", "noisy")) -> dict:
