@@ -73,7 +73,8 @@ def main(argv=None) -> None:
         chosen = [m.strip() for m in args.methods.split(";") if m.strip()] or None
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()] or None
         sc.run(scaling, chosen=chosen, fresh=args.fresh, full=args.full, sizes=sizes)
-        record("scaling:" + "+".join(scaling), t0)
+        suffix = f" (calib {args.calib})" if args.calib else ""
+        record("scaling:" + "+".join(scaling) + suffix, t0)
     for name, module in (("memory", "memory"), ("lmo", "lmo_speed"), ("walltime", "walltime")):
         if name in steps:
             import importlib
