@@ -25,9 +25,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from benchmarks.rss import PeakSampler, status
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE / ".cache" / "lora_bench"
@@ -117,16 +118,6 @@ def recipe(info: dict, mode: str) -> dict:
 
 
 # -- measurements (children) ----------------------------------------------------------------
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 def _wchar() -> int:
     try:
         with open("/proc/self/io") as handle:
@@ -159,29 +150,16 @@ def child_run(root: Path, mode: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     if mode == "dense":
         shutil.rmtree(cache, ignore_errors=True)
-    peaks = {"RssAnon": 0, "RssFile": 0}
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            status = _status()
-            for key in peaks:
-                peaks[key] = max(peaks[key], status[key])
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     wchar0 = _wchar()
     started = time.perf_counter()
-    config = MergeConfiguration.model_validate(recipe(info, mode))
-    options = MergeOptions(quiet=True, lora_merge_cache=str(cache) if mode == "dense" else None)
-    plan = run_fw_merge(config, str(out), options)
+    with PeakSampler() as sampler:
+        config = MergeConfiguration.model_validate(recipe(info, mode))
+        options = MergeOptions(quiet=True, lora_merge_cache=str(cache) if mode == "dense" else None)
+        plan = run_fw_merge(config, str(out), options)
     seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
     return {
-        "mode": mode, "seconds": seconds, "peak_rss": _status()["VmHWM"],
-        "peak_anon": peaks["RssAnon"], "peak_file": peaks["RssFile"],
+        "mode": mode, "seconds": seconds, "peak_rss": status()["VmHWM"],
+        "peak_anon": sampler.peaks["RssAnon"], "peak_file": sampler.peaks["RssFile"],
         "written_output": _du(out), "written_cache": _du(cache) if mode == "dense" else 0,
         "wchar": _wchar() - wchar0, "final_loss": plan.final_loss,
         "picks": plan.iterations[0].picks,

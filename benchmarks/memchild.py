@@ -13,46 +13,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 import time
 
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
+from benchmarks.rss import PeakSampler, status
 
 
-def main(mode: str, n: int, out: str) -> None:
+def _merge(mode: str, info: dict, cands: list[str], out: str, sampler: PeakSampler) -> None:
+    """The measured work of one MODE; sets `sampler.phase` around the FW pre-pass."""
     import torch
 
-    torch.set_num_threads(2)
-    from benchmarks.bigmodel import build
-
-    info = build()
-    cands = info["cands"][:n]
-    peaks = {"RssAnon": 0, "RssFile": 0}
-    phase = ["setup"]
-    phase_peaks: dict[str, int] = {}
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            s = _status()
-            for k in peaks:
-                peaks[k] = max(peaks[k], s[k])
-            total = s["RssAnon"] + s["RssFile"]
-            phase_peaks[phase[0]] = max(phase_peaks.get(phase[0], 0), total)
-            time.sleep(0.01)
-
-    before = _status()
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
     if mode == "allmem":
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
@@ -62,61 +31,66 @@ def main(mode: str, n: int, out: str) -> None:
             {k: v.float() for k, v in load_file(f"{p}/model.safetensors").items()}
             for p in [info["base"], *cands]
         ]
-        assert len(held) == n + 1 and model is not None
-    else:
-        from mergekit.config import MergeConfiguration
-        from mergekit.merge import run_merge
-        from mergekit.options import MergeOptions
+        assert len(held) == len(cands) + 1 and model is not None
+        return
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
 
-        if mode in ("fw", "fw_soft"):
-            import mergekit_fw  # noqa: F401  (registers the method and the run_merge hook)
-            from mergekit_fw import runner
-
-            compute_plan = runner.compute_plan
-
-            def timed_plan(*args, **kwargs):
-                phase[0] = "prepass"
-                try:
-                    return compute_plan(*args, **kwargs)
-                finally:
-                    time.sleep(0.03)  # let the sampler see the end of the pre-pass
-                    phase[0] = "write"
-
-            runner.compute_plan = timed_plan
-
-            params = {
-                "calibration": info["calibration"], "iterations": 2, "step": "constant",
-                "step_size": 0.5, "batch_size": 4, "max_length": 64,
-            }  # fmt: skip
-            if mode == "fw_soft":
-                params.update(variant="soft", topk=2, inner_steps=3, iterations=1)
-                del params["step"], params["step_size"]
-            method = "frank_wolfe"
-            models = [{"model": p} for p in cands]
-        else:
-            params = {"density": 0.5, "weight": 1.0}
-            method = "ties"
-            models = [{"model": p, "parameters": {"density": 0.5, "weight": 1.0}} for p in cands]
-            params = {}
+    if mode == "ties":
+        models = [{"model": p, "parameters": {"density": 0.5, "weight": 1.0}} for p in cands]
         config = MergeConfiguration.model_validate({
-            "merge_method": method, "base_model": info["base"], "dtype": "float32",
-            "models": models, "parameters": params,
+            "merge_method": "ties", "base_model": info["base"], "dtype": "float32",
+            "models": models, "parameters": {},
         })  # fmt: skip
-        if mode in ("fw", "fw_soft"):
-            from mergekit_fw.runner import run_fw_merge
+        run_merge(config, out, MergeOptions(quiet=True))
+        return
+    import mergekit_fw  # noqa: F401  (registers the method and the run_merge hook)
+    from mergekit_fw import runner
 
-            run_fw_merge(config, out, MergeOptions(quiet=True))
-        else:
-            run_merge(config, out, MergeOptions(quiet=True))
+    compute_plan = runner.compute_plan
+
+    def timed_plan(*args, **kwargs):
+        sampler.phase = "prepass"
+        try:
+            return compute_plan(*args, **kwargs)
+        finally:
+            time.sleep(0.03)  # let the sampler see the end of the pre-pass
+            sampler.phase = "write"
+
+    runner.compute_plan = timed_plan
+    params = {
+        "calibration": info["calibration"], "iterations": 2, "step": "constant",
+        "step_size": 0.5, "batch_size": 4, "max_length": 64,
+    }  # fmt: skip
+    if mode == "fw_soft":
+        params.update(variant="soft", topk=2, inner_steps=3, iterations=1)
+        del params["step"], params["step_size"]
+    config = MergeConfiguration.model_validate({
+        "merge_method": "frank_wolfe", "base_model": info["base"], "dtype": "float32",
+        "models": [{"model": p} for p in cands], "parameters": params,
+    })  # fmt: skip
+    runner.run_fw_merge(config, out, MergeOptions(quiet=True))
+
+
+def main(mode: str, n: int, out: str) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    from benchmarks.bigmodel import build
+
+    info = build()
+    before = status()
+    t0 = time.perf_counter()
+    with PeakSampler() as sampler:
+        _merge(mode, info, info["cands"][:n], out, sampler)
     seconds = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    after = _status()
+    after = status()
     shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({
-        "mode": mode, "n": n, "peak_rss": after["VmHWM"], "peak_anon": peaks["RssAnon"],
-        "peak_file": peaks["RssFile"], "start_rss": before["VmRSS"], "seconds": seconds,
-        "phase_peaks": phase_peaks,
+        "mode": mode, "n": n, "peak_rss": after["VmHWM"], "peak_anon": sampler.peaks["RssAnon"],
+        "peak_file": sampler.peaks["RssFile"], "start_rss": before["VmRSS"], "seconds": seconds,
+        "phase_peaks": sampler.phase_peaks,
     }))  # fmt: skip
 
 

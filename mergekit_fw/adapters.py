@@ -139,23 +139,25 @@ class Adapter:
         return out
 
     # -- scores from factors (G and W0 oriented as B @ A, in float32 or float64) --
+    def _inner(self, module: LoraModule, x: torch.Tensor):
+        """(A, B, <X, B A> = <B^T X, A>) with X oriented like B @ A; factors in x's dtype."""
+        a, b = self.factors(module, x.device, x.dtype)
+        x = x.t() if module.transpose else x
+        return a, b, torch.sum((b.t() @ x) * a, dtype=torch.float64)
+
     def dot(self, name: str, g: torch.Tensor, base_dot: torch.Tensor) -> torch.Tensor:
         """<G, W0 + s B A> = <G, W0> + s <B^T G, A>."""
         module = self.modules.get(name)
         if module is None:
             return base_dot
-        a, b = self.factors(module, g.device, g.dtype)
-        g = g.t() if module.transpose else g
-        return base_dot + module.scale * torch.sum((b.t() @ g) * a, dtype=torch.float64)
+        return base_dot + module.scale * self._inner(module, g)[2]
 
     def norm_sq(self, name: str, w0: torch.Tensor, base_sq: torch.Tensor) -> torch.Tensor:
         """||W0 + s B A||^2 = ||W0||^2 + 2 s <B^T W0, A> + s^2 <B^T B, A A^T>."""
         module = self.modules.get(name)
         if module is None:
             return base_sq
-        a, b = self.factors(module, w0.device, w0.dtype)
-        w0 = w0.t() if module.transpose else w0
-        cross = torch.sum((b.t() @ w0) * a, dtype=torch.float64)
+        a, b, cross = self._inner(module, w0)
         a64, b64 = a.double(), b.double()
         gram = torch.sum((b64.t() @ b64) * (a64 @ a64.t()))
         s = module.scale

@@ -54,13 +54,10 @@ class FWPlan(BaseModel):
     # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder
     adapters: dict[str, str] = Field(default_factory=dict)
 
-    def coefficients_for(self, tensor_name: str) -> dict[str, float] | None:
-        """Coefficients keyed by model reference string; None if the tensor was not planned."""
-        name = self.aliases.get(tensor_name, tensor_name)
-        row = self.coefficients.get(name)
-        if row is None:
-            return None
-        return dict(zip(self.models, row))
+    def coefficients_for(self, tensor_name: str) -> list[float] | None:
+        """The tensor's coefficients over `models` (tied names resolve to their primary);
+        None if the pre-pass did not optimise it."""
+        return self.coefficients.get(self.aliases.get(tensor_name, tensor_name))
 
     def total_coefficients(self) -> dict[str, float]:
         """Sum of each model's coefficient over tensors: a rough 'who contributed' ranking."""

@@ -14,6 +14,7 @@ safetensors shard (`pytorch_model.bin`) returns None and the caller falls back t
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import threading
@@ -46,14 +47,7 @@ class Entry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-    @property
-    def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape)
 
 
 def read_header(path: str) -> dict[str, Entry]:
@@ -77,8 +71,7 @@ class TensorReader:
 
     def __init__(self, index) -> None:
         self.index = index
-        self._entries: dict[str, Entry] = {}
-        self._parsed: set[str] = set()
+        self._headers: dict[str, dict[str, Entry]] = {}  # shard path -> its tensors
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -96,10 +89,9 @@ class TensorReader:
             return None
         path = os.path.join(self.index.base_path, shard)
         with self._lock:
-            if path not in self._parsed:
-                self._entries.update(read_header(path))
-                self._parsed.add(path)
-        return self._entries.get(name)
+            if path not in self._headers:
+                self._headers[path] = read_header(path)
+        return self._headers[path].get(name)
 
     def _fd(self, path: str) -> int:
         with self._lock:
@@ -124,7 +116,7 @@ class TensorReader:
             out = out[:count]
         if count:
             view = memoryview(out.view(torch.uint8).numpy()).cast("B")
-            done, offset = 0, entry.offset + start * entry.itemsize
+            done, offset = 0, entry.offset + start * entry.dtype.itemsize
             fd = self._fd(entry.path)
             while done < len(view):
                 n = os.preadv(fd, [view[done:]], offset + done)

@@ -50,7 +50,7 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
     dtype = dtype_from_name(config.dtype) or torch.float32
     loader_cache = LoaderCache()
     loader_cache.setup(options)
-    pool = VertexPool([recipe.base, *recipe.candidates], device, dtype, adapters=recipe.adapters)
+    pool = vertex_pool(recipe, config, options)
     objective = recipe.objective
     base_path = recipe.base.merged(
         cache_dir=options.lora_merge_cache,
@@ -97,8 +97,9 @@ def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
     return compute_plan(recipe, config, options)
 
 
-def write_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> VertexPool:
-    """The vertices again, for the write phase (headers only; nothing is read yet)."""
+def vertex_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> VertexPool:
+    """[base, candidates, adapters] on the math device in the merge dtype (headers only;
+    nothing is read yet): for the pre-pass, and again for the write phase."""
     dtype = dtype_from_name(config.dtype) or torch.float32
     return VertexPool(
         [recipe.base, *recipe.candidates], math_device(options), dtype, adapters=recipe.adapters
@@ -149,7 +150,7 @@ def run_fw_merge(
 
         write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
     else:
-        with streamed_gather(plan, write_pool(recipe, config, options)):
+        with streamed_gather(plan, vertex_pool(recipe, config, options)):
             run_merge(config, out_path, options, config_source=config_source)
     write_artifacts(out_path, plan, config)
     LOG.info(

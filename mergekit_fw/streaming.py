@@ -81,7 +81,7 @@ class StreamedGather(GatherTensors):
         base = _base_of(self.weight_info, plan)
         wi = self.weight_info[base]
         name = _stored_name(pool, wi)
-        row = plan.coefficients.get(plan.aliases.get(wi.name, wi.name))
+        row = plan.coefficients_for(wi.name)
         if row is None:  # not optimised (a buffer, a stored constant): the base's, as stored
             return {base: pool.stored(0, name)}
         return {base: combine(pool, row, name)}

@@ -40,7 +40,7 @@ class VertexPool:
     """Index 0 is the base model; 1..n are the candidates.
 
     LoRA adapters (adapters.py) come after the dense candidates: vertex W0 + s B A, scored
-    from its factors (`scores`), never read through mergekit's LoaderCache.
+    from its factors (`score_tensor`), never read through mergekit's LoaderCache.
     """
 
     def __init__(
@@ -108,18 +108,13 @@ class VertexPool:
         Adapter vertices are scored from their factors plus the base's own dot and norm
         (adapters.Adapter.dot / norm_sq).
         """
-        blocked = self._blocked_scores(name, g, theta, with_norms)
-        if blocked is None:
-            dense = [
-                _dense_score(g, self.tensor(k, name), with_norms) for k in range(len(self.refs))
-            ]
-            grad_norm, current = _gradient_terms(g, theta)
-        else:
-            dense, grad_norm, current = blocked
-        dots = [dot for dot, _ in dense]
-        norms = [norm for _, norm in dense] if with_norms else None
+        scores = self._blocked_scores(name, g, theta, with_norms)
+        if scores is None:
+            scores = _whole_tensor_scores(self, len(self.refs), name, g, theta, with_norms)
+        dots, norms = scores.dots, scores.norms
         if self.adapters:
-            base_dot, base_norm = dense[0]
+            base_dot = dots[0]
+            base_norm = norms[0] if with_norms else None
             adapter_sq = []
             if with_norms:  # the W0 terms of every adapter's norm, from W0 itself
                 w0 = _work(self.tensor(0, name))
@@ -130,11 +125,11 @@ class VertexPool:
                 dots.append(adapter.dot(name, work_g, base_dot))
                 if with_norms:
                     norms.append(adapter_sq[j].clamp_min(0.0).sqrt())
-        return TensorScores(dots, norms, grad_norm, current)
+        return scores
 
     def _blocked_scores(self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool):
-        """([(<g, v_k>, ||v_k|| or None)] for the dense vertices, ||g||, <g, theta>), read
-        block by block: each gradient block is used by every vertex while it is in cache.
+        """TensorScores of the dense vertices, read block by block: each gradient block is
+        used by every vertex while it is in cache.
 
         None where it does not apply (a GPU, or a vertex that is not plain safetensors);
         the caller then reads whole tensors.
@@ -166,9 +161,8 @@ class VertexPool:
                 dots[k] += torch.dot(g_block, x).item()
                 if with_norms:
                     squares[k] += torch.dot(x, x).item()
-        norms = squares.sqrt()
-        dense = [(dots[k], norms[k] if with_norms else None) for k in range(len(entries))]
-        return dense, math.sqrt(grad_sq), current
+        norms = list(squares.sqrt()) if with_norms else None
+        return TensorScores(list(dots), norms, math.sqrt(grad_sq), current)
 
 
 @dataclass
@@ -186,10 +180,19 @@ def _flat32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def _gradient_terms(g: torch.Tensor, theta: torch.Tensor) -> tuple[float, float]:
-    """||g|| and <g, theta> from whole tensors."""
+def _whole_tensor_scores(pool, count: int, name: str, g, theta, with_norms: bool) -> TensorScores:
+    """TensorScores of vertices 0..count-1, one whole `pool.tensor(k, name)` at a time."""
+    dots, norms = [], [] if with_norms else None
+    for k in range(count):
+        x = pool.tensor(k, name)
+        dot, norm = _dense_score(g, x, with_norms)
+        del x
+        dots.append(dot)
+        if with_norms:
+            norms.append(norm)
     flat = _flat32(g)
-    return float(torch.linalg.vector_norm(flat)), float(torch.dot(flat, _flat32(theta)))
+    grad_norm = float(torch.linalg.vector_norm(flat))
+    return TensorScores(dots, norms, grad_norm, float(torch.dot(flat, _flat32(theta))))
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
@@ -210,14 +213,7 @@ def score_tensor(pool, name: str, g: torch.Tensor, theta: torch.Tensor, with_nor
     own = getattr(pool, "score_tensor", None)
     if own is not None:
         return own(name, g, theta, with_norms)
-    dense = []
-    for k in range(len(pool)):
-        x = pool.tensor(k, name)
-        dense.append(_dense_score(g, x, with_norms))
-        del x
-    grad_norm, current = _gradient_terms(g, theta)
-    norms = [norm for _, norm in dense] if with_norms else None
-    return TensorScores([dot for dot, _ in dense], norms, grad_norm, current)
+    return _whole_tensor_scores(pool, len(pool), name, g, theta, with_norms)
 
 
 def vertex_ids(pool) -> list[str]:
