@@ -190,21 +190,20 @@ class FrankWolfe:
         record.gamma = gamma
         return record, None
 
+    def task_gradient(self, index: int, desc: str) -> LossReport:
+        """The gradient of task `index`'s own weighted loss, left in the parameters' .grad."""
+        self.model.zero_grad(set_to_none=False)
+        batches = [b for b in self.batches if b.task == index]
+        return evaluate(
+            self.model, self.objective, batches, self.task_names,
+            grad=True, desc=desc, quiet=self.quiet,
+        )  # fmt: skip
+
     def task_preferences(self) -> dict[str, dict[str, int]]:
         """Which vertex each task's own gradient prefers at the final merge (tensors won)."""
         preferences = {}
         for index, name in enumerate(self.task_names):
-            self.model.zero_grad(set_to_none=False)
-            batches = [b for b in self.batches if b.task == index]
-            evaluate(
-                self.model,
-                self.objective,
-                batches,
-                self.task_names,
-                grad=True,
-                desc=f"task {name}",
-                quiet=self.quiet,
-            )
+            self.task_gradient(index, desc=f"task {name}")
             picks = self.oracle(self.score(self.score_pass()), False)
             preferences[name] = dict(Counter(self.label(p) for p in picks))
         return preferences

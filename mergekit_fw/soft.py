@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mergekit_fw.frank_wolfe import FrankWolfe
 from mergekit_fw.lmo import ScoreTable, inner_scores
-from mergekit_fw.objectives import LossReport, evaluate
+from mergekit_fw.objectives import LossReport
 from mergekit_fw.plan import IterationRecord
 
 
@@ -128,12 +128,7 @@ class SoftFrankWolfe(FrankWolfe):
         task_wins = {}
         report = LossReport(total=0.0, per_task={})
         for index, name in enumerate(self.task_names):
-            self.model.zero_grad(set_to_none=False)
-            batches = [b for b in self.batches if b.task == index]
-            part = evaluate(
-                self.model, self.objective, batches, self.task_names,
-                grad=True, desc=f"gradient t={t} task {name}", quiet=self.quiet,
-            )  # fmt: skip
+            part = self.task_gradient(index, desc=f"gradient t={t} task {name}")
             report.total += part.total
             report.per_task[name] = part.per_task[name]
             if len(chosen) >= len(self.pool):
