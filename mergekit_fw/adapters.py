@@ -6,7 +6,7 @@ rsLoRA). Nothing here forms a dense per-adapter model, on disk or in memory:
 
 - LMO scores come from the factors: <G, v_a> = <G, W0> + s <B^T G, A> and
   ||v_a||^2 = ||W0||^2 + 2 s <B^T W0, A> + s^2 <B^T B, A A^T>. The base terms are those of
-  the base vertex, which the pool reads anyway (`VertexPool.scores`), so a tensor that no
+  the base vertex, which the pool reads anyway (`VertexPool.score_tensor`), so a tensor that no
   adapter targets costs nothing per adapter.
 - The pre-pass forms W0 + s B A for one tensor at a time only where it must: the direction
   d = s - theta of a tensor an adapter won, and the task-arithmetic start.
