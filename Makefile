@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m mergekit_fw.demo
+	$(BIN)/python -m mergekit_fw.cli.demo
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -15,8 +15,8 @@ import sys
 
 # module name -> dotted path of the function to call once that module has executed
 _TARGETS = {
-    "mergekit.merge_methods": "mergekit_fw.method:register",
-    "mergekit.merge": "mergekit_fw.runner:patch_run_merge",
+    "mergekit.merge_methods": "mergekit_fw.mergekit.method:register",
+    "mergekit.merge": "mergekit_fw.mergekit.runner:patch_run_merge",
 }
 
 

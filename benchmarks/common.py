@@ -69,7 +69,7 @@ def make_model(vocab: int, seed: int, hidden: int = 128, layers: int = 4):
 
 
 def encode(record: dict, tok) -> tuple[list[int], list[int], int]:
-    """Same masking as mergekit_fw.calibration.encode_record; also returns the byte count."""
+    """Same masking as mergekit_fw.data.calibration.encode_record; also returns the byte count."""
     if "text" in record:
         ids = tok(record["text"])["input_ids"]
         return ids, list(ids), len(record["text"].encode("utf-8"))

@@ -48,10 +48,10 @@ def fw_runner(info: dict, n: int):
     from mergekit.options import MergeOptions
     from transformers import AutoModelForCausalLM
 
-    from mergekit_fw.frank_wolfe import FrankWolfe, build_slots
-    from mergekit_fw.objectives import make_batches
-    from mergekit_fw.validate import check_recipe
-    from mergekit_fw.vertices import VertexPool
+    from mergekit_fw.data.batches import make_batches
+    from mergekit_fw.fw.loop import FrankWolfe, build_slots
+    from mergekit_fw.mergekit.checks import check_recipe
+    from mergekit_fw.pool.vertices import VertexPool
 
     config = MergeConfiguration.model_validate({
         "merge_method": "frank_wolfe", "base_model": info["base"], "dtype": "float32",
@@ -86,7 +86,7 @@ def fw_runner(info: dict, n: int):
 def breakdown(runner) -> dict:
     """Where an LMO pass goes (best of 2): the same blocked preads alone (no conversion, no
     dot), and the whole-tensor path it replaced (read a tensor, bf16 -> fp32, one dot)."""
-    from mergekit_fw import vertices
+    from mergekit_fw.pool import vertices
 
     pool = runner.pool
     best = None

@@ -43,7 +43,7 @@ def build(root: Path, n: int, hidden: int, layers: int, vocab: int) -> dict:
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mergekit_fw import toy
+    from mergekit_fw.cli import toy
 
     torch.set_num_threads(1)
     base = root / "base"
@@ -143,7 +143,7 @@ def child_run(root: Path, mode: str) -> dict:
     from mergekit.options import MergeOptions
 
     import mergekit_fw  # noqa: F401
-    from mergekit_fw.runner import run_fw_merge
+    from mergekit_fw.mergekit.runner import run_fw_merge
 
     info = json.loads((root / "info.json").read_text())
     out, cache = root / f"out_{mode}", root / "merge_cache"
@@ -175,10 +175,10 @@ def child_lmo(root: Path, mode: str) -> dict:
     from mergekit.io.tasks import LoaderCache
     from mergekit.options import MergeOptions
 
-    from mergekit_fw.adapters import read_adapter
-    from mergekit_fw.config import FWSettings
-    from mergekit_fw.frank_wolfe import FrankWolfe, Slot
-    from mergekit_fw.vertices import VertexPool
+    from mergekit_fw.fw.loop import FrankWolfe, Slot
+    from mergekit_fw.pool.lora_files import read_adapter
+    from mergekit_fw.pool.vertices import VertexPool
+    from mergekit_fw.settings import FWSettings
 
     info = json.loads((root / "info.json").read_text())
     LoaderCache().setup(MergeOptions(lora_merge_cache=str(root / "merge_cache")))
@@ -203,7 +203,7 @@ def child_lmo(root: Path, mode: str) -> dict:
         started = time.perf_counter()
         tables.append(loop.score_pass())
         times.append(time.perf_counter() - started)
-    from mergekit_fw.lmo import cosine_scores, tensor_oracle
+    from mergekit_fw.fw.oracles import cosine_scores, tensor_oracle
 
     picks = tensor_oracle(cosine_scores(tables[-1]), False)
     return {

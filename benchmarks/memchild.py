@@ -46,7 +46,7 @@ def _merge(mode: str, info: dict, cands: list[str], out: str, sampler: PeakSampl
         run_merge(config, out, MergeOptions(quiet=True))
         return
     import mergekit_fw  # noqa: F401  (registers the method and the run_merge hook)
-    from mergekit_fw import runner
+    from mergekit_fw.mergekit import runner
 
     compute_plan = runner.compute_plan
 

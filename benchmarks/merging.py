@@ -4,7 +4,7 @@ prototype FW variants (finer blocks, constraint sets beyond the hull) driven fro
 Baselines use `mergekit.merge_methods.merge_state_dicts` (the same kernels `mergekit-yaml`
 runs). Their scaling/density is chosen on the calibration split only, by the same objective
 FW minimises (mean per-token loss over the target tasks' calibration samples).
-The package runs go through `mergekit_fw.runner.prepare` (the exact pre-pass a recipe runs)
+The package runs go through `mergekit_fw.mergekit.runner.prepare` (the exact pre-pass a recipe runs)
 and the resulting FWPlan coefficients are applied in memory; mergekit's writer produces the
 same per-tensor linear combination (tests/ check that invariant).
 """
@@ -143,7 +143,7 @@ def fw_package(zoo, pool, tasks, settings: dict, iterations: int, line_evals: in
     from mergekit.config import MergeConfiguration
     from mergekit.options import MergeOptions
 
-    from mergekit_fw.runner import prepare
+    from mergekit_fw.mergekit.runner import prepare
 
     params = {
         "calibration": zoo.manifest(tasks), "iterations": iterations,
@@ -186,7 +186,7 @@ def fw_proto(
     box(beta): 0 <= lam_k <= beta per block; LMO = beta * [<g, tau_k> < 0] for every k,
     i.e. it can add several task vectors at once (task arithmetic is a point of the box).
     """
-    from mergekit_fw.steps import LineSearch
+    from mergekit_fw.fw.steps import LineSearch
 
     encs = [zoo.calib[t] for t in tasks]
     base = zoo.sd["base"]

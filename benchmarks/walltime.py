@@ -32,7 +32,7 @@ def _time(method, config) -> float:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from mergekit_fw.runner import run_fw_merge
+    from mergekit_fw.mergekit.runner import run_fw_merge
 
     out = str(CACHE / "tmp_out" / "walltime")
     shutil.rmtree(out, ignore_errors=True)

@@ -1,3 +1,3 @@
-from mergekit_fw.cli import main
+from mergekit_fw.cli.main import main
 
 main()

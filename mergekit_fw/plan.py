@@ -85,7 +85,7 @@ class FWPlan(BaseModel):
         fall back to the base, as they do in the FW kernel.
         """
         if self.adapters:
-            from mergekit_fw.config import FWConfigError
+            from mergekit_fw.settings import FWConfigError
 
             raise FWConfigError(
                 "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "

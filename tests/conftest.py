@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mergekit_fw import toy  # noqa: E402
+from mergekit_fw.cli import toy  # noqa: E402
 
 EXPERTS = ["reverse", "add", "count", "sort"]
 

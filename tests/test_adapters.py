@@ -16,10 +16,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mergekit_fw import toy
-from mergekit_fw.adapters import factor_layout, read_adapter
-from mergekit_fw.config import FWConfigError
+from mergekit_fw.cli import toy
 from mergekit_fw.plan import FWPlan
+from mergekit_fw.pool.lora_factors import factor_layout
+from mergekit_fw.pool.lora_files import read_adapter
+from mergekit_fw.pool.lora_math import add_delta_, factor_dot, factor_norm_sq
+from mergekit_fw.settings import FWConfigError
 from tests.conftest import write_recipe as recipe
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
@@ -69,7 +71,7 @@ def run_in_process(config: Path, out: Path, cache: Path | None = None) -> FWPlan
     from mergekit.config import MergeConfiguration
     from mergekit.options import MergeOptions
 
-    from mergekit_fw.runner import run_fw_merge
+    from mergekit_fw.mergekit.runner import run_fw_merge
 
     parsed = MergeConfiguration.model_validate(yaml.safe_load(config.read_text()))
     options = MergeOptions(quiet=True, lora_merge_cache=str(cache) if cache else None)
@@ -150,11 +152,11 @@ def test_factor_dot_and_norm_equal_dense(tmp_path, case):
     vertex = w0 + scale * delta
     g = torch.randn(vertex.shape, generator=gen, dtype=torch.float64)
     base_dot, base_sq = torch.sum(g * w0), torch.sum(w0 * w0)
-    assert float(adapter.dot(name, g, base_dot)) == pytest.approx(float(torch.sum(g * vertex)), rel=1e-10, abs=1e-10)  # fmt: skip
-    assert float(adapter.norm_sq(name, w0, base_sq)) == pytest.approx(float(torch.sum(vertex * vertex)), rel=1e-10)  # fmt: skip
-    torch.testing.assert_close(adapter.add_delta_(w0.clone(), name), vertex, atol=1e-12, rtol=0)
+    assert float(factor_dot(adapter, name, g, base_dot)) == pytest.approx(float(torch.sum(g * vertex)), rel=1e-10, abs=1e-10)  # fmt: skip
+    assert float(factor_norm_sq(adapter, name, w0, base_sq)) == pytest.approx(float(torch.sum(vertex * vertex)), rel=1e-10)  # fmt: skip
+    torch.testing.assert_close(add_delta_(adapter, w0.clone(), name), vertex, atol=1e-12, rtol=0)
     # an untargeted tensor of an adapter vertex is the base
-    assert adapter.dot("other.weight", g, base_dot) is base_dot
+    assert factor_dot(adapter, "other.weight", g, base_dot) is base_dot
 
 
 def test_factor_layout_keeps_or_folds_ranks(loras):
@@ -212,7 +214,7 @@ def test_mixed_pool_authors_settings_equals_densified(zoo, loras, tmp_path):
 def check(zoo, tmp_path, adapter_dirs: list[str] | None, models=None, **parameters):
     from mergekit.config import MergeConfiguration
 
-    from mergekit_fw.validate import check_recipe
+    from mergekit_fw.mergekit.checks import check_recipe
 
     if adapter_dirs is not None:
         parameters["adapters"] = write_manifest(tmp_path / "m.yaml", adapter_dirs)
@@ -272,7 +274,7 @@ def test_pool_rules(zoo, loras, tmp_path):
 def test_cli_check_lists_adapters_and_rejects_cleanly(zoo, loras, tmp_path):
     from click.testing import CliRunner
 
-    from mergekit_fw.cli import main
+    from mergekit_fw.cli.main import main
 
     good = recipe(
         tmp_path / "good.yaml", zoo["base"], [zoo["base"]], adapters=loras["manifest"],

@@ -12,9 +12,9 @@ import torch
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
-import mergekit_fw.frank_wolfe
-from mergekit_fw import toy
-from mergekit_fw.config import FWConfigError
+import mergekit_fw.fw.loop
+from mergekit_fw.cli import toy
+from mergekit_fw.settings import FWConfigError
 from tests.conftest import write_recipe
 
 
@@ -25,7 +25,7 @@ def no_gradients(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("gradient work started before the input was rejected")
 
-    monkeypatch.setattr(mergekit_fw.frank_wolfe.FrankWolfe, "run", refuse)
+    monkeypatch.setattr(mergekit_fw.fw.loop.FrankWolfe, "run", refuse)
 
 
 def run_merge(recipe: Path, out: Path):

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from mergekit_fw import toy
-from mergekit_fw.calibration import IGNORE_INDEX, load_calibration
-from mergekit_fw.config import FWConfigError
+from mergekit_fw.cli import toy
+from mergekit_fw.data.calibration import load_calibration
+from mergekit_fw.fw.objectives import IGNORE_INDEX
+from mergekit_fw.settings import FWConfigError
 
 
 @pytest.fixture(scope="module")

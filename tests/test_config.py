@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mergekit_fw.config import FWConfigError, FWSettings
-from mergekit_fw.method import FrankWolfeMerge
+from mergekit_fw.mergekit.method import FrankWolfeMerge
+from mergekit_fw.settings import FWConfigError, FWSettings
 
 
 def test_defaults_match_the_yaml_contract():

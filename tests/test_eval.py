@@ -15,9 +15,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from click.testing import CliRunner  # noqa: E402
 
-from mergekit_fw import evaluate  # noqa: E402
-from mergekit_fw.cli import main  # noqa: E402
-from mergekit_fw.report import EVAL_FILE, plan_fingerprint  # noqa: E402
+from mergekit_fw.cli import evaluate  # noqa: E402
+from mergekit_fw.cli.main import main  # noqa: E402
+from mergekit_fw.report.card import EVAL_FILE, plan_fingerprint  # noqa: E402
 from tests.test_report import fw_merge  # noqa: E402
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "examples" / "lm_eval_tasks"

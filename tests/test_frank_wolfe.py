@@ -10,8 +10,8 @@ import yaml
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
-from mergekit_fw.runner import prepare
-from mergekit_fw.vertices import VertexPool
+from mergekit_fw.mergekit.runner import prepare
+from mergekit_fw.pool.vertices import VertexPool
 
 
 def config(base, models, **params) -> MergeConfiguration:
@@ -128,6 +128,6 @@ def test_recipe_text_round_trip(tmp_path, zoo):
          "parameters": {"calibration": "x.jsonl", "iterations": 3, "lmo": "cosine"}}
     )  # fmt: skip
     cfg = MergeConfiguration.model_validate(yaml.safe_load(text))
-    from mergekit_fw.config import FWSettings
+    from mergekit_fw.settings import FWSettings
 
     assert FWSettings.from_parameters(cfg.parameters).lmo == "cosine"

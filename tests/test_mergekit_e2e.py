@@ -29,8 +29,9 @@ def mergekit_yaml(recipe: Path, out: Path, *extra: str, env: dict | None = None)
 def calibration_loss(model_path: str, calibration: str) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_fw.calibration import load_calibration
-    from mergekit_fw.objectives import CausalLMObjective, evaluate, make_batches
+    from mergekit_fw.data.batches import make_batches
+    from mergekit_fw.data.calibration import load_calibration
+    from mergekit_fw.fw.objectives import CausalLMObjective, evaluate
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()

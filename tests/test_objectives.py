@@ -12,10 +12,9 @@ import pytest
 import torch
 import yaml
 
-from mergekit_fw import toy
-from mergekit_fw.calibration import IGNORE_INDEX
-from mergekit_fw.config import FWConfigError
-from mergekit_fw.objectives import (
+from mergekit_fw.cli import toy
+from mergekit_fw.fw.objectives import (
+    IGNORE_INDEX,
     Batch,
     CausalLMObjective,
     ClassificationObjective,
@@ -23,6 +22,7 @@ from mergekit_fw.objectives import (
     make_objective,
 )
 from mergekit_fw.plan import FWPlan
+from mergekit_fw.settings import FWConfigError
 
 
 def fixed(logits: torch.Tensor):
@@ -160,8 +160,9 @@ def test_classifier_merge_through_stock_mergekit_yaml(classifiers, tmp_path, var
     assert all(f"| {task} |" in card for task in RULES)
     assert plan.final_loss < plan.iterations[0].loss
     # the written classifier reproduces the pre-pass loss
-    from mergekit_fw.calibration import load_calibration
-    from mergekit_fw.objectives import evaluate, make_batches
+    from mergekit_fw.data.batches import make_batches
+    from mergekit_fw.data.calibration import load_calibration
+    from mergekit_fw.fw.objectives import evaluate
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = toy.build_tokenizer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_fw.lmo import (
+from mergekit_fw.fw.oracles import (
     ZERO,
     ScoreTable,
     cosine_scores,
@@ -13,7 +13,7 @@ from mergekit_fw.lmo import (
     model_oracle,
     tensor_oracle,
 )
-from mergekit_fw.steps import ConstantStep, LineSearch, ScheduleStep, fw_gap
+from mergekit_fw.fw.steps import ConstantStep, LineSearch, ScheduleStep, fw_gap
 
 
 def table(g: torch.Tensor, vertices: list[torch.Tensor], theta: torch.Tensor) -> ScoreTable:

@@ -15,9 +15,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from click.testing import CliRunner  # noqa: E402
 
-from mergekit_fw.cli import main  # noqa: E402
+from mergekit_fw.cli.main import main  # noqa: E402
 from mergekit_fw.plan import PLAN_FILE, FWPlan, IterationRecord  # noqa: E402
-from mergekit_fw.plots import (  # noqa: E402
+from mergekit_fw.report.card import (  # noqa: E402
+    EVAL_FILE,
+    SECTION_TITLE,
+    card_section,
+    plan_fingerprint,
+    report_after_merge,
+    write_report,
+)
+from mergekit_fw.report.plots import (  # noqa: E402
     COEFFICIENTS_PNG,
     DPI,
     LINE_FIGSIZE,
@@ -28,14 +36,6 @@ from mergekit_fw.plots import (  # noqa: E402
     layer_group,
     make_plots,
 )
-from mergekit_fw.report import (  # noqa: E402
-    EVAL_FILE,
-    SECTION_TITLE,
-    card_section,
-    plan_fingerprint,
-    report_after_merge,
-    write_report,
-)
 
 
 def fw_merge(zoo: dict[str, str], out: Path, experts: list[str], iterations: int = 2) -> Path:
@@ -44,7 +44,7 @@ def fw_merge(zoo: dict[str, str], out: Path, experts: list[str], iterations: int
     from mergekit.config import MergeConfiguration
     from mergekit.options import MergeOptions
 
-    from mergekit_fw.runner import run_fw_merge
+    from mergekit_fw.mergekit.runner import run_fw_merge
 
     config = MergeConfiguration.model_validate(
         {

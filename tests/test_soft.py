@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mergekit_fw.config import FWConfigError, FWSettings
-from mergekit_fw.frank_wolfe import Slot
-from mergekit_fw.objectives import Batch
-from mergekit_fw.soft import SoftFrankWolfe, argmin_excluding, project_simplex, topk_vertices
+from mergekit_fw.fw.loop import Slot
+from mergekit_fw.fw.objectives import Batch
+from mergekit_fw.fw.soft import SoftFrankWolfe, argmin_excluding, project_simplex, topk_vertices
+from mergekit_fw.settings import FWConfigError, FWSettings
 
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=1, max_size=6)
 
@@ -140,7 +140,7 @@ def test_simplex_fit_is_scale_free():
     """A loss scaled by 1e-6 (a flat start, as at a classifier near log 2) still moves.
 
     With a raw-gradient step the weights would move by about 1e-7 in 8 fit steps."""
-    from mergekit_fw.soft import fit_coefficients
+    from mergekit_fw.fw.soft import fit_coefficients
 
     target = torch.tensor([[0.25, 0.5]], dtype=torch.float64)
 

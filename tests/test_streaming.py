@@ -10,9 +10,9 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file, save_file
 
-from mergekit_fw import vertices
-from mergekit_fw.reader import TensorReader, read_header
-from mergekit_fw.vertices import VertexPool
+from mergekit_fw.pool import vertices
+from mergekit_fw.pool.reader import TensorReader, read_header
+from mergekit_fw.pool.vertices import VertexPool
 
 
 def test_reader_matches_safetensors(tmp_path):
@@ -88,8 +88,8 @@ def test_write_phase_never_gathers_the_candidates(zoo, tmp_path, monkeypatch):
     frank_wolfe write it must not load a single candidate tensor."""
     from mergekit.io import tasks
 
+    from mergekit_fw.mergekit.runner import run_fw_merge
     from mergekit_fw.plan import FWPlan
-    from mergekit_fw.runner import run_fw_merge
 
     loaded: list[str] = []
     stock = tasks.LoadTensor.execute

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_fw import toy
+from mergekit_fw.cli import toy
 
 SEED = 2025
 N = 100

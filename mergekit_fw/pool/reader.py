@@ -136,3 +136,19 @@ class TensorReader:
             self.close()
         except Exception:  # interpreter shutdown
             pass
+
+
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Shapes from safetensors headers only; {} when the weights are pickles."""
+    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
+    from safetensors import safe_open
+
+    index = ShardedTensorIndex.from_disk(path)
+    if not index.is_safetensors:
+        return {}
+    shapes = {}
+    for shard in index.shards:
+        with safe_open(os.path.join(path, shard.filename), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes

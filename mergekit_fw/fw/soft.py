@@ -18,9 +18,9 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from mergekit_fw.frank_wolfe import FrankWolfe
-from mergekit_fw.lmo import ScoreTable, inner_scores
-from mergekit_fw.objectives import LossReport
+from mergekit_fw.fw.loop import FrankWolfe
+from mergekit_fw.fw.objectives import LossReport
+from mergekit_fw.fw.oracles import ScoreTable, inner_scores
 from mergekit_fw.plan import IterationRecord
 
 

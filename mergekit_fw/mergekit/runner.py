@@ -25,12 +25,14 @@ from mergekit.config import MergeConfiguration
 from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
-from mergekit_fw.frank_wolfe import FrankWolfe, build_slots
-from mergekit_fw.objectives import make_batches
+from mergekit_fw.data.batches import make_batches
+from mergekit_fw.fw.loop import FrankWolfe, build_slots
+from mergekit_fw.fw.soft import SoftFrankWolfe
+from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
+from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.plan import PLAN_FILE, FWPlan
-from mergekit_fw.soft import SoftFrankWolfe
-from mergekit_fw.validate import METHOD_NAME, Recipe, check_recipe
-from mergekit_fw.vertices import VertexPool
+from mergekit_fw.pool.lora_factors import factor_problem
+from mergekit_fw.pool.vertices import VertexPool
 
 LOG = logging.getLogger("mergekit_fw")
 LINEAR_RECIPE_FILE = "fw_linear.yaml"
@@ -66,8 +68,6 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         for slot in slots:
             slot.param.copy_(pool.tensor(0, slot.name))
     if settings.lora_mode == "factors":  # authors' G-hard: theta = LoRA factors (adapters.py)
-        from mergekit_fw.adapters import factor_problem
-
         model, slots, pool = factor_problem(model, recipe, device)
     tokenizer = recipe.tokenizer
     pad_id = tokenizer.pad_token_id
@@ -107,7 +107,7 @@ def vertex_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOption
 
 
 def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> None:
-    from mergekit_fw.report import append_card_section, report_after_merge
+    from mergekit_fw.report.card import append_card_section, report_after_merge
 
     out = Path(out_path)
     if plan.adapters:  # a mergekit `linear` recipe cannot express adapter vertices
@@ -130,7 +130,7 @@ def run_fw_merge(
     run_merge=None,
 ) -> FWPlan:
     """Check, pre-pass, stock mergekit write, FW artifacts."""
-    from mergekit_fw.streaming import streamed_gather
+    from mergekit_fw.mergekit.streaming import streamed_gather
 
     if run_merge is None:
         import mergekit.merge
@@ -146,8 +146,6 @@ def run_fw_merge(
     recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
     plan = compute_plan(recipe, config, options)
     if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
-        from mergekit_fw.adapters import write_factor_adapter
-
         write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
     else:
         with streamed_gather(plan, vertex_pool(recipe, config, options)):

@@ -159,7 +159,7 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
 
 
 def existing_plots(out_dir: Path) -> list[str]:
-    from mergekit_fw.plots import PLOT_FILES  # no matplotlib import: only names
+    from mergekit_fw.report.plots import PLOT_FILES  # no matplotlib import: only names
 
     return [name for name in PLOT_FILES if (out_dir / name).exists()]
 
@@ -202,7 +202,7 @@ def write_report(
     shows pictures of an older merge). create_card=False leaves a missing README.md missing
     (mergekit was told not to write one).
     """
-    from mergekit_fw.plots import PLOT_FILES, make_plots
+    from mergekit_fw.report.plots import PLOT_FILES, make_plots
 
     out = Path(out_dir)
     if plan is None:

@@ -12,7 +12,7 @@ import click
 import yaml
 
 import mergekit_fw  # noqa: F401  (registers the method and the run_merge wrapper)
-from mergekit_fw.config import FWConfigError
+from mergekit_fw.settings import FWConfigError
 
 
 def _load_config(path: str):
@@ -55,7 +55,7 @@ def run(ctx: click.Context) -> None:
 )
 def check(config_file: str, calibration: bool) -> None:
     """Validate a frank_wolfe recipe without loading any model weights."""
-    from mergekit_fw.validate import check_recipe
+    from mergekit_fw.mergekit.checks import check_recipe
 
     config = _load_config(config_file)
     try:
@@ -138,7 +138,7 @@ def eval_command(
     verbose: bool,
 ) -> None:
     """Run lm-eval on merge OUT and, side by side, on the models it was merged from."""
-    from mergekit_fw.evaluate import EvalError, quiet_lm_eval, run_eval
+    from mergekit_fw.cli.evaluate import EvalError, quiet_lm_eval, run_eval
 
     quiet_lm_eval(verbose)
     if limit is not None and limit >= 1:
@@ -167,7 +167,7 @@ def report(out: str) -> None:
     from pathlib import Path
 
     from mergekit_fw.plan import PLAN_FILE
-    from mergekit_fw.report import write_report
+    from mergekit_fw.report.card import write_report
 
     if not Path(out).is_dir():
         raise click.ClickException(f"{out} is not a folder; pass the output folder of a merge.")

@@ -10,36 +10,24 @@ block stays in cache while the vertices stream past it.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
-from mergekit_fw.reader import TensorReader
+from mergekit_fw.fw.scores import TensorScores, as_work, flat32, whole_tensor_scores
+from mergekit_fw.pool.labels import short_labels, unique_labels
+from mergekit_fw.pool.lora_math import add_delta_, factor_dot, factor_norm_sq
+from mergekit_fw.pool.reader import TensorReader
 
 BLOCK = 1 << 18  # elements per LMO block: a 1 MiB float32 gradient block stays in L2
-
-
-def short_labels(refs: Sequence[ModelReference]) -> list[str]:
-    """Human-readable, unique names for reports: the last path component."""
-    labels: list[str] = []
-    for ref in refs:
-        text = str(ref)
-        base = os.path.basename(text.rstrip("/")) or text
-        label, i = base, 2
-        while label in labels:
-            label, i = f"{base}#{i}", i + 1
-        labels.append(label)
-    return labels
 
 
 class VertexPool:
     """Index 0 is the base model; 1..n are the candidates.
 
-    LoRA adapters (adapters.py) come after the dense candidates: vertex W0 + s B A, scored
+    LoRA adapters (pool/lora_files.py) come after the dense candidates: vertex W0 + s B A, scored
     from its factors (`score_tensor`), never read through mergekit's LoaderCache.
     """
 
@@ -59,8 +47,6 @@ class VertexPool:
         self.readers = [TensorReader.for_loader(loader) for loader in self.loaders]
         self.adapters = list(adapters)
         if self.adapters:
-            from mergekit_fw.adapters import unique_labels
-
             self.labels += unique_labels(self.labels, [a.label for a in self.adapters])
 
     def __len__(self) -> int:
@@ -92,7 +78,7 @@ class VertexPool:
         if adapter is not None:  # W0 + s B A: one tensor-sized temporary, no dense copy
             work = torch.float64 if self.dtype == torch.float64 else torch.float32
             x = self.stored(0, name).to(device=self.device, dtype=work, copy=True)
-            return adapter.add_delta_(x, name).to(dtype=self.dtype)
+            return add_delta_(adapter, x, name).to(dtype=self.dtype)
         return self.stored(k, name).to(device=self.device, dtype=self.dtype)
 
     def tensor_names(self, k: int = 0) -> list[str]:
@@ -106,23 +92,25 @@ class VertexPool:
         ||g|| and <g, theta>, in one blocked pass where it applies.
 
         Adapter vertices are scored from their factors plus the base's own dot and norm
-        (adapters.Adapter.dot / norm_sq).
+        (pool/lora_math.py).
         """
         scores = self._blocked_scores(name, g, theta, with_norms)
         if scores is None:
-            scores = _whole_tensor_scores(self, len(self.refs), name, g, theta, with_norms)
+            scores = whole_tensor_scores(self, len(self.refs), name, g, theta, with_norms)
         dots, norms = scores.dots, scores.norms
         if self.adapters:
             base_dot = dots[0]
             base_norm = norms[0] if with_norms else None
             adapter_sq = []
             if with_norms:  # the W0 terms of every adapter's norm, from W0 itself
-                w0 = _work(self.tensor(0, name))
-                adapter_sq = [a.norm_sq(name, w0, base_norm * base_norm) for a in self.adapters]
+                w0 = as_work(self.tensor(0, name))
+                adapter_sq = [
+                    factor_norm_sq(a, name, w0, base_norm * base_norm) for a in self.adapters
+                ]
                 del w0
-            work_g = _work(g)
+            work_g = as_work(g)
             for j, adapter in enumerate(self.adapters):
-                dots.append(adapter.dot(name, work_g, base_dot))
+                dots.append(factor_dot(adapter, name, work_g, base_dot))
                 if with_norms:
                     norms.append(adapter_sq[j].clamp_min(0.0).sqrt())
         return scores
@@ -139,7 +127,7 @@ class VertexPool:
         entries = [r.entry(name) for r in self.readers]
         if any(e is None or not e.dtype.is_floating_point for e in entries):
             return None
-        flat, here = _flat32(g), _flat32(theta)
+        flat, here = flat32(g), flat32(theta)
         numel = flat.numel()
         if any(e.numel != numel for e in entries):
             return None
@@ -163,60 +151,3 @@ class VertexPool:
                     squares[k] += torch.dot(x, x).item()
         norms = list(squares.sqrt()) if with_norms else None
         return TensorScores(list(dots), norms, math.sqrt(grad_sq), current)
-
-
-@dataclass
-class TensorScores:
-    """What the LMO needs from one tensor (vertex order: base, candidates, adapters)."""
-
-    dots: list  # <g, v_k>
-    norms: list | None  # ||v_k||, when asked for
-    grad_norm: float  # ||g||
-    current: float  # <g, theta>
-
-
-def _flat32(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().reshape(-1)
-    return x if x.dtype == torch.float32 else x.float()
-
-
-def _whole_tensor_scores(pool, count: int, name: str, g, theta, with_norms: bool) -> TensorScores:
-    """TensorScores of vertices 0..count-1, one whole `pool.tensor(k, name)` at a time."""
-    dots, norms = [], [] if with_norms else None
-    for k in range(count):
-        x = pool.tensor(k, name)
-        dot, norm = _dense_score(g, x, with_norms)
-        del x
-        dots.append(dot)
-        if with_norms:
-            norms.append(norm)
-    flat = _flat32(g)
-    grad_norm = float(torch.linalg.vector_norm(flat))
-    return TensorScores(dots, norms, grad_norm, float(torch.dot(flat, _flat32(theta))))
-
-
-def _work(x: torch.Tensor) -> torch.Tensor:
-    """float32 (or float64) view of a tensor for factor products."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _dense_score(g: torch.Tensor, x: torch.Tensor, with_norms: bool):
-    # float32 BLAS dot: a float64-accumulated sum of g * x was the LMO's main cost
-    # (docs/benchmarks.md, LMO speed); float32 accumulation is ample for ranking vertices.
-    dot = torch.dot(g.reshape(-1).float(), x.reshape(-1).float())
-    return dot, torch.linalg.vector_norm(x.float()) if with_norms else None
-
-
-def score_tensor(pool, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool):
-    """The pool's own `score_tensor` if it has one (blocked reads, factor-scored adapters),
-    else one streamed `pool.tensor(k, name)` at a time."""
-    own = getattr(pool, "score_tensor", None)
-    if own is not None:
-        return own(name, g, theta, with_norms)
-    return _whole_tensor_scores(pool, len(pool), name, g, theta, with_norms)
-
-
-def vertex_ids(pool) -> list[str]:
-    """The plan's `models`: the pool's ids (adapters included) or its references."""
-    ids = getattr(pool, "ids", None)
-    return list(ids) if ids is not None else [str(r) for r in pool.refs]

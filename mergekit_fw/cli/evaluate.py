@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_fw.plan import PLAN_FILE, FWPlan
-from mergekit_fw.report import EVAL_FILE, plan_fingerprint
+from mergekit_fw.report.card import EVAL_FILE, plan_fingerprint
 
 EVAL_FORMAT = "mergekit_fw/eval-v1"
 MERGED_LABEL = "merged"

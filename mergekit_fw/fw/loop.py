@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mergekit_fw.config import FWSettings
-from mergekit_fw.lmo import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
-from mergekit_fw.objectives import Batch, LossReport, evaluate
+from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
+from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
+from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
+from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
-from mergekit_fw.steps import fw_gap, make_step_rule
-from mergekit_fw.vertices import VertexPool, score_tensor, vertex_ids
+from mergekit_fw.settings import FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -60,7 +60,7 @@ class FrankWolfe:
         self,
         model: torch.nn.Module,
         slots: list[Slot],
-        pool: VertexPool,
+        pool: VertexSource,
         objective,
         batches: list[Batch],
         task_names: list[str],
@@ -249,7 +249,7 @@ class FrankWolfe:
         aliases = {alias: slot.name for slot in self.slots for alias in slot.aliases}
         return FWPlan(
             settings=self.settings.public_dict(),
-            base_model=str(self.pool.refs[0]),
+            base_model=vertex_ids(self.pool)[0],
             models=vertex_ids(self.pool),
             labels=self.pool.labels,
             tensors=[slot.name for slot in self.slots],

@@ -24,8 +24,8 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_fw.config import FWSettings
-from mergekit_fw.validate import METHOD_NAME
+from mergekit_fw.mergekit.checks import METHOD_NAME
+from mergekit_fw.settings import FWSettings
 
 
 def parameter_specs() -> tuple[ParameterSpec, ...]:
@@ -54,7 +54,7 @@ class FrankWolfeMerge(GroupMergeMethod):
     )
 
     def merge_group(self, group: TensorGroup, /, **parameters) -> torch.Tensor:
-        from mergekit_fw.streaming import is_streamed
+        from mergekit_fw.mergekit.streaming import is_streamed
 
         if group.base is None:
             raise RuntimeError(
@@ -65,7 +65,7 @@ class FrankWolfeMerge(GroupMergeMethod):
             raise RuntimeError(
                 "frank_wolfe: no Frank-Wolfe plan is prepared for these models. Run the "
                 "recipe with `mergekit-yaml` (mergekit-fw installed) or `mergekit-fw run`, or "
-                "call mergekit_fw.runner.run_fw_merge from Python."
+                "call mergekit_fw.mergekit.runner.run_fw_merge from Python."
             )
         # streaming.StreamedGather has already formed sum_k c_k theta_k as the base input
         # (or, for a tensor the pre-pass did not optimise, left the base's own tensor)

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mergekit_fw.config import FWConfigError
+from mergekit_fw.fw.objectives import IGNORE_INDEX
+from mergekit_fw.settings import FWConfigError
 
-IGNORE_INDEX = -100
 DATA_SUFFIXES = {
     ".jsonl": "json",
     ".json": "json",

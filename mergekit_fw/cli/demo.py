@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_fw import toy
+from mergekit_fw.cli import toy
 
 ROOT = Path(".demo")
 TARGETS = ["reverse", "add"]
@@ -47,8 +47,9 @@ def held_out_loss(path: str, task: str) -> float:
     """Mean response-token cross-entropy on samples the calibration never saw."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_fw.calibration import load_calibration
-    from mergekit_fw.objectives import CausalLMObjective, evaluate, make_batches
+    from mergekit_fw.data.batches import make_batches
+    from mergekit_fw.data.calibration import load_calibration
+    from mergekit_fw.fw.objectives import CausalLMObjective, evaluate
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

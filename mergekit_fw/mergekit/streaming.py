@@ -19,6 +19,8 @@ import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import GatherTensors
 
+from mergekit_fw.pool.lora_math import add_delta_
+
 _lock = threading.Lock()
 _active: list[tuple[Any, Any]] = []  # (FWPlan, VertexPool)
 
@@ -27,7 +29,7 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
     """sum_k c_k v_k for one tensor: dense vertices streamed, adapters added from factors.
 
     An adapter vertex is W0 + s B A, so its coefficient joins the base's (the W0 part)
-    and its s B A is added in place (adapters.Adapter.add_delta_).
+    and its s B A is added in place (pool/lora_math.add_delta_).
     """
     dense = len(pool.refs)
     base_c = coefficients[0] + sum(coefficients[dense:])
@@ -39,7 +41,7 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
             out.add_(x, alpha=coefficients[k])
             del x
     for j, adapter in enumerate(pool.adapters):
-        adapter.add_delta_(out, name, alpha=coefficients[dense + j])
+        add_delta_(adapter, out, name, alpha=coefficients[dense + j])
     return out.to(pool.dtype)
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
-from mergekit_fw.adapters import load_adapters
-from mergekit_fw.calibration import CalibrationSet, load_calibration
-from mergekit_fw.config import FWConfigError, FWSettings
-from mergekit_fw.objectives import make_objective
+from mergekit_fw.data.calibration import CalibrationSet, load_calibration
+from mergekit_fw.fw.objectives import make_objective
+from mergekit_fw.pool.lora_checks import load_adapters
+from mergekit_fw.pool.reader import tensor_shapes
+from mergekit_fw.settings import FWConfigError, FWSettings
 
 METHOD_NAME = "frank_wolfe"
 
@@ -64,7 +65,7 @@ def _structure(config: MergeConfiguration) -> tuple[ModelReference, list[ModelRe
             )
     base = config.base_model
     candidates = [m.model for m in config.models if m.model != base]
-    # "at least one candidate" counts LoRA adapters too: adapters.load_adapters checks it
+    # "at least one candidate" counts LoRA adapters too: pool.lora_checks.load_adapters checks it
     return base, candidates
 
 
@@ -91,22 +92,6 @@ def check_model_path(ref: ModelReference, role: str) -> None:
         names = os.listdir(path)
         if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
             raise FWConfigError(f"{role} {path} holds no weights (*.safetensors or *.bin).")
-
-
-def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """Shapes from safetensors headers only; {} when the weights are pickles."""
-    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
-    from safetensors import safe_open
-
-    index = ShardedTensorIndex.from_disk(path)
-    if not index.is_safetensors:
-        return {}
-    shapes = {}
-    for shard in index.shards:
-        with safe_open(os.path.join(path, shard.filename), framework="pt") as handle:
-            for key in handle.keys():
-                shapes[key] = tuple(handle.get_slice(key).get_shape())
-    return shapes
 
 
 def check_compatible(base: ModelReference, candidates: list[ModelReference]) -> None:

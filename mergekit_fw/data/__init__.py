@@ -1,0 +1,1 @@
+"""Calibration sets: files read through `datasets`, tokenized, and batched for the objectives."""

@@ -1,0 +1,45 @@
+"""Calibration samples as padded batches of the objectives' `Batch`."""
+
+from __future__ import annotations
+
+import torch
+
+from mergekit_fw.data.calibration import CalibrationSet
+from mergekit_fw.fw.objectives import IGNORE_INDEX, Batch
+
+
+def make_batches(calib: CalibrationSet, batch_size: int, pad_id: int, device) -> list[Batch]:
+    """Right-padded batches that never mix tasks, in file order (deterministic)."""
+    total_weight = sum(task.weight for task in calib.tasks)
+    batches = []
+    for index, task in enumerate(calib.tasks):
+        scale = task.weight / (task.n_targets * total_weight)
+        for start in range(0, len(task.samples), batch_size):
+            chunk = task.samples[start : start + batch_size]
+            width = max(len(s.input_ids) for s in chunk)
+            label_width = max(len(s.labels) for s in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), label_width), IGNORE_INDEX, dtype=torch.long)
+            types = None
+            if chunk[0].token_type_ids is not None:
+                types = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, sample in enumerate(chunk):
+                n = len(sample.input_ids)
+                ids[row, :n] = torch.tensor(sample.input_ids)
+                mask[row, :n] = 1
+                labels[row, : len(sample.labels)] = torch.tensor(sample.labels)
+                if types is not None:
+                    types[row, :n] = torch.tensor(sample.token_type_ids)
+            batches.append(
+                Batch(
+                    index,
+                    ids.to(device),
+                    mask.to(device),
+                    labels.to(device),
+                    scale,
+                    task.n_targets,
+                    None if types is None else types.to(device),
+                )  # fmt: skip
+            )
+    return batches
