@@ -97,6 +97,7 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
 def checked_recipe(config: MergeConfiguration, options: MergeOptions) -> Recipe:
     """Recipe checks, then the foreign-candidate screen (reads weights, takes no gradient)."""
     recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
+    LoaderCache().setup(options)  # `model@lora` candidates resolve as mergekit would
     return screen_foreign(recipe)
 
 
