@@ -29,14 +29,13 @@ FW_METHODS: dict[str, dict] = {
     "FW-hull (the paper)": {"constraint": "hull"},
     "FW-box": {"constraint": "box"},
 }
-# ablations, run at the edge pool sizes only
+# ablations: irrelevance at 4 and 16 models, foreign at 6
 FW_OPTIONS: dict[str, dict] = {
     "FW-box, scale 0.5": {"constraint": "box", "scale": 0.5},
     "FW-box, scale 2": {"constraint": "box", "scale": 2.0},
     "FW-box, 20 iterations": {"constraint": "box", "iterations": 20},
+    "FW-box, granularity model": {"constraint": "box", "granularity": "model"},
     "FW-simplex, scale 4": {"constraint": "simplex", "scale": 4.0},
-    "FW-box, model granularity": {"constraint": "box", "granularity": "model"},
-    "FW-hull, 20 iterations": {"constraint": "hull", "iterations": 20},
 }
 
 
@@ -74,6 +73,11 @@ def run_one(zoo, results, exp, n, name) -> None:
     if key in results:
         return
     pool, tasks = pools(exp, n)
+    same = f"irrelevance|{n}|{name}"  # the same pool and targets: the same merge
+    if exp != "irrelevance" and n == 4 and same in results:
+        results[key] = {**results[same], "exp": exp}
+        _save(results, exp)
+        return
     try:
         if name in BASELINES:
             sel, sd, meta, seconds = timed(baseline, zoo, pool, tasks, name)
@@ -99,12 +103,15 @@ def run(exps=tuple(SIZES), chosen=None, fresh=False, sizes=None) -> dict:
     started = time.perf_counter()
     zoo = Zoo()
     results = {} if fresh else load_results(exps)
-    for exp in exps:
+    if "irrelevance" not in exps:  # the 4-model rows are shared
+        results.update(load_results(("irrelevance",)))
+    for exp in exps:  # every size with the main methods first, then the ablations
         grid = sizes or SIZES[exp]
-        for n in grid:
-            edge = n in (min(SIZES[exp]), max(SIZES[exp])) and exp != "relevance"
-            names = BASELINES + list(FW_METHODS) + (list(FW_OPTIONS) if edge else [])
-            for name in chosen or names:
+        edges = {"irrelevance": [4, 16], "relevance": [], "foreign": [6]}[exp]
+        plan = [(n, name) for n in grid for name in BASELINES + list(FW_METHODS)]
+        plan += [(n, name) for n in grid if n in edges for name in FW_OPTIONS]
+        for n, name in plan:
+            if chosen is None or name in chosen:
                 run_one(zoo, results, exp, n, name)
     print(f"rzoo bench: {time.perf_counter() - started:.0f}s")
     return results

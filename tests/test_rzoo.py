@@ -54,9 +54,9 @@ def test_done_bar_flags_a_loss():
         results |= row("irrelevance", n, default_method(), 0.95)
         results |= row("irrelevance", n, "TIES", 0.96 if n == 8 else 0.9)
         results |= row("irrelevance", n, "task arithmetic", 0.9)
-    lines = done_bar(results)
+    lines = done_bar(results, default_method())
     cells = [line.strip("| ").split(" | ") for line in lines[2:]]
     verdicts = {c[0]: c[2] for c in cells}
-    assert verdicts["irrelevance, 8 models: FW defaults >= TIES"] == "no"
-    assert verdicts["irrelevance, 4 models: FW defaults >= TIES"] == "yes"
+    assert verdicts[f"irrelevance, 8 models: {default_method()} >= TIES"] == "no"
+    assert verdicts[f"irrelevance, 4 models: {default_method()} >= TIES"] == "yes"
     assert verdicts["irrelevance: 16-model score within 0.02 of the 4-model score"] == "yes"
