@@ -196,7 +196,7 @@ def child_lmo(root: Path, mode: str) -> dict:
         gen = torch.Generator().manual_seed(i)
         param.grad = torch.randn(param.shape, generator=gen)
         slots.append(Slot(name, param))
-    settings = FWSettings(calibration="-", iterations=1, lmo="cosine")
+    settings = FWSettings(calibration="-", iterations=1, lmo="cosine", constraint="hull")
     loop = FrankWolfe(None, slots, pool, None, [], [], settings, quiet=True)
     times, tables = [], []
     for _ in range(2):

@@ -135,7 +135,7 @@ FW_PACKAGE = {  # "FW-hard": the package defaults (inner LMO, per tensor, from b
 }  # fmt: skip
 FW_AUTHORS = {  # the authors' NLP settings (fw_reference.md section 1): gamma_t = 0.029*2/(t+2)
     "lmo": "cosine", "granularity": "tensor", "zero_vertex": True, "init": "task_arithmetic",
-    "init_scale": 0.3, "step": "schedule", "step_size": 0.029,
+    "init_scale": 0.3, "step": "schedule", "step_size": 0.029, "constraint": "hull",
 }  # fmt: skip
 
 

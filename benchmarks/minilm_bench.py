@@ -88,6 +88,7 @@ FW_VARIANTS = {
         "select": "per_task",
         "coefficients": "free",
         "inner_steps": 8,
+        "constraint": "hull",  # free weights ignore any set: hull only
     },
 }
 

@@ -34,6 +34,16 @@ class IterationRecord(BaseModel):
     )  # per_task: task -> label -> tensors
 
 
+class ExcludedCandidate(BaseModel):
+    """A candidate the foreign screen left out of the pool (mergekit/foreign.py)."""
+
+    model: str  # its entry as it would have been in `models` (adapters: "adapter:<folder>")
+    label: str
+    distance: float  # ||theta_i - base|| / ||base||
+    max_distance: float
+    reason: str
+
+
 class FWPlan(BaseModel):
     format: str = PLAN_FORMAT
     settings: dict[str, Any]
@@ -53,6 +63,9 @@ class FWPlan(BaseModel):
     seconds: float = 0.0
     # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder
     adapters: dict[str, str] = Field(default_factory=dict)
+    # foreign screen: candidate entry -> ||theta_i - base|| / ||base||, and who was left out
+    distances: dict[str, float] = Field(default_factory=dict)
+    excluded: list[ExcludedCandidate] = Field(default_factory=list)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);

@@ -39,7 +39,7 @@ class FWSettings(BaseModel):
     )
     zero_vertex: bool = Field(False, description="origin as an extra vertex (authors' NLP code)")
     constraint: Literal["hull", "box", "simplex"] = Field(
-        "hull",
+        "box",
         description="set over task vectors tau_i = theta_i - base: hull (paper): lambda >= 0, "
         "sum <= 1 | box: 0 <= lambda_i <= scale | simplex: lambda >= 0, sum <= scale",
     )

@@ -195,6 +195,7 @@ def test_mixed_pool_authors_settings_equals_densified(zoo, loras, tmp_path):
     common = dict(
         calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=3, lmo="cosine",
         zero_vertex=True, init="task_arithmetic", init_scale=0.2, step="schedule",
+        constraint="hull",
         step_size=0.3, batch_size=16,
     )  # fmt: skip
     fw = recipe(
@@ -266,9 +267,9 @@ def test_pool_rules(zoo, loras, tmp_path):
     ok = check(zoo, tmp_path, [loras["reverse"]])
     assert [a.label for a in ok.adapters] == ["lora_reverse"] and ok.candidates == []
     with pytest.raises(FWConfigError, match="dense candidates"):
-        check(zoo, tmp_path, [loras["reverse"]], models=[zoo["base"], zoo["add"]], lora_mode="factors", init="task_arithmetic")  # fmt: skip
+        check(zoo, tmp_path, [loras["reverse"]], models=[zoo["base"], zoo["add"]], lora_mode="factors", init="task_arithmetic", constraint="hull")  # fmt: skip
     with pytest.raises(FWConfigError, match="init: task_arithmetic"):
-        check(zoo, tmp_path, [loras["reverse"]], lora_mode="factors")
+        check(zoo, tmp_path, [loras["reverse"]], lora_mode="factors", constraint="hull")
 
 
 def test_cli_check_lists_adapters_and_rejects_cleanly(zoo, loras, tmp_path):
@@ -302,7 +303,7 @@ def test_lora_mode_factors_writes_a_loadable_peft_adapter(zoo, loras, tmp_path):
     config = recipe(
         tmp_path / "f.yaml", zoo["base"], [zoo["base"]], adapters=loras["manifest"],
         calibration=calib, iterations=3, lora_mode="factors", lmo="cosine", zero_vertex=True,
-        init="task_arithmetic", init_scale=0.3, step="schedule", step_size=0.03,
+        init="task_arithmetic", init_scale=0.3, step="schedule", step_size=0.03, constraint="hull",
     )  # fmt: skip
     out = tmp_path / "out"
     mergekit_yaml(config, out)

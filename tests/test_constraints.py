@@ -207,3 +207,56 @@ def test_simplex_start_outside_the_set_is_rejected_before_any_gradient(zoo, monk
     )  # fmt: skip
     with pytest.raises(FWConfigError, match="init_scale"):
         prepare(cfg, MergeOptions(quiet=True))
+
+
+def test_projected_fit_recovers_the_clamped_optimum():
+    from mergekit_fw.fw.constraints import project_box
+    from mergekit_fw.fw.soft import fit_coefficients
+
+    target = torch.tensor([[1.5, -0.3, 0.4]], dtype=torch.float64)
+
+    def loss_of(w):
+        value = ((w - target) ** 2).sum()
+        value.backward()
+        return float(value.detach())
+
+    zeros, ones = torch.zeros_like(target), torch.ones_like(target)
+    w, _ = fit_coefficients(
+        loss_of, 1, 3, simplex=True, steps=200, lr=1.0, init=0.0,
+        project=lambda d: project_box(d, zeros, ones),
+    )  # fmt: skip
+    assert w[0].tolist() == pytest.approx([1.0, 0.0, 0.4], abs=1e-3)
+    capped, _ = fit_coefficients(
+        loss_of, 1, 3, simplex=True, steps=200, lr=1.0, init=0.0,
+        project=lambda d: project_capped_simplex(d, torch.tensor([1.2], dtype=torch.float64)),
+    )  # fmt: skip
+    # the nearest point of {w >= 0, sum <= 1.2} to (1.5, -0.3, 0.4): (1.15, 0, 0.05)
+    assert capped[0].tolist() == pytest.approx([1.15, 0.0, 0.05], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kind, granularity", [("box", "tensor"), ("box", "model"), ("simplex", "tensor")]
+)
+def test_soft_over_task_vectors_stays_in_the_set_and_descends(zoo, kind, granularity):
+    kappa = 1.0 if kind == "box" else 1.5
+    cfg = config(
+        zoo["base"], [zoo["reverse"], zoo["add"], zoo["count"]],
+        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=2, constraint=kind,
+        scale=kappa, variant="soft", topk=2, inner_steps=4, fit_granularity=granularity,
+    )  # fmt: skip
+    plan = prepare(cfg, MergeOptions(quiet=True))
+    losses = [r.loss for r in plan.iterations] + [plan.final_loss]
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:])), losses
+    assert plan.final_loss < plan.iterations[0].loss - 0.05
+    for row in plan.coefficients.values():
+        lam = row[1:]
+        assert sum(row) == pytest.approx(1.0, abs=1e-9)
+        assert min(lam) >= -1e-9
+        if kind == "box":
+            assert max(lam) <= kappa + 1e-9
+        else:
+            assert sum(lam) <= kappa + 1e-9
+    if granularity == "model":  # one lambda per candidate for the whole model
+        rows = list(plan.coefficients.values())
+        assert all(r == pytest.approx(rows[0], abs=1e-9) for r in rows)
+    assert "+" in next(iter(plan.iterations[0].picks.values()))

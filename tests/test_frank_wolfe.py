@@ -30,7 +30,7 @@ def config(base, models, **params) -> MergeConfiguration:
 def reverse_plan(zoo, noisy):
     cfg = config(
         zoo["base"], [noisy, zoo["reverse"]],
-        calibration=f"{zoo['calib']}/reverse.jsonl", iterations=4,
+        calibration=f"{zoo['calib']}/reverse.jsonl", iterations=4, constraint="hull",
     )  # fmt: skip
     return prepare(cfg, MergeOptions(quiet=True))
 
@@ -61,6 +61,7 @@ def test_task_arithmetic_start_and_authors_settings(zoo):
         zoo["base"], [zoo["reverse"], zoo["add"]],
         calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=2, init="task_arithmetic",
         init_scale=0.3, lmo="cosine", zero_vertex=True, step="schedule", step_size=0.029,
+        constraint="hull",
     )  # fmt: skip
     plan = prepare(cfg, MergeOptions(quiet=True))
     assert [r.gamma for r in plan.iterations] == pytest.approx([0.029, 0.029 * 2 / 3])
@@ -116,6 +117,7 @@ def test_candidates_are_streamed_one_tensor_at_a_time(zoo, monkeypatch):
     cfg = config(
         zoo["base"], [zoo["reverse"], zoo["add"], zoo["count"], zoo["sort"]],
         calibration=f"{zoo['calib']}/reverse.jsonl", iterations=2, init="task_arithmetic",
+        constraint="hull",  # box/simplex hold the base next to one vertex: two tensors
     )  # fmt: skip
     plan = prepare(cfg, MergeOptions(quiet=True))
     assert len(plan.iterations) == 2
@@ -125,7 +127,8 @@ def test_recipe_text_round_trip(tmp_path, zoo):
     """The documented YAML contract parses into the same settings mergekit resolves."""
     text = yaml.safe_dump(
         {"merge_method": "frank_wolfe", "base_model": zoo["base"], "models": [{"model": zoo["add"]}],
-         "parameters": {"calibration": "x.jsonl", "iterations": 3, "lmo": "cosine"}}
+         "parameters": {"calibration": "x.jsonl", "iterations": 3, "lmo": "cosine",
+                        "constraint": "hull"}}
     )  # fmt: skip
     cfg = MergeConfiguration.model_validate(yaml.safe_load(text))
     from mergekit_fw.settings import FWSettings

@@ -46,7 +46,7 @@ def merged(zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     recipe = write_recipe(
         root / "fw.yaml", zoo["base"], [zoo["reverse"], zoo["add"], zoo["count"]],
-        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=3,
+        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=3, constraint="hull",
     )  # fmt: skip
     out = root / "out"
     result = mergekit_yaml(recipe, out)

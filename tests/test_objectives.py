@@ -142,7 +142,7 @@ def test_classifier_merge_through_stock_mergekit_yaml(classifiers, tmp_path, var
         "objective": "classification",
     }
     if variant == "soft":
-        params.update(variant="soft", select="per_task", inner_steps=10)
+        params.update(variant="soft", select="per_task", inner_steps=10, constraint="hull")
     recipe.write_text(yaml.safe_dump({
         "merge_method": "frank_wolfe", "base_model": classifiers["base"], "dtype": "float32",
         "models": [{"model": classifiers[n]} for n in RULES], "parameters": params,

@@ -55,6 +55,7 @@ def fw_merge(zoo: dict[str, str], out: Path, experts: list[str], iterations: int
             "parameters": {
                 "calibration": f"{zoo['calib']}/{experts[0]}.jsonl",
                 "iterations": iterations,
+                "constraint": "hull",
             },
         }
     )

@@ -106,7 +106,7 @@ def run_soft(vertices, targets, **options):
     dummy = torch.zeros(1, 1, dtype=torch.long)
     batches = [Batch(i, dummy, dummy, dummy, 1.0 / len(targets), 1) for i in range(len(targets))]
     names = [f"task{i}" for i in range(len(targets))]
-    settings = FWSettings(calibration="x", variant="soft", **options)
+    settings = FWSettings(calibration="x", variant="soft", constraint="hull", **options)
     loop = SoftFrankWolfe(
         model,
         [Slot("w", model.w)],

@@ -109,6 +109,7 @@ def test_write_phase_never_gathers_the_candidates(zoo, tmp_path, monkeypatch):
                 "calibration": f"{zoo['calib']}/reverse.jsonl",
                 "iterations": 2,
                 "line_search_evals": 3,
+                "constraint": "hull",
             },
         }
     )

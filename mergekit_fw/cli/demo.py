@@ -1,8 +1,9 @@
 """`make demo`: from nothing to a Frank-Wolfe merge with the stock `mergekit-yaml`.
 
 Builds a tiny zoo in .demo/ (base + experts for reverse, add, count, sort), calibration
-data for two target tasks (reverse, add), then merges with FW and with task arithmetic
-and prints every model's held-out loss on the target tasks.
+data for two target tasks (reverse, add), then merges with FW (recipe defaults, and over the
+paper's hull), with task arithmetic and with TIES (stock mergekit; density chosen on the
+calibration loss from a small grid), and prints every model's held-out loss on the targets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mergekit_fw.cli import toy
 ROOT = Path(".demo")
 TARGETS = ["reverse", "add"]
 EXPERTS = ["reverse", "add", "count", "sort"]
+TIES_DENSITIES = [0.3, 0.5, 0.7, 0.9]
 
 
 def build() -> None:
@@ -43,7 +45,56 @@ def merge(recipe: str, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def held_out_loss(path: str, task: str) -> float:
+def write_recipe(path: Path, recipe: dict) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return str(path)
+
+
+def ties_recipe(density: float) -> dict:
+    """Stock mergekit TIES over the demo pool (weight 1 each, mergekit's normalisation)."""
+    return {
+        "merge_method": "ties",
+        "base_model": str(ROOT / "base"),
+        "models": [
+            {"model": str(ROOT / f"expert_{e}"), "parameters": {"density": density, "weight": 1.0}}
+            for e in EXPERTS
+        ],
+        "dtype": "float32",
+    }
+
+
+def hull_recipe() -> dict:
+    """fw_tiny.yaml over the paper's set, conv{base, experts} (`constraint: hull`)."""
+    import yaml
+
+    recipe = yaml.safe_load(Path("examples/yaml/fw_tiny.yaml").read_text())
+    recipe["parameters"]["constraint"] = "hull"
+    return recipe
+
+
+def best_ties(reuse: bool = False) -> tuple[float, Path, float]:
+    """TIES at each density of the grid; the one with the lowest calibration loss wins.
+    `reuse` keeps merges already written (benchmarks/constraints_demo.py)."""
+    results = []
+    for density in TIES_DENSITIES:
+        recipe = write_recipe(ROOT / f"ties_d{density}.yaml", ties_recipe(density))
+        out = ROOT / "out" / f"ties_d{density}"
+        done = reuse and (out / "model.safetensors").exists()
+        seconds = 0.0 if done else merge(recipe, out)
+        loss = sum(calibration_loss(str(out), t) for t in TARGETS) / len(TARGETS)
+        print(f"   TIES density {density}: calibration loss {loss:.4f}", flush=True)
+        results.append((loss, density, out, seconds))
+    loss, density, out, seconds = min(results)
+    return density, out, seconds
+
+
+def calibration_loss(path: str, task: str) -> float:
+    return held_out_loss(path, task, split="calib")
+
+
+def held_out_loss(path: str, task: str, split: str = "test") -> float:
     """Mean response-token cross-entropy on samples the calibration never saw."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,7 +104,7 @@ def held_out_loss(path: str, task: str) -> float:
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    calib = load_calibration(str(ROOT / f"test_{task}.jsonl"), tok, 64)
+    calib = load_calibration(str(ROOT / f"{split}_{task}.jsonl"), tok, 64)
     batches = make_batches(calib, 50, tok.pad_token_id, "cpu")
     return evaluate(model, CausalLMObjective(), batches, [task], grad=False, quiet=True).total
 
@@ -75,11 +126,25 @@ def main() -> None:
         flush=True,
     )
     ta_seconds = merge("examples/yaml/ta_tiny.yaml", ROOT / "out" / "ta")
+    print(
+        f"\n== TIES (stock mergekit), density from {TIES_DENSITIES} by calibration loss: "
+        f"mergekit-yaml {ROOT}/ties_d*.yaml",
+        flush=True,
+    )
+    density, ties_out, _ = best_ties()
+    print(
+        "\n== Frank-Wolfe over the paper's hull for comparison: mergekit-yaml "
+        f"{ROOT}/fw_hull.yaml {ROOT}/out/fw_hull",
+        flush=True,
+    )
+    merge(write_recipe(ROOT / "fw_hull.yaml", hull_recipe()), ROOT / "out" / "fw_hull")
     rows = [("base", str(ROOT / "base"))]
     rows += [(f"expert_{e}", str(ROOT / f"expert_{e}")) for e in EXPERTS]
     rows += [
         ("task arithmetic", str(ROOT / "out" / "ta")),
-        ("frank-wolfe", str(ROOT / "out" / "fw")),
+        (f"TIES (density {density})", str(ties_out)),
+        ("frank-wolfe, hull (paper)", str(ROOT / "out" / "fw_hull")),
+        ("frank-wolfe (defaults)", str(ROOT / "out" / "fw")),
     ]
     print(
         "\nHeld-out loss on the target tasks (100 unseen samples each; calibration used 32 others; lower is better):\n"

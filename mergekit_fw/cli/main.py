@@ -53,8 +53,13 @@ def run(ctx: click.Context) -> None:
     default=True,
     help="Also read and tokenize the calibration data.",
 )
-def check(config_file: str, calibration: bool) -> None:
-    """Validate a frank_wolfe recipe without loading any model weights."""
+@click.option(
+    "--distances",
+    is_flag=True,
+    help="Also read the weights: each candidate's ||theta - base|| / ||base|| (foreign screen).",
+)
+def check(config_file: str, calibration: bool, distances: bool) -> None:
+    """Validate a frank_wolfe recipe without loading any model weights (unless --distances)."""
     from mergekit_fw.mergekit.checks import check_recipe
 
     config = _load_config(config_file)
@@ -78,6 +83,22 @@ def check(config_file: str, calibration: bool) -> None:
     click.echo(
         "  options: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "calibration")
     )
+    if distances:
+        _print_distances(recipe)
+
+
+def _print_distances(recipe) -> None:
+    from mergekit_fw.mergekit.foreign import candidate_distances
+
+    s = recipe.settings
+    click.echo(f"  distances ||theta - base|| / ||base|| (max_distance {s.max_distance}):")
+    for entry, label, d in candidate_distances(recipe):
+        verdict = "ok"
+        if d > s.max_distance:
+            verdict = {"exclude": "FOREIGN: left out", "error": "FOREIGN: error"}.get(
+                s.foreign, "FOREIGN: kept"
+            )
+        click.echo(f"    {label}: {d:.4f}  {verdict}  ({entry})")
 
 
 @main.command()

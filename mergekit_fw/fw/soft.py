@@ -67,6 +67,7 @@ def fit_coefficients(
     lr: float,
     init: float,
     quiet: bool = True,
+    project=None,
 ) -> tuple[torch.Tensor, float]:
     """Minimise loss_of(w) over w [n_rows, k] (w_j: weight of vertex j, 1 - sum w on theta_t).
 
@@ -78,7 +79,8 @@ def fit_coefficients(
     no weight above 1e-3 on the MiniLM tier, where the loss is flat near log 2 at the base
     (docs/benchmarks_minilm.md). Free: the authors' unconstrained Adam from `init` (0.3 /
     0.01 in their code), returning the best point seen. Each step costs one pass over the
-    calibration set.
+    calibration set. `project` replaces the simplex projection (fw/soft_task_vectors.py:
+    the box or capped simplex of a task-vector constraint).
     """
     start = 0.0 if simplex else init
     w = torch.full((n_rows, k), start, dtype=torch.float64, requires_grad=True)
@@ -96,8 +98,12 @@ def fit_coefficients(
     step = lr / max(float(grad.abs().max()), 1e-30) if simplex else lr
     for _ in tqdm(range(steps), desc="fit coefficients", leave=False, disable=quiet):
         if simplex:
-            lifted = torch.cat([1.0 - best_w.sum(dim=1, keepdim=True), best_w - step * grad], dim=1)
-            trial = project_simplex(lifted)[:, 1:]
+            moved = best_w - step * grad
+            if project is None:  # the paper's simplex, theta_t's weight lifted in
+                lifted = torch.cat([1.0 - best_w.sum(dim=1, keepdim=True), moved], dim=1)
+                trial = project_simplex(lifted)[:, 1:]
+            else:
+                trial = project(moved)
             value, trial_grad = evaluate_at(trial)
             if value <= best_loss:
                 best_w, best_loss, grad, step = trial, value, trial_grad, step * 1.5
@@ -132,7 +138,7 @@ class SoftFrankWolfe(FrankWolfe):
             part = self.task_gradient(index, desc=f"gradient t={t} task {name}")
             report.total += part.total
             report.per_task[name] = part.per_task[name]
-            if len(chosen) >= len(self.pool):
+            if len(chosen) >= self.selectable():
                 continue  # more tasks than vertices: the extra tasks only add to the loss
             table = self.score_pass()
             previous = torch.stack(chosen, dim=1) if chosen else None
@@ -148,6 +154,10 @@ class SoftFrankWolfe(FrankWolfe):
             current_dots=sum(tb.current_dots for tb in tables),
         )
         return report, total, torch.stack(chosen, dim=1), task_wins
+
+    def selectable(self) -> int:
+        """How many distinct vertices a tensor can select (per_task)."""
+        return len(self.pool)
 
     def exact_vertex(self, table: ScoreTable) -> Vertex:
         """The vertex of the exact (inner-product, no origin) hull LMO: its FW gap."""

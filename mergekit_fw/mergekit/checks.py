@@ -31,6 +31,8 @@ class Recipe:
     calibration: CalibrationSet | None
     objective: object = None
     adapters: list = field(default_factory=list)  # adapters.Adapter vertices (parameters.adapters)
+    distances: dict = field(default_factory=dict)  # foreign screen (mergekit/foreign.py)
+    excluded: list = field(default_factory=list)  # plan.ExcludedCandidate of the screen
 
 
 def raw_parameters(config: MergeConfiguration) -> dict:

@@ -26,10 +26,11 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from mergekit_fw.data.batches import make_batches
-from mergekit_fw.fw.loop import FrankWolfe, build_slots
-from mergekit_fw.fw.soft import SoftFrankWolfe
+from mergekit_fw.fw.loop import build_slots
+from mergekit_fw.fw.soft_task_vectors import loop_class
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
+from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.lora_factors import factor_problem
 from mergekit_fw.pool.vertices import VertexPool
@@ -78,13 +79,14 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
-    loop = SoftFrankWolfe if settings.variant == "soft" else FrankWolfe
+    loop = loop_class(settings)  # hard | soft over the hull | soft over box / simplex
     runner = loop(
         model, slots, pool, objective, batches,
         [t.name for t in recipe.calibration.tasks], settings, quiet=options.quiet,
     )  # fmt: skip
     plan = runner.run()
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
+    plan.distances, plan.excluded = recipe.distances, recipe.excluded
     del runner, slots, model
     gc.collect()
     if device.type == "cuda":
@@ -92,9 +94,14 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
     return plan
 
 
-def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
+def checked_recipe(config: MergeConfiguration, options: MergeOptions) -> Recipe:
+    """Recipe checks, then the foreign-candidate screen (reads weights, takes no gradient)."""
     recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
-    return compute_plan(recipe, config, options)
+    return screen_foreign(recipe)
+
+
+def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
+    return compute_plan(checked_recipe(config, options), config, options)
 
 
 def vertex_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> VertexPool:
@@ -143,13 +150,14 @@ def run_fw_merge(
         import transformers
 
         transformers.trainer_utils.set_seed(options.random_seed)
-    recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
+    recipe = checked_recipe(config, options)
     plan = compute_plan(recipe, config, options)
     if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
         write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
     else:
         with streamed_gather(plan, vertex_pool(recipe, config, options)):
-            run_merge(config, out_path, options, config_source=config_source)
+            kept = kept_config(config, recipe)  # without the foreign candidates
+            run_merge(kept, out_path, options, config_source=config_source)
     write_artifacts(out_path, plan, config)
     LOG.info(
         "Frank-Wolfe merge written to %s (plan: %s)", out_path, os.path.join(out_path, PLAN_FILE)

@@ -54,3 +54,12 @@ def factor_norm_sq(
     gram = torch.sum((b64.t() @ b64) * (a64 @ a64.t()))
     s = module.scale
     return base_sq + 2.0 * s * cross + s * s * gram
+
+
+def delta_norm_sq(adapter: Adapter, name: str) -> torch.Tensor:
+    """||s B A||^2 = s^2 <B^T B, A A^T>, from the factors (r x r products, never densified)."""
+    module = adapter.modules.get(name)
+    if module is None:
+        return torch.zeros((), dtype=torch.float64)
+    a, b = adapter.factors(module, "cpu", torch.float64)
+    return module.scale**2 * torch.sum((b.t() @ b) * (a @ a.t()))

@@ -80,6 +80,25 @@ def task_preference_lines(plan: FWPlan) -> list[str]:
     return lines
 
 
+def excluded_lines(plan: FWPlan) -> list[str]:
+    """Candidates the foreign screen left out of the pool, and why."""
+    excluded = getattr(plan, "excluded", None) or []
+    if not excluded:
+        return []
+    lines = [
+        "",
+        "### Left out of the pool",
+        "",
+        "| candidate | ‖θ − base‖ / ‖base‖ | max_distance | why |",
+        "|---|---|---|---|",
+    ]
+    for e in excluded:
+        lines.append(
+            f"| {e.label} (`{e.model}`) | {e.distance:.4f} | {e.max_distance:g} | {e.reason} |"
+        )
+    return lines
+
+
 def evaluation_lines(evaluation: dict | None) -> list[str]:
     if not evaluation or not evaluation.get("table"):
         return []
@@ -125,6 +144,7 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
         "candidate best follows the negative gradient, and steps toward it. " + _what_it_is(plan),
         "",
         *summary_table(plan),
+        *excluded_lines(plan),
     ]
     if plots:
         lines += ["", "### Plots", ""]
@@ -139,6 +159,9 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
         "|---|---|",
         f"| calibration | `{s.get('calibration')}` |",
         f"| LMO | {s.get('lmo')}, granularity {s.get('granularity')}, zero vertex {s.get('zero_vertex')} |",
+        f"| constraint | {s.get('constraint', 'hull')}"
+        + (f", scale {s.get('scale')}" if s.get("constraint", "hull") != "hull" else "")
+        + " |",
         f"| start | {s.get('init')} |",
         f"| step rule | {s.get('step')} |",
         "",

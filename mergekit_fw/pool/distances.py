@@ -1,0 +1,38 @@
+"""How far each candidate is from the base: ||theta_i - base|| / ||base|| over all tensors.
+
+Fine-tunes of one base sit far below 0.1; a model from another initialisation sits near 1,
+and stepping toward it breaks every merge. This pass runs before any gradient work, reads
+the base once and each dense candidate once, one tensor at a time, and takes each adapter's
+||s B A||^2 = s^2 <B^T B, A A^T> from its factors (never densified).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mergekit_fw.pool.lora_math import delta_norm_sq
+
+
+def relative_distances(pool) -> list[float]:
+    """Per candidate (pool vertices 1..n, adapters included), in pool order."""
+    dense = len(pool.refs)
+    base_sq = 0.0
+    diff_sq = [0.0] * (len(pool) - 1)
+    for name in pool.tensor_names(0):
+        base = pool.stored(0, name)
+        if not base.dtype.is_floating_point:
+            continue
+        base = base.double()
+        base_sq += float(torch.dot(base.reshape(-1), base.reshape(-1)))
+        for k in range(1, dense):
+            if pool.has(k, name):
+                x = (pool.stored(k, name).double() - base).reshape(-1)
+                diff_sq[k - 1] += float(torch.dot(x, x))
+                del x
+        del base
+        for j, adapter in enumerate(pool.adapters):
+            diff_sq[dense - 1 + j] += float(delta_norm_sq(adapter, name))
+    scale = math.sqrt(base_sq) if base_sq > 0 else 1.0
+    return [math.sqrt(d) / scale for d in diff_sq]
