@@ -13,13 +13,16 @@ an interrupted run resumes; `--fresh` recomputes; `--methods` picks methods by n
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 from benchmarks.common import CACHE
 from benchmarks.rzoo_merge import CALIB_SAMPLES, Zoo, baseline, fw, timed
 from benchmarks.rzoo_tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
 
-RESULTS = CACHE / "results"
+# BENCH_RESULTS: another folder, for a second process running the same experiment in parallel
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or CACHE / "results")
 SIZES = {"irrelevance": [4, 8, 12, 16], "relevance": [4, 8, 12, 16], "foreign": [4, 6]}
 BASELINES = ["linear", "task arithmetic", "TIES", "DARE-TIES"]
 # name -> the recipe options under test (everything else is the recipe default). "FW
@@ -37,6 +40,13 @@ FW_OPTIONS: dict[str, dict] = {
     "FW-box, granularity model": {"constraint": "box", "granularity": "model"},
     "FW-simplex, scale 4": {"constraint": "simplex", "scale": 4.0},
 }
+# foreign, at 6 models: the screen's counterfactual (foreign: keep = no screen)
+FOREIGN_OPTIONS: dict[str, dict] = {
+    "FW-hull, foreign: keep": {"constraint": "hull", "foreign": "keep"},
+    "FW-box, foreign: keep": {"constraint": "box", "foreign": "keep"},
+    "FW-box, scale 0.5, foreign: keep": {"constraint": "box", "scale": 0.5, "foreign": "keep"},
+    "FW-box, scale 2, foreign: keep": {"constraint": "box", "scale": 2.0, "foreign": "keep"},
+}
 
 
 def _file(exp):
@@ -53,8 +63,10 @@ def load_results(exps=tuple(SIZES)) -> dict:
 
 
 def _save(results, exp):
+    """Merge into the file: rows another process wrote since this one started are kept."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = {k: v for k, v in results.items() if v["exp"] == exp}
+    rows = json.loads(_file(exp).read_text()) if _file(exp).exists() else {}
+    rows.update({k: v for k, v in results.items() if v["exp"] == exp})
     _file(exp).write_text(json.dumps(rows, indent=1))
 
 
@@ -82,7 +94,7 @@ def run_one(zoo, results, exp, n, name) -> None:
         if name in BASELINES:
             sel, sd, meta, seconds = timed(baseline, zoo, pool, tasks, name)
         else:
-            options = {**FW_METHODS, **FW_OPTIONS}[name]
+            options = {**FW_METHODS, **FW_OPTIONS, **FOREIGN_OPTIONS}[name]
             sel, sd, meta, seconds = timed(fw, zoo, pool, tasks, options)
     except Exception as err:  # an option the installed package does not have yet
         print(f"{exp} n={n:2d} {name:28s} skipped: {str(err).splitlines()[0][:120]}")
@@ -109,9 +121,11 @@ def run(exps=tuple(SIZES), chosen=None, fresh=False, sizes=None) -> dict:
         grid = sizes or SIZES[exp]
         edges = {"irrelevance": [4, 16], "relevance": [], "foreign": [6]}[exp]
         plan = [(n, name) for n in grid for name in BASELINES + list(FW_METHODS)]
-        plan += [(n, name) for n in grid if n in edges for name in FW_OPTIONS]
+        extra = FOREIGN_OPTIONS if exp == "foreign" else FW_OPTIONS
+        plan += [(n, name) for n in grid if n in edges for name in extra]
+        if chosen:  # named methods run at every size of the grid
+            plan = [(n, name) for n in grid for name in chosen]
         for n, name in plan:
-            if chosen is None or name in chosen:
-                run_one(zoo, results, exp, n, name)
+            run_one(zoo, results, exp, n, name)
     print(f"rzoo bench: {time.perf_counter() - started:.0f}s")
     return results

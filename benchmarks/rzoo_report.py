@@ -10,7 +10,15 @@ import re
 
 from benchmarks.common import CACHE, DOCS, ROOT
 from benchmarks.rzoo import expert_table, load_zoo
-from benchmarks.rzoo_bench import BASELINES, FW_METHODS, FW_OPTIONS, SIZES, load_results, pools
+from benchmarks.rzoo_bench import (
+    BASELINES,
+    FOREIGN_OPTIONS,
+    FW_METHODS,
+    FW_OPTIONS,
+    SIZES,
+    load_results,
+    pools,
+)  # fmt: skip
 from benchmarks.rzoo_merge import (
     CALIB_SAMPLES,
     DARE_GRID,
@@ -39,7 +47,7 @@ def default_method() -> str:
 
 
 def _methods(results, exp):
-    order = BASELINES + list(FW_METHODS) + list(FW_OPTIONS)
+    order = BASELINES + list(FW_METHODS) + list(FW_OPTIONS) + list(FOREIGN_OPTIONS)
     seen = {row["method"] for row in results.values() if row["exp"] == exp}
     return [m for m in order if m in seen]
 
