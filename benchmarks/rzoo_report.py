@@ -167,7 +167,7 @@ def done_bar(results, fw: str | None = None) -> list[str]:
                    f"{'yes' if ta4 >= 0.9 else 'no'} |")  # fmt: skip
     lin = [get("irrelevance", n, "linear") for n in SIZES["irrelevance"]]
     if all(v is not None for v in lin):
-        falls = all(a > b for a, b in zip(lin, lin[1:]))
+        falls = all(a >= b for a, b in zip(lin, lin[1:])) and lin[0] > lin[-1]
         out.append(
             f"| zoo: linear averaging falls as the pool grows | "
             f"{' -> '.join(f'{v:.3f}' for v in lin)} | {'yes' if falls else 'no'} |"
