@@ -258,7 +258,8 @@ def zoo_sections() -> list[str]:
         took = steps.get(exp)
         out += [f"## {title}", "", text, "", f"`{CMD} {exp}`"
                 + (f" (its last run {took / 60:.1f} min, cached rows skipped)" if took else "") + " - mean normalised held-out "
-                "exact match (FW option ablations at the edge sizes only):", "", tab, ""]  # fmt: skip
+                "exact match (ablation rows were run at the sizes that have a number; 4-model "
+                "rows are shared between experiments, same pool and targets):", "", tab, ""]  # fmt: skip
         if exp != "foreign":
             png = f"bench_{exp}.png"
             main = {m: v for m, v in data.items() if m in BASELINES or m in FW_METHODS}
