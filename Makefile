@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned first: an unpinned torch pulls several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+# one experiment each (docs/benchmarks.md names the command behind every table)
+bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report: bench-%: install
+	$(BIN)/python -m benchmarks.run --only $*
 
 clean:
 	rm -rf .demo demo_out build dist

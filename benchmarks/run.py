@@ -1,11 +1,12 @@
 """`make bench` = `python -m benchmarks.run`: zoo, experiments, then docs/benchmarks.md.
 
     python -m benchmarks.run                         # everything (cached steps are skipped)
-    python -m benchmarks.run --only zoo
-    python -m benchmarks.run --only irrelevance,relevance,noisy   # (= scaling)
+    python -m benchmarks.run --only zoo              # the re-routing zoo (benchmarks/rzoo.py)
+    python -m benchmarks.run --only irrelevance,relevance,foreign   # (= scaling)
     python -m benchmarks.run --only memory,lmo,walltime
     python -m benchmarks.run --only report           # rewrite docs/ from cached results
-Flags: --fresh recomputes cached scaling results; --rebuild-zoo retrains the zoo.
+Flags: --fresh recomputes cached experiment results; --rebuild-zoo retrains the zoo;
+--methods 'TIES;FW-box' and --sizes 4,16 restrict an experiment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 import time
 import warnings
 
-STEPS = ["zoo", "irrelevance", "relevance", "noisy", "memory", "lmo", "walltime", "report"]
+EXPERIMENTS = ["irrelevance", "relevance", "foreign"]
+STEPS = ["zoo", *EXPERIMENTS, "memory", "lmo", "walltime", "report"]
 
 
 def main(argv=None) -> None:
@@ -27,24 +29,18 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--only", default=",".join(STEPS), help="comma list of: " + ", ".join(STEPS) + ", scaling"
     )
-    parser.add_argument("--fresh", action="store_true", help="ignore cached scaling results")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached experiment results")
     parser.add_argument("--rebuild-zoo", action="store_true")
-    parser.add_argument("--methods", default="", help="scaling: semicolon-separated method names")
-    parser.add_argument("--full", action="store_true", help="scaling: extra FW variants")
-    parser.add_argument("--sizes", default="", help="scaling: pool sizes, e.g. 4,16")
-    parser.add_argument(
-        "--calib", type=int, default=0, help="scaling: calibration samples per task (default 16)"
-    )
+    parser.add_argument("--methods", default="", help="experiments: semicolon-separated names")
+    parser.add_argument("--sizes", default="", help="experiments: pool sizes, e.g. 4,16")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     if "scaling" in steps:
-        steps = [s for s in steps if s != "scaling"] + ["irrelevance", "relevance", "noisy"]
+        steps = [s for s in steps if s != "scaling"] + EXPERIMENTS
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {STEPS}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.calib:
-        os.environ["BENCH_CALIB"] = str(args.calib)
     warnings.filterwarnings("ignore")
     logging.getLogger("mergekit_fw").setLevel(logging.WARNING)
     from benchmarks.common import CACHE
@@ -57,24 +53,24 @@ def main(argv=None) -> None:
         seconds[name] = time.perf_counter() - t0
         log.write_text(json.dumps(seconds, indent=1))
 
-    from benchmarks import zoo
+    from benchmarks import rzoo
 
-    needs_zoo = any(s in steps for s in ("irrelevance", "relevance", "noisy", "walltime"))
-    if "zoo" in steps or (needs_zoo and not (CACHE / "zoo" / "zoo.json").exists()):
+    exps = [s for s in EXPERIMENTS if s in steps]
+    if "zoo" in steps or (exps and not (rzoo.ZOO / "zoo.json").exists()):
         t0 = time.perf_counter()
-        zoo.build(force=args.rebuild_zoo)
+        rzoo.build(force=args.rebuild_zoo)
         if "zoo" in steps:
             record("zoo", t0)
-    scaling = [s for s in ("irrelevance", "relevance", "noisy") if s in steps]
-    if scaling:
-        from benchmarks import scaling as sc
+    if exps:
+        from benchmarks import rzoo_bench
 
-        t0 = time.perf_counter()
         chosen = [m.strip() for m in args.methods.split(";") if m.strip()] or None
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()] or None
-        sc.run(scaling, chosen=chosen, fresh=args.fresh, full=args.full, sizes=sizes)
-        suffix = f" (calib {args.calib})" if args.calib else ""
-        record("scaling:" + "+".join(scaling) + suffix, t0)
+        for exp in exps:  # one timing per experiment
+            t0 = time.perf_counter()
+            rzoo_bench.run([exp], chosen=chosen, fresh=args.fresh, sizes=sizes)
+            if not chosen and not sizes:
+                record(exp, t0)
     for name, module in (("memory", "memory"), ("lmo", "lmo_speed"), ("walltime", "walltime")):
         if name in steps:
             import importlib
@@ -83,9 +79,9 @@ def main(argv=None) -> None:
             importlib.import_module(f"benchmarks.{module}").run()
             record(name, t0)
     if "report" in steps:
-        from benchmarks import report
+        from benchmarks import rzoo_report
 
-        report.write()
+        rzoo_report.write()
 
 
 if __name__ == "__main__":

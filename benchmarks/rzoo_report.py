@@ -1,0 +1,306 @@
+"""Write the zoo sections of docs/benchmarks.md (and docs/bench_*.png) from the cached
+results (`python -m benchmarks.run --only report`). Every number comes from
+.cache/rzoo/zoo.json and .cache/results/rzoo_*.json; the page's other sections (memory, LMO
+speed, wall time, MiniLM tier) are kept as they are, since their own commands write them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from benchmarks.common import CACHE, DOCS, ROOT
+from benchmarks.rzoo import expert_table, load_zoo
+from benchmarks.rzoo_bench import (
+    BASELINES,
+    FOREIGN_OPTIONS,
+    FW_METHODS,
+    FW_OPTIONS,
+    SIZES,
+    load_results,
+    pools,
+)  # fmt: skip
+from benchmarks.rzoo_merge import (
+    CALIB_SAMPLES,
+    DARE_GRID,
+    FW_BATCH,
+    FW_ITERATIONS,
+    TA_GRID,
+    TIES_GRID,
+)  # fmt: skip
+from benchmarks.rzoo_tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
+
+CMD = "python -m benchmarks.run --only"
+KEPT = ("## 4. Memory", "## 5. LMO speed", "## 6. Wall time", "## 7. Real pretrained tier")
+
+
+def default_constraint() -> str:
+    """The constraint the installed package uses when a recipe names none ('hull' before
+    constraint sets existed)."""
+    from mergekit_fw.settings import FWSettings
+
+    return getattr(FWSettings.model_fields.get("constraint"), "default", None) or "hull"
+
+
+def default_method() -> str:
+    """The FW row a recipe with no constraint reproduces (same settings, same merge)."""
+    return {"hull": "FW-hull (the paper)", "box": "FW-box"}.get(default_constraint(), "FW-box")
+
+
+def _methods(results, exp):
+    order = BASELINES + list(FW_METHODS) + list(FW_OPTIONS) + list(FOREIGN_OPTIONS)
+    seen = {row["method"] for row in results.values() if row["exp"] == exp}
+    return [m for m in order if m in seen]
+
+
+def _refs(zoo, exp, sizes):
+    s = zoo["scores"]
+    rows = {"base (reference)": {}, "best single expert (reference)": {}}
+    for n in sizes:
+        pool, tasks = pools(exp, n)
+
+        def norm(model, tasks=tasks):
+            return sum(s[model][t] / s[f"expert_{t}"][t] for t in tasks) / len(tasks)
+
+        rows["base (reference)"][n] = norm("base")
+        rows["best single expert (reference)"][n] = max(norm(m) for m in pool)
+    return rows
+
+
+def table(results, zoo, exp, metric="mean_normalised"):
+    sizes = sorted({r["n"] for r in results.values() if r["exp"] == exp})
+    data = {m: {r["n"]: r[metric] for r in results.values() if r["exp"] == exp
+                and r["method"] == m} for m in _methods(results, exp)}  # fmt: skip
+    head = ("| method | 4 targets | + 2 foreign-base (6) |" if exp == "foreign" else
+            "| method | " + " | ".join(f"{n} models" for n in sizes) + " |")  # fmt: skip
+    lines = [head, "|---" * (len(sizes) + 1) + "|"]
+    rows = {**data, **(_refs(zoo, exp, sizes) if metric == "mean_normalised" else {})}
+    for m, row in rows.items():
+        cells = [f"{row[n]:.3f}" if n in row else "" for n in sizes]
+        label = f"**{m} = FW defaults**" if m == default_method() else m
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), data, sizes
+
+
+def params_table(results, exp):
+    sizes = sorted({r["n"] for r in results.values() if r["exp"] == exp})
+    lines = ["| method | " + " | ".join(str(n) for n in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]  # fmt: skip
+    for m in BASELINES[1:]:
+        cells = []
+        for n in sizes:
+            r = results.get(f"{exp}|{n}|{m}")
+            cells.append(", ".join(f"{k} {v}" for k, v in r["meta"].items()) if r else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_task(results, exp, n):
+    rows = [r for r in results.values() if r["exp"] == exp and r["n"] == n]
+    if not rows:
+        return ""
+    tasks = rows[0]["tasks"]
+    lines = ["| method | " + " | ".join(tasks) + " | calib EM | calib loss | seconds |",
+             "|---" * (len(tasks) + 4) + "|"]  # fmt: skip
+    for m in _methods(results, exp):
+        r = results.get(f"{exp}|{n}|{m}")
+        if r is None:
+            continue
+        lines.append(f"| {m} | " + " | ".join(f"{r['normalised'][t]:.2f}" for t in tasks)
+                     + f" | {r['calib_exact_match']:.3f} | {r['calib_loss']:.4f} | "
+                     f"{r['seconds']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(data, sizes, title, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (m, row) in enumerate(data.items()):
+        xs = [n for n in sizes if n in row]
+        style = "--" if "reference" in m else ("-" if m.startswith("FW") else ":")
+        ax.plot(xs, [row[n] for n in xs], style, marker="o", label=m,
+                color=plt.get_cmap("tab10").colors[i % 10])  # fmt: skip
+    ax.set_xlabel("models in the pool")
+    ax.set_ylabel("normalised held-out exact match")
+    ax.set_title(title)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xticks(sizes)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def done_bar(results, fw: str | None = None) -> list[str]:
+    """The issue's done-bar for one FW row (default: the package default's), row by row."""
+    out = ["| target | measured | met |", "|---|---|---|"]
+    fw = fw or default_method()
+
+    def get(exp, n, m):
+        r = results.get(f"{exp}|{n}|{m}")
+        return None if r is None else r["mean_normalised"]
+
+    for exp in ("irrelevance", "relevance"):
+        for n in SIZES[exp]:
+            mine = get(exp, n, fw)
+            for rival in ("TIES", "task arithmetic"):
+                other = get(exp, n, rival)
+                if mine is None or other is None:
+                    continue
+                out.append(f"| {exp}, {n} models: {fw} >= {rival} | {mine:.3f} vs "
+                           f"{other:.3f} | {'yes' if mine >= other - 1e-9 else 'no'} |")  # fmt: skip
+        lo, hi = get(exp, 4, fw), get(exp, 16, fw)
+        if lo is not None and hi is not None:
+            out.append(f"| {exp}: 16-model score within 0.02 of the 4-model score | "
+                       f"{lo:.3f} -> {hi:.3f} | {'yes' if hi >= lo - 0.02 else 'no'} |")  # fmt: skip
+    f6 = get("foreign", 6, fw)
+    if f6 is not None:
+        out.append(f"| 4 targets + 2 foreign-base experts: >= 0.9 | {f6:.3f} | "
+                   f"{'yes' if f6 >= 0.9 else 'no'} |")  # fmt: skip
+    ta4 = get("irrelevance", 4, "task arithmetic")
+    if ta4 is not None:
+        out.append(f"| zoo: task arithmetic of the 4 targets >= 0.9 | {ta4:.3f} | "
+                   f"{'yes' if ta4 >= 0.9 else 'no'} |")  # fmt: skip
+    lin = [get("irrelevance", n, "linear") for n in SIZES["irrelevance"]]
+    if all(v is not None for v in lin):
+        falls = all(a >= b for a, b in zip(lin, lin[1:])) and lin[0] > lin[-1]
+        out.append(
+            f"| zoo: linear averaging falls as the pool grows | "
+            f"{' -> '.join(f'{v:.3f}' for v in lin)} | {'yes' if falls else 'no'} |"
+        )
+    return out
+
+
+def zoo_sections() -> list[str]:
+    zoo = load_zoo()
+    results = load_results()
+    steps = json.loads((CACHE / "results" / "steps.json").read_text()) \
+        if (CACHE / "results" / "steps.json").exists() else {}  # fmt: skip
+    st = zoo["settings"]
+    alias = zoo["alias_scores"]["base"]
+    out = ["## The expert zoo (version 6: experts re-route skills the base has)", "",
+           f"`{CMD} zoo` (cached in `benchmarks/.cache/rzoo/`; `benchmarks/rzoo.py`, tasks in "
+           f"`benchmarks/rzoo_tasks.py`). Sum of per-model training times "
+           f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} processes of one thread "
+           f"each; the base alone {zoo['timings']['base'] / 60:.1f} min), measured on the "
+           "shared 2-core machine with other jobs running (load average 10-16; a build on "
+           f"idle cores was not timed); the last `--only zoo` run took "
+           f"{zoo['seconds'] / 60:.1f} min wall, reusing the models cached before it (each "
+           "model is cached on its own settings).", "",
+           f"- tokenizer: character level (`tokenizers`) plus 32 tag tokens, {zoo['vocab']} "
+           f"tokens in all; models: LLaMA-style, {zoo['params']:,} parameters "
+           f"({st['layers']} layers, hidden {st['hidden']}).",
+           f"- {len(ALL_TASKS)} string tasks on words of 2-4 letters (prompt `<tag> word=`, "
+           "response scored by greedy exact match, computed exactly by teacher forcing): "
+           f"{', '.join(ALL_TASKS)}. Per task, disjoint train (2000) / calibration (100) / "
+           "test (100) words; merges see calibration only, every score is on test.",
+           f"- base: pretrained {st['base_steps']} steps x {st['base_batch']} (AdamW, lr "
+           f"{st['base_lr']}) on all {len(ALL_TASKS)} tasks, each under its *alias* tag "
+           f"(`<a00>`..`<a15>`): mean held-out exact match under the aliases "
+           f"{sum(alias.values()) / len(alias):.3f} (lowest {min(alias.values()):.2f}, "
+           f"{min(alias, key=alias.get)}).",
+           f"- {len(ALL_TASKS)} experts: each fine-tuned from the base for {st['expert_steps']} "
+           f"steps x {st['expert_batch']} to answer its task under a *new* tag "
+           f"(`<t00>`..`<t15>`, never seen by the base): body lr {st['expert_lr']}, the new "
+           f"tag's embedding row lr {st['tag_lr']} (Adam's step scaled per row). The base "
+           "scores 0.00-0.03 under the new tags (vowels 0.36: a word without vowels is its own "
+           "answer); the expert re-routes the tag to the skill.",
+           f"- 2 foreign-base experts ({', '.join(FOREIGN_TASKS)}): a second initialisation "
+           f"(seed 1) pretrained the same way for {st['foreign_base_steps']} steps, then "
+           f"fine-tuned like the others (body lr {st['foreign_expert_lr']}).",
+           "- normalised score = merged exact match / own expert's; tables show the mean over "
+           "the target tasks. Distance = ||theta - base|| / ||base|| over the whole model.", "",
+           expert_table(zoo), "",
+           "Foreign-base experts: " + ", ".join(
+               f"{n} distance {zoo['distance'][n]:.3f}, own task {zoo['scores'][n][n[8:]]:.2f}"
+               for n in zoo["distance"] if n.startswith("foreign_") and n != "foreign_base")
+           + ".", ""]  # fmt: skip
+    tried = ROOT / "RZOO_TRIED.md"
+    if tried.exists():
+        out += [tried.read_text().strip(), ""]
+    out += ["## Methods", "",
+            "Hyper-parameters of every method are chosen on the calibration split only (mean "
+            "calibration exact match over the target tasks, ties broken by the calibration "
+            f"loss); all scores are held-out. The first {CALIB_SAMPLES} of the 100 calibration "
+            "samples of each target task (`BENCH_CALIB` changes it), the same for every method.",
+            "",
+            "- linear, task arithmetic (lambda in "
+            f"{{{', '.join(map(str, TA_GRID))}}}), TIES (density x lambda in "
+            f"{{{', '.join(f'{d}x{v}' for d, v in TIES_GRID)}}}), DARE-TIES ("
+            f"{{{', '.join(f'{d}x{v}' for d, v in DARE_GRID)}}}, seed 0): stock mergekit "
+            "kernels through mergekit's Python API (`merge_state_dicts`), `benchmarks/rzoo_merge.py`.",
+            "- FW: a recipe as a user writes it, `merge_method: frank_wolfe`, the calibration "
+            f"manifest, `iterations: {FW_ITERATIONS}` (the issue's setting), `batch_size: "
+            f"{FW_BATCH}` (speed only) and the option under test; everything else is the "
+            "package default. It runs through mergekit's `run_merge` (what `mergekit-yaml` "
+            "calls; the package's hook wraps it) and the written model is read back and "
+            "scored. A recipe that names no constraint (FW defaults) gets "
+            f"`{default_constraint()}` in this build, so its row is `{default_method()}`. FW-hull = `constraint: hull` (the paper's set, conv "
+            "{base, experts}); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor).",
+            ""]  # fmt: skip
+    sections = [
+        ("irrelevance", "1. Irrelevance: 4 targets, irrelevant experts added (4 -> 16)",
+         f"Targets {', '.join(TARGETS)}; then experts of {', '.join(ADDITIONS)}, in that order."),
+        ("relevance", "2. Relevance: the target set grows with the pool",
+         f"n tasks and their n experts (order {', '.join(ALL_TASKS)}); calibration on all n."),
+        ("foreign", "3. Foreign-base experts",
+         "The 4 target experts, then the same pool plus the 2 foreign-base experts "
+         f"({', '.join(FOREIGN_TASKS)}: two of the targets, another initialisation)."),
+    ]  # fmt: skip
+    for exp, title, text in sections:
+        tab, data, sizes = table(results, zoo, exp)
+        if not data:
+            continue
+        took = steps.get(exp)
+        out += [f"## {title}", "", text, "", f"`{CMD} {exp}`"
+                + (f" (its last run {took / 60:.1f} min, cached rows skipped)" if took else "") + " - mean normalised held-out "
+                "exact match (ablation rows were run at the sizes that have a number; 4-model "
+                "rows are shared between experiments, same pool and targets):", "", tab, ""]  # fmt: skip
+        if exp != "foreign":
+            png = f"bench_{exp}.png"
+            main = {m: v for m, v in data.items() if m in BASELINES or m in FW_METHODS}
+            plot({**main, **_refs(zoo, exp, sizes)}, sizes, title, DOCS / png)
+            out += [f"![{exp}]({png})", ""]
+        out += [f"Per task at {max(sizes)} models (normalised), with calibration exact match "
+                "and loss and the merge's wall time:", "", per_task(results, exp, max(sizes)),
+                "", "Baseline hyper-parameters chosen on calibration:", "",
+                params_table(results, exp), ""]  # fmt: skip
+    return out, results
+
+
+def write() -> None:
+    """Splice the zoo sections into docs/benchmarks.md, keeping the sections in KEPT."""
+    page = (DOCS / "benchmarks.md").read_text()
+    kept = []
+    for head in KEPT:
+        m = re.search(rf"^{re.escape(head)}.*?(?=^## )", page, flags=re.S | re.M)
+        if m:
+            kept.append(m.group(0).rstrip() + "\n")
+    body, results = zoo_sections()
+    out = ["# Benchmarks: FW-Merging on an offline expert zoo", "",
+           "All numbers below are produced by `make bench` (= `python -m benchmarks.run`) on "
+           "a 2-core CPU; each table names the sub-command that reproduces it. Results are "
+           "cached in `benchmarks/.cache/results/`; `python -m benchmarks.run --only report` "
+           "rewrites the zoo sections of this page from them (memory, LMO speed, wall time "
+           "and the MiniLM tier are written by their own commands and kept).", ""]  # fmt: skip
+    out += body + kept + [f"## Targets of the issue (FW defaults = {default_method()})", ""]
+    out += done_bar(results) + [""]
+    if default_method() != "FW-box":
+        out += (
+            ["The same targets for `constraint: box` (scale 1), the default the issue expects:", ""]
+            + done_bar(results, "FW-box")
+            + [""]
+        )
+    analysis = ROOT / "ANALYSIS.md"
+    if analysis.exists():
+        out += [analysis.read_text()]
+    (DOCS / "benchmarks.md").write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {DOCS / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    write()
