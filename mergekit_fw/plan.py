@@ -53,6 +53,10 @@ class FWPlan(BaseModel):
     seconds: float = 0.0
     # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder
     adapters: dict[str, str] = Field(default_factory=dict)
+    # a mergekit start vertex (init: ties | recipe.yaml | auto's TIES): id, label, recipe
+    start: dict[str, Any] | None = None
+    # init: auto: every data-free start tried, its calibration loss, and which was chosen
+    init_table: list[dict[str, Any]] = Field(default_factory=list)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);
@@ -90,6 +94,14 @@ class FWPlan(BaseModel):
             raise FWConfigError(
                 "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "
                 "express (mergekit would densify them); re-run the frank_wolfe recipe instead."
+            )
+        if self.start:
+            from mergekit_fw.settings import FWConfigError
+
+            raise FWConfigError(
+                f"This plan has a mergekit start vertex ({self.start['id']}), which only existed "
+                "in memory; a mergekit `linear` recipe cannot name it. Re-run the frank_wolfe "
+                "recipe instead."
             )
         names = sorted({*self.coefficients, *self.aliases}, key=lambda n: (-len(n), n))
         models = []

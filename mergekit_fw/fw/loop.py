@@ -80,6 +80,9 @@ class FrankWolfe:
         self.coefficients = torch.zeros(len(slots), n, dtype=torch.float64)
         self.coefficients[:, 0] = 1.0
         self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
+        # a start given as coefficients over the pool (e.g. a mergekit start vertex: e_k);
+        # set by the host before run(); None: settings.init decides
+        self.start_row: list[float] | None = None
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -102,6 +105,16 @@ class FrankWolfe:
                 slot.param.add_(self.pool.tensor(k, slot.name), alpha=lam)
         self.coefficients[:, 0] = 1.0 - n * lam
         self.coefficients[:, 1:] = lam
+
+    @torch.no_grad()
+    def init_combination(self, row: list[float]) -> None:
+        """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time."""
+        for slot in self._bar(self.slots, "start"):
+            slot.param.zero_()
+            for k, c in enumerate(row):
+                if c != 0.0:
+                    slot.param.add_(self.pool.tensor(k, slot.name), alpha=c)
+        self.coefficients[:] = torch.tensor(row, dtype=torch.float64)
 
     @torch.no_grad()
     def score_pass(self) -> ScoreTable:
@@ -215,7 +228,9 @@ class FrankWolfe:
         self.model.eval()  # deterministic gradients: no dropout
         for slot in self.slots:
             slot.param.requires_grad_(True)
-        if s.init == "task_arithmetic":
+        if self.start_row is not None:
+            self.init_combination(self.start_row)
+        elif s.init == "task_arithmetic":
             self.init_task_arithmetic()
         history: list[IterationRecord] = []
         stopped = "budget"

@@ -32,7 +32,7 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
     and its s B A is added in place (pool/lora_math.add_delta_).
     """
     dense = len(pool.refs)
-    base_c = coefficients[0] + sum(coefficients[dense:])
+    base_c = coefficients[0] + sum(coefficients[dense : dense + len(pool.adapters)])
     work = torch.float64 if pool.dtype == torch.float64 else torch.float32
     out = pool.stored(0, name).to(device=pool.device, dtype=work) * base_c  # a new tensor
     for k in range(1, dense):
@@ -42,6 +42,10 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
             del x
     for j, adapter in enumerate(pool.adapters):
         add_delta_(adapter, out, name, alpha=coefficients[dense + j])
+    # start vertices (pool/start_vertex.py: a mergekit start held in memory) come last
+    for j, start in enumerate(getattr(pool, "starts", ()), start=dense + len(pool.adapters)):
+        if coefficients[j] != 0.0:
+            out.add_(start.get(name).to(device=pool.device), alpha=coefficients[j])
     return out.to(pool.dtype)
 
 
