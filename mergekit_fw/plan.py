@@ -32,6 +32,7 @@ class IterationRecord(BaseModel):
     task_wins: dict[str, dict[str, int]] = Field(
         default_factory=dict
     )  # per_task: task -> label -> tensors
+    steps: dict[str, int] = Field(default_factory=dict)  # fw_steps away/pairwise: kind -> rows
 
 
 class FWPlan(BaseModel):

@@ -48,6 +48,11 @@ class FWSettings(BaseModel):
         "(its parameters as init_<name> keys) | path/to/recipe.yaml (mergekit recipe)",
     )
     init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
+    fw_steps: Literal["vanilla", "away", "pairwise"] = Field(
+        "vanilla",
+        description="vanilla: toward the LMO vertex | away / pairwise: may also move weight "
+        "off the worst active vertex, down to exactly 0 (Lacoste-Julien & Jaggi 2015)",
+    )
     step: Literal["line_search", "schedule", "constant"] = Field(
         "line_search", description="line_search | schedule: step_size*2/(t+2) | constant"
     )
@@ -99,6 +104,24 @@ class FWSettings(BaseModel):
         if math.isnan(self.tolerance):
             raise ValueError("tolerance must not be NaN")
         self._check_init()
+        if self.fw_steps != "vanilla":
+            if self.variant == "soft":
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} applies to the hard variant (one vertex per "
+                    "step); FW-soft fits its own coefficients. Use variant: hard or fw_steps: "
+                    "vanilla."
+                )
+            if self.zero_vertex:
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} needs every vertex in the coefficient matrix; "
+                    "the origin (zero_vertex: true) has no column there. Remove zero_vertex "
+                    "or use fw_steps: vanilla."
+                )
+            if self.lora_mode == "factors":
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} is not available with lora_mode: factors "
+                    "(the factor pool is only built for vanilla steps); use fw_steps: vanilla."
+                )
         if self.variant == "soft" and self.zero_vertex:
             raise ValueError(
                 "zero_vertex applies to the hard variant only; remove it or use variant: hard"

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw.away import AWAY, PAIRWISE, BlockStep, choose_steps, update_coefficients
+from mergekit_fw.fw.away import counts as step_counts
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
@@ -145,6 +147,21 @@ class FrankWolfe:
                 d.copy_(self.pool.tensor(pick, slot.name)).sub_(slot.param)
 
     @torch.no_grad()
+    def step_direction_pass(self, steps: list[BlockStep]) -> None:
+        """Away/pairwise: d = scale * (theta - a) or scale * (s - a), FW rows as usual."""
+        for slot, st in zip(self.slots, steps):
+            d, theta = slot.param.grad, slot.param
+            if st.kind == AWAY:
+                d.copy_(theta).sub_(self.pool.tensor(st.away, slot.name)).mul_(st.scale)
+            elif st.kind == PAIRWISE:
+                d.copy_(self.pool.tensor(st.toward, slot.name))
+                d.sub_(self.pool.tensor(st.away, slot.name)).mul_(st.scale)
+            elif st.toward == ZERO:
+                d.copy_(theta).neg_()
+            else:
+                d.copy_(self.pool.tensor(st.toward, slot.name)).sub_(theta)
+
+    @torch.no_grad()
     def move(self, delta: float) -> None:
         """theta += delta * d, in place (line search walks along d without copies)."""
         if delta != 0.0:
@@ -193,13 +210,25 @@ class FrankWolfe:
         if record.gap <= self.settings.tolerance:
             return record, "tolerance"
         # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
-        self.direction_pass(picks)
+        steps = None
+        if self.settings.fw_steps != "vanilla":  # away / pairwise: fw/away.py
+            steps = choose_steps(
+                self.settings.fw_steps, self.score(table), table.dots, table.current_dots,
+                self.coefficients, picks, self.settings.granularity,
+            )  # fmt: skip
+            record.steps = step_counts(steps)
+            self.step_direction_pass(steps)
+        else:
+            self.direction_pass(picks)
         position = [0.0]
         gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
         self.move(gamma - position[0])
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
-        self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
+        if steps is not None:
+            update_coefficients(self.coefficients, steps, gamma)
+        else:
+            self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
         record.gamma = gamma
         return record, None
 
