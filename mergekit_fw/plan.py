@@ -33,6 +33,7 @@ class IterationRecord(BaseModel):
         default_factory=dict
     )  # per_task: task -> label -> tensors
     steps: dict[str, int] = Field(default_factory=dict)  # fw_steps away/pairwise: kind -> rows
+    moves: list[float] = Field(default_factory=list)  # theta += delta * d, in order (replay)
 
 
 class FWPlan(BaseModel):
@@ -58,6 +59,8 @@ class FWPlan(BaseModel):
     start: dict[str, Any] | None = None
     # init: auto: every data-free start tried, its calibration loss, and which was chosen
     init_table: list[dict[str, Any]] = Field(default_factory=list)
+    # the first iterate as coefficients over `models`, when the host gave one (fw/replay.py)
+    start_row: list[float] | None = None
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);
@@ -95,6 +98,13 @@ class FWPlan(BaseModel):
             raise FWConfigError(
                 "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "
                 "express (mergekit would densify them); re-run the frank_wolfe recipe instead."
+            )
+        if self.settings.get("merge_fn", "linear") != "linear":
+            from mergekit_fw.settings import FWConfigError
+
+            raise FWConfigError(
+                f"merge_fn: {self.settings['merge_fn']} steps are not linear in the vertices, "
+                "so no mergekit `linear` recipe gives this merge; re-run the frank_wolfe recipe."
             )
         if self.start:
             from mergekit_fw.settings import FWConfigError

@@ -53,6 +53,14 @@ class FWSettings(BaseModel):
         description="vanilla: toward the LMO vertex | away / pairwise: may also move weight "
         "off the worst active vertex, down to exactly 0 (Lacoste-Julien & Jaggi 2015)",
     )
+    merge_fn: Literal["linear", "ties", "dare"] = Field(
+        "linear",
+        description="how a step applies d = s - theta: linear | ties: top merge_density of "
+        "|d| per tensor | dare: seeded Bernoulli(merge_density) drop, rescaled",
+    )
+    merge_density: float = Field(
+        0.2, gt=0.0, le=1.0, description="ties: fraction of d kept; dare: keep probability"
+    )
     step: Literal["line_search", "schedule", "constant"] = Field(
         "line_search", description="line_search | schedule: step_size*2/(t+2) | constant"
     )
@@ -104,6 +112,19 @@ class FWSettings(BaseModel):
         if math.isnan(self.tolerance):
             raise ValueError("tolerance must not be NaN")
         self._check_init()
+        if self.merge_fn != "linear":
+            clash = (
+                "variant: soft" if self.variant == "soft"
+                else "lora_mode: factors" if self.lora_mode == "factors"
+                else f"fw_steps: {self.fw_steps}" if self.fw_steps != "vanilla"
+                else None
+            )  # fmt: skip
+            if clash:
+                raise ValueError(
+                    f"merge_fn: {self.merge_fn} is a hard-variant step over dense tensors, "
+                    f"replayed per tensor at write time; it does not apply with {clash}. "
+                    "Use merge_fn: linear there."
+                )
         if self.fw_steps != "vanilla":
             if self.variant == "soft":
                 raise ValueError(

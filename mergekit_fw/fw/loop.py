@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mergekit_fw.fw.away import AWAY, PAIRWISE, BlockStep, choose_steps, update_coefficients
 from mergekit_fw.fw.away import counts as step_counts
+from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
@@ -85,6 +86,7 @@ class FrankWolfe:
         # a start given as coefficients over the pool (e.g. a mergekit start vertex: e_k);
         # set by the host before run(); None: settings.init decides
         self.start_row: list[float] | None = None
+        self._moves: list[float] | None = None  # the current iteration's moves of theta
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -165,6 +167,8 @@ class FrankWolfe:
     def move(self, delta: float) -> None:
         """theta += delta * d, in place (line search walks along d without copies)."""
         if delta != 0.0:
+            if self._moves is not None:
+                self._moves.append(delta)
             for slot in self.slots:
                 slot.param.add_(slot.param.grad, alpha=delta)
 
@@ -220,9 +224,19 @@ class FrankWolfe:
             self.step_direction_pass(steps)
         else:
             self.direction_pass(picks)
+        if self.settings.merge_fn != "linear":  # ties / dare: fw/merge_fns.py, per tensor
+            fn, density, seed = (
+                self.settings.merge_fn,
+                self.settings.merge_density,
+                self.settings.seed,
+            )
+            for slot in self.slots:
+                apply_merge_fn_(slot.param.grad, fn, density, seed, t, slot.name)
         position = [0.0]
+        self._moves = record.moves  # every in-place move of theta, for the write's replay
         gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
         self.move(gamma - position[0])
+        self._moves = None
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
         if steps is not None:
@@ -277,6 +291,7 @@ class FrankWolfe:
             LOG.info("final calibration loss %.5f", final.total)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)
         plan.task_preferences = preferences
+        plan.start_row = list(self.start_row) if self.start_row is not None else None
         return plan
 
     def _log(self, r: IterationRecord) -> None:

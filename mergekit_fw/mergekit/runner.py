@@ -163,6 +163,12 @@ def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> 
     out = Path(out_path)
     if plan.adapters:  # a mergekit `linear` recipe cannot express adapter vertices
         LOG.info("No %s: the plan has LoRA adapter vertices", LINEAR_RECIPE_FILE)
+    elif plan.settings.get("merge_fn", "linear") != "linear":  # nor a non-linear step
+        LOG.info(
+            "No %s: merge_fn %s is not linear in the vertices",
+            LINEAR_RECIPE_FILE,
+            plan.settings["merge_fn"],
+        )
     elif plan.start:  # nor a start vertex that only existed in memory
         LOG.info(
             "No %s: the plan has a mergekit start vertex (%s)", LINEAR_RECIPE_FILE, plan.start["id"]

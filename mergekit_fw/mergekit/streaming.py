@@ -19,6 +19,7 @@ import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import GatherTensors
 
+from mergekit_fw.fw.replay import replay_tensor
 from mergekit_fw.pool.lora_math import add_delta_
 
 _lock = threading.Lock()
@@ -90,6 +91,8 @@ class StreamedGather(GatherTensors):
         row = plan.coefficients_for(wi.name)
         if row is None:  # not optimised (a buffer, a stored constant): the base's, as stored
             return {base: pool.stored(0, name)}
+        if plan.settings.get("merge_fn", "linear") != "linear":  # ties / dare: not linear
+            return {base: replay_tensor(pool, plan, wi.name)}
         return {base: combine(pool, row, name)}
 
 

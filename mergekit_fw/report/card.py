@@ -120,6 +120,12 @@ def _what_it_is(plan: FWPlan) -> str:
             "This folder is a PEFT LoRA adapter: each of its LoRA factors is a linear "
             f"combination of the candidate adapters' factors; {where}."
         )
+    if plan.settings.get("merge_fn", "linear") != "linear":
+        return (
+            f"Each step applied a `{plan.settings['merge_fn']}` merge function to the direction, "
+            f"which is not linear in the candidates; {where}, and the writer replays it per "
+            "tensor. There is no `fw_linear.yaml`: no `linear` recipe gives this merge."
+        )
     if getattr(plan, "start", None):
         return (
             "Every tensor of this model is a combination of the base, the candidates and the "
