@@ -5,11 +5,15 @@ Vertices v0 = (0, 1), v1 = (-1, 0), v2 = (1, 0); loss ||theta - target||^2.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from mergekit_fw.fw.away import choose_steps
+from mergekit_fw.fw.away import ActiveSets
+from mergekit_fw.fw.constraints import Hull
 from mergekit_fw.fw.loop import FrankWolfe, Slot
+from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.settings import FWConfigError, FWSettings
 from tests.test_soft import Distance, Pool, Vector
 
@@ -60,25 +64,72 @@ def test_pairwise_moves_the_weight_of_the_worst_vertex_to_the_best():
     assert torch.allclose(theta, torch.tensor([0.2, -0.3]), atol=1e-6)
 
 
-def test_coefficients_stay_on_the_simplex_and_match_theta():
+BOX = [torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])]
+
+
+def test_box_away_step_drops_a_task_vector_to_exactly_zero():
+    # box, kappa 1, tau_1 = (1, 1), tau_2 = (0, 1); start lambda = (0.3, 0.8): corners
+    # {2}: 0.5, {1, 2}: 0.3, base: 0.2. The target lambda = (0, 5/7) is what is left when
+    # the corner {1, 2} leaves, and the away gap (1.11) beats the FW gap (1.03).
+    plan, theta = run(
+        [0.0, 5.0 / 7.0], [-0.1, 0.3, 0.8], vertices=BOX, fw_steps="away", constraint="box",
+    )  # fmt: skip
+    assert plan.iterations[0].steps == {"away": 1}
+    c = plan.coefficients["w"]
+    assert c[1] == 0.0  # tau_1 is out of the merge, exactly
+    assert c[2] == pytest.approx(5.0 / 7.0)
+    assert torch.allclose(theta, torch.tensor([0.0, 5.0 / 7.0]), atol=1e-6)
+
+
+def test_box_vanilla_keeps_the_task_vector():
+    plan, _ = run([0.0, 5.0 / 7.0], [-0.1, 0.3, 0.8], iterations=3, vertices=BOX, constraint="box")
+    assert plan.coefficients["w"][1] > 0.0
+
+
+@pytest.mark.parametrize("constraint", ["hull", "box"])
+@pytest.mark.parametrize("mode", ["away", "pairwise"])
+def test_coefficients_stay_in_the_set_and_match_theta(constraint, mode):
+    vertices = V if constraint == "hull" else BOX
+    start = [0.2, 0.3, 0.5] if constraint == "hull" else [0.4, 0.3, 0.3]
     gen = torch.Generator().manual_seed(3)
     target = (torch.rand(2, generator=gen) - 0.5).tolist()
-    for mode in ("away", "pairwise"):
-        plan, theta = run(target, [0.2, 0.3, 0.5], iterations=6, fw_steps=mode)
-        c = torch.tensor(plan.coefficients["w"])
-        assert float(c.min()) >= -1e-12 and float(c.sum()) == pytest.approx(1.0)
-        assert torch.allclose(theta, sum(ci * v for ci, v in zip(c, V)).float(), atol=1e-5)
-        losses = [r.loss for r in plan.iterations] + [plan.final_loss]
-        assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
+    plan, theta = run(
+        target, start, iterations=6, vertices=vertices, fw_steps=mode, constraint=constraint
+    )
+    c = torch.tensor(plan.coefficients["w"])
+    assert float(c.sum()) == pytest.approx(1.0)
+    if constraint == "hull":
+        assert float(c.min()) >= -1e-12
+    else:
+        assert float(c[1:].min()) >= -1e-12 and float(c[1:].max()) <= 1.0 + 1e-12
+    assert torch.allclose(theta, sum(ci * v for ci, v in zip(c, vertices)).float(), atol=1e-5)
+    losses = [r.loss for r in plan.iterations] + [plan.final_loss]
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
 
 
 def test_model_granularity_uses_one_away_vertex_for_all_rows():
-    scores = torch.tensor([[0.5, -1.0, 0.2], [0.5, -1.0, 0.3]])
+    scores = torch.tensor([[0.5, -1.0, 0.2], [0.5, -1.0, 0.3]], dtype=torch.float64)
     coefficients = torch.tensor([[0.3, 0.3, 0.4], [0.2, 0.4, 0.4]], dtype=torch.float64)
-    current = (coefficients.float() * scores).sum(dim=1)
-    steps = choose_steps("pairwise", scores, scores, current, coefficients, [1, 1], "model")
-    assert [(st.kind, st.toward, st.away) for st in steps] == [("pairwise", 1, 0)] * 2
+    current = (coefficients * scores).sum(dim=1)
+    table = ScoreTable(scores, torch.ones_like(scores), torch.ones(2), current)
+    settings = SimpleNamespace(granularity="model", fw_steps="pairwise")
+    hull = Hull("inner", "model", False)
+    active = ActiveSets(hull, coefficients, settings)
+    steps = active.choose("pairwise", table, hull.lmo(table))
+    assert [(st.kind, sorted(st.away)) for st in steps] == [("pairwise", [0])] * 2
     assert steps[0].scale == pytest.approx(0.2)  # the block's smallest weight on v0
+
+
+def test_box_corners_decompose_and_rebuild_the_coefficients():
+    settings = SimpleNamespace(granularity="tensor", fw_steps="away")
+    box = SimpleNamespace(name="box", scale=2.0)
+    row = torch.tensor([[1.0 - 0.6 - 1.0 - 0.2, 0.6, 1.0, 0.2]], dtype=torch.float64)
+    active = ActiveSets(box, row, settings)
+    corners = active.sets[0]
+    assert all(w > 0 for w in corners.values()) and sum(corners.values()) == pytest.approx(1.0)
+    assert torch.allclose(active.row_of(corners), row[0])
+    with pytest.raises(FWConfigError, match="inside constraint: box"):
+        ActiveSets(box, torch.tensor([[0.0, 2.5, -1.5]], dtype=torch.float64), settings)
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mergekit_fw.fw.away import AWAY, PAIRWISE, BlockStep, choose_steps, update_coefficients
-from mergekit_fw.fw.away import counts as step_counts
+from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
+from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
-from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
+from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
-from mergekit_fw.settings import FWSettings
+from mergekit_fw.settings import FWConfigError, FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -75,6 +75,7 @@ class FrankWolfe:
         self.settings = settings
         self.score = SCORES[settings.lmo]
         self.oracle = ORACLES[settings.granularity]
+        self.constraint = make_constraint(settings)  # hull | box | simplex (fw/constraints.py)
         self.step_rule = make_step_rule(
             settings.step, settings.step_size, settings.line_search_evals
         )
@@ -87,6 +88,7 @@ class FrankWolfe:
         # set by the host before run(); None: settings.init decides
         self.start_row: list[float] | None = None
         self._moves: list[float] | None = None  # the current iteration's moves of theta
+        self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -103,6 +105,9 @@ class FrankWolfe:
     def init_task_arithmetic(self) -> None:
         """theta_0 = base + lambda * sum_k (theta_k - base), streamed tensor by tensor."""
         lam, n = self.settings.init_scale, len(self.pool) - 1
+        problem = self.constraint.start_problem(lam, n)
+        if problem:
+            raise FWConfigError(problem)
         for slot in self._bar(self.slots, "task-arithmetic start"):
             slot.param.mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
@@ -139,29 +144,28 @@ class FrankWolfe:
         return ScoreTable(dots, norms, grad_norms, current)
 
     @torch.no_grad()
-    def direction_pass(self, picks: list[int]) -> None:
+    def direction_pass(self, vertex: Vertex) -> None:
         """Overwrite each gradient buffer with d = s - theta (the gradient is spent)."""
-        for slot, pick in zip(self.slots, picks):
-            d = slot.param.grad
-            if pick == ZERO:
-                d.copy_(slot.param).neg_()
-            else:
-                d.copy_(self.pool.tensor(pick, slot.name)).sub_(slot.param)
+        for i, slot in enumerate(self.slots):
+            self.constraint.direction_(self.pool, i, slot.name, vertex, slot.param, slot.param.grad)
 
     @torch.no_grad()
-    def step_direction_pass(self, steps: list[BlockStep]) -> None:
-        """Away/pairwise: d = scale * (theta - a) or scale * (s - a), FW rows as usual."""
-        for slot, st in zip(self.slots, steps):
+    def step_direction_pass(self, vertex: Vertex, steps: list[BlockStep]) -> None:
+        """Away/pairwise rows: d = scale (theta - a) or scale (s - a); FW rows: s - theta."""
+        away = self.active.away_vertex(vertex, steps)
+        for i, (slot, st) in enumerate(zip(self.slots, steps)):
             d, theta = slot.param.grad, slot.param
-            if st.kind == AWAY:
-                d.copy_(theta).sub_(self.pool.tensor(st.away, slot.name)).mul_(st.scale)
-            elif st.kind == PAIRWISE:
-                d.copy_(self.pool.tensor(st.toward, slot.name))
-                d.sub_(self.pool.tensor(st.away, slot.name)).mul_(st.scale)
-            elif st.toward == ZERO:
-                d.copy_(theta).neg_()
+            if st.kind == AWAY:  # a - theta, negated and scaled
+                self.constraint.direction_(self.pool, i, slot.name, away, theta, d)
+                d.mul_(-st.scale)
+            elif st.kind == PAIRWISE:  # (s - theta) - (a - theta)
+                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
+                other = torch.empty_like(d)
+                self.constraint.direction_(self.pool, i, slot.name, away, theta, other)
+                d.sub_(other).mul_(st.scale)
+                del other
             else:
-                d.copy_(self.pool.tensor(st.toward, slot.name)).sub_(theta)
+                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
 
     @torch.no_grad()
     def move(self, delta: float) -> None:
@@ -180,25 +184,29 @@ class FrankWolfe:
 
         return loss_at
 
-    def vertex_matrix(self, picks: list[int]) -> torch.Tensor:
-        rows = torch.zeros_like(self.coefficients)
-        for i, pick in enumerate(picks):
-            if pick != ZERO:
-                rows[i, pick] = 1.0
-        return rows
-
     def label(self, pick: int) -> str:
         return "zero" if pick == ZERO else self.pool.labels[pick]
 
+    def member_labels(self, members: list[int]) -> list[str]:
+        """Labels of the vertices that make up s in one tensor (none: s is the base)."""
+        return [self.label(p) for p in members] or [self.pool.labels[0]]
+
+    def wins(self, vertex: Vertex) -> dict[str, int]:
+        """Vertex label -> tensors whose s it is part of."""
+        return dict(Counter(x for m in vertex.members for x in self.member_labels(m)))
+
     def record(
-        self, t: int, report: LossReport, table: ScoreTable, picks: list[int]
+        self, t: int, report: LossReport, table: ScoreTable, vertex: Vertex
     ) -> IterationRecord:
-        """Loss, FW gap and wins of the LMO's picks at the current merge."""
-        gap = fw_gap(float(table.current_dots.sum()), float(picked_dots(table, picks).sum()))
+        """Loss, FW gap and wins of the LMO's vertex at the current merge."""
+        gap = fw_gap(float(table.current_dots.sum()), float(vertex.dots(table).sum()))
         return IterationRecord(
             t=t, loss=report.total, task_losses=report.per_task, gap=gap, gamma=0.0,
-            wins=dict(Counter(self.label(p) for p in picks)),
-            picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
+            wins=self.wins(vertex),
+            picks={
+                slot.name: "+".join(self.member_labels(m))
+                for slot, m in zip(self.slots, vertex.members)
+            },
         )  # fmt: skip
 
     def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
@@ -208,22 +216,21 @@ class FrankWolfe:
         report = self.loss(grad=True, desc=f"gradient t={t}")
         # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
         table = self.score_pass()
-        picks = self.oracle(self.score(table), self.settings.zero_vertex)
+        vertex = self.constraint.lmo(table)
         # 3. FW gap, and stop when it is small enough
-        record = self.record(t, report, table, picks)
+        record = self.record(t, report, table, vertex)
         if record.gap <= self.settings.tolerance:
             return record, "tolerance"
         # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
         steps = None
         if self.settings.fw_steps != "vanilla":  # away / pairwise: fw/away.py
-            steps = choose_steps(
-                self.settings.fw_steps, self.score(table), table.dots, table.current_dots,
-                self.coefficients, picks, self.settings.granularity,
-            )  # fmt: skip
-            record.steps = step_counts(steps)
-            self.step_direction_pass(steps)
+            if self.active is None:
+                self.active = ActiveSets(self.constraint, self.coefficients, self.settings)
+            steps = self.active.choose(self.settings.fw_steps, table, vertex)
+            record.steps = self.active.counts(steps)
+            self.step_direction_pass(vertex, steps)
         else:
-            self.direction_pass(picks)
+            self.direction_pass(vertex)
         if self.settings.merge_fn != "linear":  # ties / dare: fw/merge_fns.py, per tensor
             fn, density, seed = (
                 self.settings.merge_fn,
@@ -240,9 +247,9 @@ class FrankWolfe:
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
         if steps is not None:
-            update_coefficients(self.coefficients, steps, gamma)
+            self.active.update(self.coefficients, vertex, steps, gamma)
         else:
-            self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
+            self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
         record.gamma = gamma
         return record, None
 
@@ -260,8 +267,7 @@ class FrankWolfe:
         preferences = {}
         for index, name in enumerate(self.task_names):
             self.task_gradient(index, desc=f"task {name}")
-            picks = self.oracle(self.score(self.score_pass()), False)
-            preferences[name] = dict(Counter(self.label(p) for p in picks))
+            preferences[name] = self.wins(self.constraint.lmo(self.score_pass(), origin=False))
         return preferences
 
     def run(self) -> FWPlan:

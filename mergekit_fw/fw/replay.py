@@ -10,9 +10,13 @@ d and one vertex tensor of one tensor; each iteration reads one vertex tensor.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
+from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
+from mergekit_fw.fw.oracles import ZERO
 from mergekit_fw.plan import FWPlan
 
 
@@ -33,6 +37,25 @@ def start_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     return x
 
 
+SETTING_DEFAULTS = {"constraint": "hull", "scale": 1.0, "zero_vertex": False, "lmo": "inner"}
+
+
+def recorded_vertex(pick: str, index: dict[str, int], constraint) -> Vertex:
+    """The LMO's vertex of one tensor from its recorded pick ("a+b" on the box)."""
+    n = len(index)
+    if constraint.name == "hull":
+        k = ZERO if pick == "zero" else index[pick]
+        rows = torch.zeros(1, n, dtype=torch.float64)
+        if k != ZERO:
+            rows[0, k] = 1.0
+        return Vertex(rows, [[k]])
+    members = sorted(k for k in (index[p] for p in pick.split("+")) if k != 0)
+    rows = torch.zeros(1, n, dtype=torch.float64)
+    rows[0, members] = constraint.scale
+    rows[0, 0] = 1.0 - constraint.scale * len(members)
+    return Vertex(rows, [members])
+
+
 @torch.no_grad()
 def replay_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     """The pre-pass's last iterate of tensor `name` (a tied alias resolves to its primary)."""
@@ -40,11 +63,13 @@ def replay_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     s = plan.settings
     index = {label: k for k, label in enumerate(plan.labels)}
     x = start_tensor(pool, plan, primary)
+    constraint = make_constraint(SimpleNamespace(**{**SETTING_DEFAULTS, **s}))
     for record in plan.iterations:
         if not record.moves:
             continue
-        pick = record.picks[primary]
-        d = -x if pick == "zero" else pool.tensor(index[pick], primary) - x
+        d = torch.empty_like(x)
+        vertex = recorded_vertex(record.picks[primary], index, constraint)
+        constraint.direction_(pool, 0, primary, vertex, x, d)
         apply_merge_fn_(d, s["merge_fn"], s["merge_density"], s["seed"], record.t, primary)
         for delta in record.moves:
             x.add_(d, alpha=delta)
