@@ -1,6 +1,6 @@
 """One memory measurement in a fresh process: `python -m benchmarks.memchild MODE N OUT`.
 
-MODE: fw (mergekit-fw pre-pass + mergekit write), fw_init_ties (the same from init: ties), fw_soft (the same with variant: soft,
+MODE: fw (mergekit-fw pre-pass + mergekit write), fw_soft (the same with variant: soft,
 topk: 2, 3 fit steps, one iteration), ties (stock mergekit TIES),
 allmem (every candidate loaded as fp32 in memory, as the authors' code does).
 Prints one JSON line: peak RSS (VmHWM) and the peaks of its anonymous and file-backed parts,
@@ -63,8 +63,6 @@ def _merge(mode: str, info: dict, cands: list[str], out: str, sampler: PeakSampl
         "calibration": info["calibration"], "iterations": 2, "step": "constant",
         "step_size": 0.5, "batch_size": 4, "max_length": 64,
     }  # fmt: skip
-    if mode == "fw_init_ties":  # the start from mergekit's TIES, kept as an in-memory vertex
-        params.update(init="ties", init_density=0.5, init_weight=1.0)
     if mode == "fw_soft":
         params.update(variant="soft", topk=2, inner_steps=3, iterations=1)
         del params["step"], params["step_size"]
