@@ -219,11 +219,16 @@ class FWSettings(BaseModel):
                 f"{', '.join(extra)} only apply to a mergekit method start (e.g. init: ties); "
                 f"{where}. Remove them or name a mergekit method under init.{hint}"
             )
-        if self.init_kind in ("method", "recipe", "auto") and self.constraint != "hull":
+        if (
+            self.init_kind in ("method", "recipe")
+            and self.constraint != "hull"
+            and self.scale < 1.0
+        ):
             raise ValueError(
-                f"init: {self.init} adds the mergekit start as a vertex of the hull; with "
-                f"constraint: {self.constraint} it would be one more task vector. Use "
-                "constraint: hull, or init: base / task_arithmetic."
+                f"init: {self.init} adds the mergekit start as one more vertex; under "
+                f"constraint: {self.constraint} that is a task vector tau = start - base at "
+                f"lambda = 1, outside scale {self.scale}. Use scale >= 1, constraint: hull, or "
+                "init: base / task_arithmetic."
             )
         if self.init_kind in ("method", "recipe", "auto") and (
             self.lora_mode == "factors" or self.adapters

@@ -25,6 +25,7 @@ def run(target, start_row, iterations=1, vertices=V, **options):
 
     model = Vector(vertices[0])
     dummy = torch.zeros(1, 1, dtype=torch.long)
+    options.setdefault("constraint", "hull")  # the hull toys; box ones say so
     settings = FWSettings(calibration="x", iterations=iterations, **options)
     loop = FrankWolfe(
         model, [Slot("w", model.w)], Pool(vertices), Distance([torch.tensor(target)]),

@@ -24,6 +24,18 @@ TA_GRID = (0.1, 0.2, 0.3, 0.5)  # lambda per task vector
 TIES_GRID = (0.2, 0.5, 0.8)  # density (weight 1.0, mergekit's defaults otherwise)
 
 
+def inside(settings, lam: list[float]) -> bool:
+    """Whether task-vector weights lam lie in the run's constraint set (the hull keeps the
+    authors' task-arithmetic starts even where n * lambda > 1)."""
+    constraint = getattr(settings, "constraint", "hull")
+    scale = getattr(settings, "scale", 1.0)
+    if constraint == "box":
+        return all(0.0 <= x <= scale for x in lam)
+    if constraint == "simplex":
+        return all(x >= 0.0 for x in lam) and sum(lam) <= scale
+    return True
+
+
 def ta_row(lam: float, n: int) -> list[float]:
     """Coefficients over [base, candidates] of base + lam * sum_i (theta_i - base)."""
     return [1.0 - n * lam] + [lam] * n
@@ -53,13 +65,17 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
 
     table: list[dict] = []
     best_ties, best_ties_loss = None, float("inf")
+    settings = recipe.settings
     rows = [("base", [1.0] + [0.0] * n)] + [
-        (f"task_arithmetic lambda={lam}", ta_row(lam, n)) for lam in TA_GRID
+        (f"task_arithmetic lambda={lam}", ta_row(lam, n))
+        for lam in TA_GRID
+        if inside(settings, [lam] * n)
     ]
     for name, row in rows:
         set_combination(slots, pool, row)
         table.append({"start": name, "loss": loss(), "row": row})
-    for density in TIES_GRID:
+    ties_grid = TIES_GRID if inside(settings, [1.0]) else ()  # TIES: a task vector at 1
+    for density in ties_grid:
         config = method_config(
             "ties", {"density": density, "weight": 1.0}, recipe.base, recipe.candidates,
             _dtype_name(dtype),

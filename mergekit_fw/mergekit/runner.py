@@ -32,7 +32,7 @@ from mergekit_fw.fw.soft import SoftFrankWolfe
 from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
-from mergekit_fw.mergekit.start import compute_start_vertex, start_id
+from mergekit_fw.mergekit.start import compute_start_vertex, start_config, start_id
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
@@ -110,6 +110,10 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
     return plan
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):
     """The start of a mergekit / auto run: (pool with the start vertex, start row, table).
 
@@ -122,10 +126,11 @@ def build_start(recipe, options, model, slots, pool, objective, batches, task_na
         vertex, row, table = choose_start(
             recipe, options, model, slots, pool, objective, batches, task_names, device
         )
-    else:
+    else:  # re-derived over the current candidates (a screen may have removed some)
+        config = start_config(recipe.settings, recipe.base, recipe.candidates, dtype_name(dtype))
         vertex = compute_start_vertex(
-            recipe.init_config, options, slots, start_id(recipe.settings),
-            "init_" + recipe.init_config.merge_method, device, dtype,
+            config, options, slots, start_id(recipe.settings),
+            "init_" + config.merge_method, device, dtype,
         )  # fmt: skip
         row = None
     if vertex is None:
