@@ -32,6 +32,8 @@ class IterationRecord(BaseModel):
     task_wins: dict[str, dict[str, int]] = Field(
         default_factory=dict
     )  # per_task: task -> label -> tensors
+    steps: dict[str, int] = Field(default_factory=dict)  # fw_steps away/pairwise: kind -> rows
+    moves: list[float] = Field(default_factory=list)  # theta += delta * d, in order (replay)
 
 
 class ExcludedCandidate(BaseModel):
@@ -66,6 +68,12 @@ class FWPlan(BaseModel):
     # foreign screen: candidate entry -> ||theta_i - base|| / ||base||, and who was left out
     distances: dict[str, float] = Field(default_factory=dict)
     excluded: list[ExcludedCandidate] = Field(default_factory=list)
+    # a mergekit start vertex (init: ties | recipe.yaml | auto's TIES): id, label, recipe
+    start: dict[str, Any] | None = None
+    # init: auto: every data-free start tried, its calibration loss, and which was chosen
+    init_table: list[dict[str, Any]] = Field(default_factory=list)
+    # the first iterate as coefficients over `models`, when the host gave one (fw/replay.py)
+    start_row: list[float] | None = None
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);
@@ -103,6 +111,21 @@ class FWPlan(BaseModel):
             raise FWConfigError(
                 "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "
                 "express (mergekit would densify them); re-run the frank_wolfe recipe instead."
+            )
+        if self.settings.get("merge_fn", "linear") != "linear":
+            from mergekit_fw.settings import FWConfigError
+
+            raise FWConfigError(
+                f"merge_fn: {self.settings['merge_fn']} steps are not linear in the vertices, "
+                "so no mergekit `linear` recipe gives this merge; re-run the frank_wolfe recipe."
+            )
+        if self.start:
+            from mergekit_fw.settings import FWConfigError
+
+            raise FWConfigError(
+                f"This plan has a mergekit start vertex ({self.start['id']}), which only existed "
+                "in memory; a mergekit `linear` recipe cannot name it. Re-run the frank_wolfe "
+                "recipe instead."
             )
         names = sorted({*self.coefficients, *self.aliases}, key=lambda n: (-len(n), n))
         models = []

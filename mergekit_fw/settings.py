@@ -13,6 +13,8 @@ from typing import Any, Literal
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+INIT_PREFIX = "init_"  # init_<name>: a parameter of the mergekit start (`init: ties`)
+
 
 class FWConfigError(click.ClickException, ValueError):
     """A recipe problem the user can fix; raised before any gradient work starts.
@@ -25,7 +27,9 @@ class FWConfigError(click.ClickException, ValueError):
 class FWSettings(BaseModel):
     """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # extra keys are allowed only as `init_<name>`: the parameters of a mergekit start
+    # (`init: ties`), validated against that method's specs by mergekit/start.py
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     calibration: str = Field(
         description="data file (jsonl/json/txt/csv/parquet) or YAML manifest of named tasks"
@@ -50,8 +54,25 @@ class FWSettings(BaseModel):
     foreign: Literal["exclude", "error", "keep"] = Field(
         "exclude", description="what to do with a foreign candidate: exclude (warn) | error | keep"
     )
-    init: Literal["base", "task_arithmetic"] = Field("base", description="starting point")
+    init: str = Field(
+        "base",
+        description="starting point: base | task_arithmetic | auto | a mergekit method name "
+        "(its parameters as init_<name> keys) | path/to/recipe.yaml (mergekit recipe)",
+    )
     init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
+    fw_steps: Literal["vanilla", "away", "pairwise"] = Field(
+        "vanilla",
+        description="vanilla: toward the LMO vertex | away / pairwise: may also move weight "
+        "off the worst active vertex, down to exactly 0 (Lacoste-Julien & Jaggi 2015)",
+    )
+    merge_fn: Literal["linear", "ties", "dare"] = Field(
+        "linear",
+        description="how a step applies d = s - theta: linear | ties: top merge_density of "
+        "|d| per tensor | dare: seeded Bernoulli(merge_density) drop, rescaled",
+    )
+    merge_density: float = Field(
+        0.2, gt=0.0, le=1.0, description="ties: fraction of d kept; dare: keep probability"
+    )
     step: Literal["line_search", "schedule", "constant"] = Field(
         "line_search", description="line_search | schedule: step_size*2/(t+2) | constant"
     )
@@ -102,6 +123,38 @@ class FWSettings(BaseModel):
             raise ValueError("init_scale must be a finite number")
         if math.isnan(self.tolerance):
             raise ValueError("tolerance must not be NaN")
+        self._check_init()
+        if self.merge_fn != "linear":
+            clash = (
+                "variant: soft" if self.variant == "soft"
+                else "lora_mode: factors" if self.lora_mode == "factors"
+                else f"fw_steps: {self.fw_steps}" if self.fw_steps != "vanilla"
+                else None
+            )  # fmt: skip
+            if clash:
+                raise ValueError(
+                    f"merge_fn: {self.merge_fn} is a hard-variant step over dense tensors, "
+                    f"replayed per tensor at write time; it does not apply with {clash}. "
+                    "Use merge_fn: linear there."
+                )
+        if self.fw_steps != "vanilla":
+            if self.variant == "soft":
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} applies to the hard variant (one vertex per "
+                    "step); FW-soft fits its own coefficients. Use variant: hard or fw_steps: "
+                    "vanilla."
+                )
+            if self.zero_vertex:
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} needs every vertex in the coefficient matrix; "
+                    "the origin (zero_vertex: true) has no column there. Remove zero_vertex "
+                    "or use fw_steps: vanilla."
+                )
+            if self.lora_mode == "factors":
+                raise ValueError(
+                    f"fw_steps: {self.fw_steps} is not available with lora_mode: factors "
+                    "(the factor pool is only built for vanilla steps); use fw_steps: vanilla."
+                )
         if self.variant == "soft" and self.zero_vertex:
             raise ValueError(
                 "zero_vertex applies to the hard variant only; remove it or use variant: hard"
@@ -144,6 +197,64 @@ class FWSettings(BaseModel):
             )
         return self
 
+    def _check_init(self) -> None:
+        """The form of `init` and its `init_*` keys; mergekit/start.py checks the method."""
+        if not self.init.strip():
+            raise ValueError("init must not be empty; use base, task_arithmetic or auto")
+        extra = dict(self.model_extra or {})
+        for key, value in extra.items():
+            if not key.startswith(INIT_PREFIX) or key == INIT_PREFIX:
+                raise ValueError(f"unknown key {key!r}")
+            if isinstance(value, (list, dict)):
+                raise ValueError(f"{key} must be a single value, not a {type(value).__name__}")
+        if extra and self.init_kind != "method":
+            where = (
+                "the recipe file sets its own parameters"
+                if self.init_kind == "recipe"
+                else f"init: {self.init} takes none (init_scale is task_arithmetic's lambda)"
+            )
+            close = difflib.get_close_matches(next(iter(extra)), self.keys(), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"{', '.join(extra)} only apply to a mergekit method start (e.g. init: ties); "
+                f"{where}. Remove them or name a mergekit method under init.{hint}"
+            )
+        if (
+            self.init_kind in ("method", "recipe")
+            and self.constraint != "hull"
+            and self.scale < 1.0
+        ):
+            raise ValueError(
+                f"init: {self.init} adds the mergekit start as one more vertex; under "
+                f"constraint: {self.constraint} that is a task vector tau = start - base at "
+                f"lambda = 1, outside scale {self.scale}. Use scale >= 1, constraint: hull, or "
+                "init: base / task_arithmetic."
+            )
+        if self.init_kind in ("method", "recipe", "auto") and (
+            self.lora_mode == "factors" or self.adapters
+        ):
+            raise ValueError(
+                f"init: {self.init} runs a mergekit merge over dense models; it does not apply "
+                "to LoRA adapter vertices (parameters.adapters / lora_mode: factors). Use "
+                "init: base or task_arithmetic there."
+            )
+
+    @property
+    def init_kind(self) -> str:
+        """builtin (base, task_arithmetic) | auto | recipe (a YAML file) | method (mergekit)."""
+        if self.init in ("base", "task_arithmetic"):
+            return "builtin"
+        if self.init == "auto":
+            return "auto"
+        if self.init.endswith((".yaml", ".yml")):
+            return "recipe"
+        return "method"
+
+    @property
+    def init_parameters(self) -> dict[str, Any]:
+        """`init_density: 0.5` -> {"density": 0.5}: the mergekit start's parameters."""
+        return {k[len(INIT_PREFIX) :]: v for k, v in (self.model_extra or {}).items()}
+
     @classmethod
     def keys(cls) -> list[str]:
         return list(cls.model_fields)
@@ -152,7 +263,9 @@ class FWSettings(BaseModel):
     def from_parameters(cls, raw: dict[str, Any] | None) -> FWSettings:
         """Validate a recipe's `parameters:` block, with messages that name the fix."""
         raw = dict(raw or {})
-        unknown = [key for key in raw if key not in cls.model_fields]
+        unknown = [
+            key for key in raw if key not in cls.model_fields and not key.startswith(INIT_PREFIX)
+        ]
         if unknown:
             key = unknown[0]
             close = difflib.get_close_matches(key, cls.keys(), n=1)
@@ -174,7 +287,9 @@ class FWSettings(BaseModel):
             problems = []
             for item in error.errors():
                 where = ".".join(str(p) for p in item["loc"]) or "parameters"
-                if item["type"] == "missing":
+                if not item["loc"]:  # a model-level rule: its message names the keys
+                    problems.append(item["msg"].removeprefix("Value error, "))
+                elif item["type"] == "missing":
                     desc = cls.model_fields[where].description if where in cls.model_fields else ""
                     problems.append(f"parameters.{where} is required ({desc})")
                 else:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
 from mergekit_fw.fw.constraints import Vertex, make_constraint
+from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
@@ -82,6 +84,11 @@ class FrankWolfe:
         self.coefficients = torch.zeros(len(slots), n, dtype=torch.float64)
         self.coefficients[:, 0] = 1.0
         self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
+        # a start given as coefficients over the pool (e.g. a mergekit start vertex: e_k);
+        # set by the host before run(); None: settings.init decides
+        self.start_row: list[float] | None = None
+        self._moves: list[float] | None = None  # the current iteration's moves of theta
+        self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -109,6 +116,16 @@ class FrankWolfe:
         self.coefficients[:, 1:] = lam
 
     @torch.no_grad()
+    def init_combination(self, row: list[float]) -> None:
+        """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time."""
+        for slot in self._bar(self.slots, "start"):
+            slot.param.zero_()
+            for k, c in enumerate(row):
+                if c != 0.0:
+                    slot.param.add_(self.pool.tensor(k, slot.name), alpha=c)
+        self.coefficients[:] = torch.tensor(row, dtype=torch.float64)
+
+    @torch.no_grad()
     def score_pass(self) -> ScoreTable:
         """One streamed read of every vertex tensor: inner products with the gradient."""
         n, rows = len(self.pool), len(self.slots)
@@ -133,9 +150,29 @@ class FrankWolfe:
             self.constraint.direction_(self.pool, i, slot.name, vertex, slot.param, slot.param.grad)
 
     @torch.no_grad()
+    def step_direction_pass(self, vertex: Vertex, steps: list[BlockStep]) -> None:
+        """Away/pairwise rows: d = scale (theta - a) or scale (s - a); FW rows: s - theta."""
+        away = self.active.away_vertex(vertex, steps)
+        for i, (slot, st) in enumerate(zip(self.slots, steps)):
+            d, theta = slot.param.grad, slot.param
+            if st.kind == AWAY:  # a - theta, negated and scaled
+                self.constraint.direction_(self.pool, i, slot.name, away, theta, d)
+                d.mul_(-st.scale)
+            elif st.kind == PAIRWISE:  # (s - theta) - (a - theta)
+                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
+                other = torch.empty_like(d)
+                self.constraint.direction_(self.pool, i, slot.name, away, theta, other)
+                d.sub_(other).mul_(st.scale)
+                del other
+            else:
+                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
+
+    @torch.no_grad()
     def move(self, delta: float) -> None:
         """theta += delta * d, in place (line search walks along d without copies)."""
         if delta != 0.0:
+            if self._moves is not None:
+                self._moves.append(delta)
             for slot in self.slots:
                 slot.param.add_(slot.param.grad, alpha=delta)
 
@@ -185,13 +222,34 @@ class FrankWolfe:
         if record.gap <= self.settings.tolerance:
             return record, "tolerance"
         # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
-        self.direction_pass(vertex)
+        steps = None
+        if self.settings.fw_steps != "vanilla":  # away / pairwise: fw/away.py
+            if self.active is None:
+                self.active = ActiveSets(self.constraint, self.coefficients, self.settings)
+            steps = self.active.choose(self.settings.fw_steps, table, vertex)
+            record.steps = self.active.counts(steps)
+            self.step_direction_pass(vertex, steps)
+        else:
+            self.direction_pass(vertex)
+        if self.settings.merge_fn != "linear":  # ties / dare: fw/merge_fns.py, per tensor
+            fn, density, seed = (
+                self.settings.merge_fn,
+                self.settings.merge_density,
+                self.settings.seed,
+            )
+            for slot in self.slots:
+                apply_merge_fn_(slot.param.grad, fn, density, seed, t, slot.name)
         position = [0.0]
+        self._moves = record.moves  # every in-place move of theta, for the write's replay
         gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
         self.move(gamma - position[0])
+        self._moves = None
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
-        self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
+        if steps is not None:
+            self.active.update(self.coefficients, vertex, steps, gamma)
+        else:
+            self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
         record.gamma = gamma
         return record, None
 
@@ -219,7 +277,9 @@ class FrankWolfe:
         self.model.eval()  # deterministic gradients: no dropout
         for slot in self.slots:
             slot.param.requires_grad_(True)
-        if s.init == "task_arithmetic":
+        if self.start_row is not None:
+            self.init_combination(self.start_row)
+        elif s.init == "task_arithmetic":
             self.init_task_arithmetic()
         history: list[IterationRecord] = []
         stopped = "budget"
@@ -237,6 +297,7 @@ class FrankWolfe:
             LOG.info("final calibration loss %.5f", final.total)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)
         plan.task_preferences = preferences
+        plan.start_row = list(self.start_row) if self.start_row is not None else None
         return plan
 
     def _log(self, r: IterationRecord) -> None:

@@ -15,6 +15,7 @@ from mergekit.config import MergeConfiguration
 
 from mergekit_fw.data.calibration import CalibrationSet, load_calibration
 from mergekit_fw.fw.objectives import make_objective
+from mergekit_fw.mergekit.start import start_config
 from mergekit_fw.pool.lora_checks import load_adapters
 from mergekit_fw.pool.reader import tensor_shapes
 from mergekit_fw.settings import FWConfigError, FWSettings
@@ -33,6 +34,8 @@ class Recipe:
     adapters: list = field(default_factory=list)  # adapters.Adapter vertices (parameters.adapters)
     distances: dict = field(default_factory=dict)  # foreign screen (mergekit/foreign.py)
     excluded: list = field(default_factory=list)  # plan.ExcludedCandidate of the screen
+    init_config: object = None  # mergekit recipe of a mergekit start (start.py), checked here
+    start: object = None  # its StartVertex once the pre-pass computed it (write phase reads it)
 
 
 def raw_parameters(config: MergeConfiguration) -> dict:
@@ -177,10 +180,14 @@ def check_recipe(
         check_model_path(ref, "model")
     check_compatible(base, candidates)
     adapters = load_adapters(settings, base, candidates)  # [] without parameters.adapters
+    init_config = start_config(settings, base, candidates, config.dtype)
     base_config = load_base_config(base, trust_remote_code)
     objective = make_objective(settings.objective, getattr(base_config, "architectures", None))
     if not with_calibration:
-        return Recipe(settings, base, candidates, None, None, objective, adapters=adapters)
+        return Recipe(
+            settings, base, candidates, None, None, objective, adapters=adapters,
+            init_config=init_config,
+        )  # fmt: skip
     tokenizer = load_tokenizer(base, trust_remote_code)
     sequence = objective.sequence_level
     calibration = load_calibration(
@@ -196,4 +203,7 @@ def check_recipe(
             f"{settings.calibration} has one task; use a manifest with several tasks, or "
             "`select: topk`."
         )
-    return Recipe(settings, base, candidates, tokenizer, calibration, objective, adapters=adapters)
+    return Recipe(
+        settings, base, candidates, tokenizer, calibration, objective, adapters=adapters,
+        init_config=init_config,
+    )  # fmt: skip

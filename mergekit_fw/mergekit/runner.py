@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,11 +29,15 @@ from mergekit.options import MergeOptions
 from mergekit_fw.data.batches import make_batches
 from mergekit_fw.fw.loop import build_slots
 from mergekit_fw.fw.soft_task_vectors import loop_class
+from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
+from mergekit_fw.mergekit.start import compute_start_vertex, start_config, start_id
 from mergekit_fw.plan import PLAN_FILE, FWPlan
+from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
+from mergekit_fw.pool.start_vertex import StartedPool
 from mergekit_fw.pool.vertices import VertexPool
 
 LOG = logging.getLogger("mergekit_fw")
@@ -79,19 +84,69 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
+    task_names = [t.name for t in recipe.calibration.tasks]
+    start_row, init_table = None, []
+    if settings.init_kind != "builtin":  # a mergekit start, or init: auto
+        pool, start_row, init_table = build_start(
+            recipe, options, model, slots, pool, objective, batches, task_names, device, dtype
+        )
     loop = loop_class(settings)  # hard | soft over the hull | soft over box / simplex
     runner = loop(
-        model, slots, pool, objective, batches,
-        [t.name for t in recipe.calibration.tasks], settings, quiet=options.quiet,
+        model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
     )  # fmt: skip
+    runner.start_row = start_row
     plan = runner.run()
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     plan.distances, plan.excluded = recipe.distances, recipe.excluded
+    plan.init_table = init_table
+    if recipe.start is not None:
+        plan.start = {
+            "id": recipe.start.id,
+            "label": recipe.start.label,
+            "recipe": recipe.start.recipe,
+        }
     del runner, slots, model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return plan
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):
+    """The start of a mergekit / auto run: (pool with the start vertex, start row, table).
+
+    The start vertex is kept in memory (pool/start_vertex.py) and on `recipe.start`, so the
+    write phase streams the same tensors; no copy of it is written to disk.
+    """
+    started = time.perf_counter()
+    table: list[dict] = []
+    if recipe.settings.init_kind == "auto":
+        vertex, row, table = choose_start(
+            recipe, options, model, slots, pool, objective, batches, task_names, device
+        )
+    else:  # re-derived over the current candidates (a screen may have removed some)
+        config = start_config(recipe.settings, recipe.base, recipe.candidates, dtype_name(dtype))
+        vertex = compute_start_vertex(
+            config, options, slots, start_id(recipe.settings),
+            "init_" + config.merge_method, device, dtype,
+        )  # fmt: skip
+        row = None
+    if vertex is None:
+        return pool, row, table
+    vertex.label = unique_labels(pool.labels, [vertex.label])[0]
+    recipe.start = vertex
+    started_pool = StartedPool(pool, vertex)
+    if row is None:
+        row = [0.0] * len(pool) + [1.0]
+    LOG.info(
+        "start %s: %.1f MiB in memory, %.1f s",
+        vertex.id, vertex.nbytes() / 2**20, time.perf_counter() - started,
+    )  # fmt: skip
+    return started_pool, row, table
 
 
 def checked_recipe(config: MergeConfiguration, options: MergeOptions) -> Recipe:
@@ -109,9 +164,10 @@ def vertex_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOption
     """[base, candidates, adapters] on the math device in the merge dtype (headers only;
     nothing is read yet): for the pre-pass, and again for the write phase."""
     dtype = dtype_from_name(config.dtype) or torch.float32
-    return VertexPool(
+    pool = VertexPool(
         [recipe.base, *recipe.candidates], math_device(options), dtype, adapters=recipe.adapters
     )
+    return pool if recipe.start is None else StartedPool(pool, recipe.start)
 
 
 def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> None:
@@ -120,6 +176,16 @@ def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> 
     out = Path(out_path)
     if plan.adapters:  # a mergekit `linear` recipe cannot express adapter vertices
         LOG.info("No %s: the plan has LoRA adapter vertices", LINEAR_RECIPE_FILE)
+    elif plan.settings.get("merge_fn", "linear") != "linear":  # nor a non-linear step
+        LOG.info(
+            "No %s: merge_fn %s is not linear in the vertices",
+            LINEAR_RECIPE_FILE,
+            plan.settings["merge_fn"],
+        )
+    elif plan.start:  # nor a start vertex that only existed in memory
+        LOG.info(
+            "No %s: the plan has a mergekit start vertex (%s)", LINEAR_RECIPE_FILE, plan.start["id"]
+        )
     else:
         with open(out / LINEAR_RECIPE_FILE, "w", encoding="utf-8") as handle:
             yaml.safe_dump(plan.linear_recipe(config.dtype), handle, sort_keys=False)

@@ -19,6 +19,7 @@ import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import GatherTensors
 
+from mergekit_fw.fw.replay import replay_tensor
 from mergekit_fw.pool.lora_math import add_delta_
 
 _lock = threading.Lock()
@@ -32,7 +33,7 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
     and its s B A is added in place (pool/lora_math.add_delta_).
     """
     dense = len(pool.refs)
-    base_c = coefficients[0] + sum(coefficients[dense:])
+    base_c = coefficients[0] + sum(coefficients[dense : dense + len(pool.adapters)])
     work = torch.float64 if pool.dtype == torch.float64 else torch.float32
     out = pool.stored(0, name).to(device=pool.device, dtype=work) * base_c  # a new tensor
     for k in range(1, dense):
@@ -42,6 +43,10 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
             del x
     for j, adapter in enumerate(pool.adapters):
         add_delta_(adapter, out, name, alpha=coefficients[dense + j])
+    # start vertices (pool/start_vertex.py: a mergekit start held in memory) come last
+    for j, start in enumerate(getattr(pool, "starts", ()), start=dense + len(pool.adapters)):
+        if coefficients[j] != 0.0:
+            out.add_(start.get(name).to(device=pool.device), alpha=coefficients[j])
     return out.to(pool.dtype)
 
 
@@ -86,6 +91,8 @@ class StreamedGather(GatherTensors):
         row = plan.coefficients_for(wi.name)
         if row is None:  # not optimised (a buffer, a stored constant): the base's, as stored
             return {base: pool.stored(0, name)}
+        if plan.settings.get("merge_fn", "linear") != "linear":  # ties / dare: not linear
+            return {base: replay_tensor(pool, plan, wi.name)}
         return {base: combine(pool, row, name)}
 
 

@@ -112,6 +112,25 @@ def evaluation_lines(evaluation: dict | None) -> list[str]:
     ]
 
 
+def init_table_lines(plan: FWPlan) -> list[str]:
+    """init: auto: every data-free start it tried and its calibration loss."""
+    table = getattr(plan, "init_table", None)
+    if not table:
+        return []
+    lines = [
+        "",
+        "### Start (init: auto)",
+        "",
+        "| start | calibration loss | chosen |",
+        "|---|---|---|",
+    ]
+    for entry in table:
+        lines.append(
+            f"| {entry['start']} | {entry['loss']:.4f} | {'yes' if entry['chosen'] else ''} |"
+        )
+    return lines
+
+
 def _what_it_is(plan: FWPlan) -> str:
     """Dense merges have a linear-recipe twin; adapter vertices and factor merges do not."""
     where = f"the coefficients and the whole trajectory are in the plan, `{PLAN_FILE}`"
@@ -119,6 +138,18 @@ def _what_it_is(plan: FWPlan) -> str:
         return (
             "This folder is a PEFT LoRA adapter: each of its LoRA factors is a linear "
             f"combination of the candidate adapters' factors; {where}."
+        )
+    if plan.settings.get("merge_fn", "linear") != "linear":
+        return (
+            f"Each step applied a `{plan.settings['merge_fn']}` merge function to the direction, "
+            f"which is not linear in the candidates; {where}, and the writer replays it per "
+            "tensor. There is no `fw_linear.yaml`: no `linear` recipe gives this merge."
+        )
+    if getattr(plan, "start", None):
+        return (
+            "Every tensor of this model is a combination of the base, the candidates and the "
+            f"mergekit start `{plan.start['id']}` (computed by mergekit, kept in memory); {where}. "
+            "There is no `fw_linear.yaml`: a mergekit `linear` recipe cannot name the start."
         )
     if getattr(plan, "adapters", None):
         return (
@@ -177,6 +208,7 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
     totals = sorted(plan.total_coefficients().items(), key=lambda kv: -kv[1])
     lines += [f"- {label}: {value:.3f}" for label, value in totals]
     lines += task_preference_lines(plan)
+    lines += init_table_lines(plan)
     lines += evaluation_lines(evaluation)
     return "\n".join(lines) + "\n"
 

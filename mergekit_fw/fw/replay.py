@@ -1,0 +1,77 @@
+"""The write phase of a non-linear merge function: replay the trajectory, one tensor at a time.
+
+With `merge_fn: ties | dare` the iterate is not sum_k c_k v_k, so the write phase
+recomputes each tensor from the plan: the start, then per iteration the recorded pick's
+direction d = s - theta, the same mask (fw/merge_fns.py), and the same in-place moves
+theta += delta * d the pre-pass made (line-search probes included, in order). Each step is
+elementwise in that tensor, so the bytes equal the pre-pass's last iterate. Memory: theta,
+d and one vertex tensor of one tensor; each iteration reads one vertex tensor.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from mergekit_fw.fw.constraints import Vertex, make_constraint
+from mergekit_fw.fw.merge_fns import apply_merge_fn_
+from mergekit_fw.fw.oracles import ZERO
+from mergekit_fw.plan import FWPlan
+
+
+def start_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
+    """theta_0 of one tensor, by the same operations as the loop's start."""
+    s = plan.settings
+    x = pool.tensor(0, name).clone()
+    if plan.start_row is not None:  # FrankWolfe.init_combination
+        x.zero_()
+        for k, c in enumerate(plan.start_row):
+            if c != 0.0:
+                x.add_(pool.tensor(k, name), alpha=c)
+    elif s.get("init") == "task_arithmetic":  # FrankWolfe.init_task_arithmetic
+        lam, n = s["init_scale"], len(pool) - 1
+        x.mul_(1.0 - n * lam)
+        for k in range(1, len(pool)):
+            x.add_(pool.tensor(k, name), alpha=lam)
+    return x
+
+
+SETTING_DEFAULTS = {"constraint": "hull", "scale": 1.0, "zero_vertex": False, "lmo": "inner"}
+
+
+def recorded_vertex(pick: str, index: dict[str, int], constraint) -> Vertex:
+    """The LMO's vertex of one tensor from its recorded pick ("a+b" on the box)."""
+    n = len(index)
+    if constraint.name == "hull":
+        k = ZERO if pick == "zero" else index[pick]
+        rows = torch.zeros(1, n, dtype=torch.float64)
+        if k != ZERO:
+            rows[0, k] = 1.0
+        return Vertex(rows, [[k]])
+    members = sorted(k for k in (index[p] for p in pick.split("+")) if k != 0)
+    rows = torch.zeros(1, n, dtype=torch.float64)
+    rows[0, members] = constraint.scale
+    rows[0, 0] = 1.0 - constraint.scale * len(members)
+    return Vertex(rows, [members])
+
+
+@torch.no_grad()
+def replay_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
+    """The pre-pass's last iterate of tensor `name` (a tied alias resolves to its primary)."""
+    primary = plan.aliases.get(name, name)
+    s = plan.settings
+    index = {label: k for k, label in enumerate(plan.labels)}
+    x = start_tensor(pool, plan, primary)
+    constraint = make_constraint(SimpleNamespace(**{**SETTING_DEFAULTS, **s}))
+    for record in plan.iterations:
+        if not record.moves:
+            continue
+        d = torch.empty_like(x)
+        vertex = recorded_vertex(record.picks[primary], index, constraint)
+        constraint.direction_(pool, 0, primary, vertex, x, d)
+        apply_merge_fn_(d, s["merge_fn"], s["merge_density"], s["seed"], record.t, primary)
+        for delta in record.moves:
+            x.add_(d, alpha=delta)
+        del d
+    return x
