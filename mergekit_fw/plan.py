@@ -53,6 +53,9 @@ class FWPlan(BaseModel):
     seconds: float = 0.0
     # LoRA adapter vertices (adapters.py): entry of `models` ("adapter:<folder>") -> folder
     adapters: dict[str, str] = Field(default_factory=dict)
+    # the inputs it was computed from (mergekit/resume.py run_fingerprint): a saved plan is
+    # applied only to a recipe whose inputs still fingerprint the same
+    fingerprint: dict[str, Any] = Field(default_factory=dict)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);

@@ -12,11 +12,14 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw import state as loop_state
+from mergekit_fw.fw.finite import check_loss, check_scores, check_vertex
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
@@ -80,6 +83,15 @@ class FrankWolfe:
         self.coefficients = torch.zeros(len(slots), n, dtype=torch.float64)
         self.coefficients[:, 0] = 1.0
         self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
+        # resume hooks (mergekit/resume.py): called after every finished iteration with the
+        # records so far and the stop reason; a saved state to continue from
+        self.on_iteration: Callable[[FrankWolfe, list[IterationRecord], str | None], None] | None
+        self.on_iteration = None
+        self.resume_state: loop_state.LoopState | None = None
+
+    def start_from(self, state: loop_state.LoopState) -> None:
+        """Continue from a saved state instead of theta_0 (run() restores it)."""
+        self.resume_state = state
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -99,7 +111,10 @@ class FrankWolfe:
         for slot in self._bar(self.slots, "task-arithmetic start"):
             slot.param.mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
-                slot.param.add_(self.pool.tensor(k, slot.name), alpha=lam)
+                vertex = self.pool.tensor(k, slot.name)
+                check_vertex(vertex, self.pool.labels[k], slot.name)
+                slot.param.add_(vertex, alpha=lam)
+                del vertex  # one vertex tensor alive at a time
         self.coefficients[:, 0] = 1.0 - n * lam
         self.coefficients[:, 1:] = lam
 
@@ -114,6 +129,7 @@ class FrankWolfe:
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
             scores = score_tensor(self.pool, slot.name, slot.param.grad, slot.param, need_norms)
+            check_scores(scores, slot.name, self.pool.labels, need_norms)
             dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
             if need_norms:
                 norms[i] = torch.tensor([float(x) for x in scores.norms], dtype=torch.float64)
@@ -172,6 +188,7 @@ class FrankWolfe:
         # 1. gradient at the current merge
         self.model.zero_grad(set_to_none=False)
         report = self.loss(grad=True, desc=f"gradient t={t}")
+        check_loss(report, t)
         # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
         table = self.score_pass()
         picks = self.oracle(self.score(table), self.settings.zero_vertex)
@@ -215,20 +232,27 @@ class FrankWolfe:
         self.model.eval()  # deterministic gradients: no dropout
         for slot in self.slots:
             slot.param.requires_grad_(True)
-        if s.init == "task_arithmetic":
-            self.init_task_arithmetic()
         history: list[IterationRecord] = []
-        stopped = "budget"
-        for t in range(s.iterations):
+        stopped, first, stop = "budget", 0, None
+        if self.resume_state is not None:
+            loop_state.restore(self, self.resume_state)
+            history, stop = list(self.resume_state.history), self.resume_state.stopped
+            first, stopped = self.resume_state.next_t, stop or stopped
+        elif s.init == "task_arithmetic":
+            self.init_task_arithmetic()
+        for t in range(first, s.iterations if stop is None else first):
             record, stop = self.iteration(t)
             history.append(record)
             self._log(record)
+            if self.on_iteration is not None:
+                self.on_iteration(self, history, stop)
             if stop:
                 stopped = stop
                 break
         preferences = self.task_preferences() if len(self.task_names) > 1 else {}
         self.model.zero_grad(set_to_none=True)
         final = self.loss(grad=False, desc="final loss")
+        check_loss(final, len(history), "final")
         if not self.quiet:
             LOG.info("final calibration loss %.5f", final.total)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)

@@ -42,6 +42,15 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
             del x
     for j, adapter in enumerate(pool.adapters):
         add_delta_(adapter, out, name, alpha=coefficients[dense + j])
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        from mergekit_fw.fw.finite import NonFiniteError
+
+        used = [pool.labels[k] for k, c in enumerate(coefficients) if c != 0.0]
+        raise NonFiniteError(
+            f"The merged tensor {name} has NaN or Inf values (from {', '.join(used)}); the "
+            "output is incomplete (no fw_plan.json). Check the candidates with a full run "
+            "(its first LMO pass names the tensor) or repair the checkpoint."
+        )
     return out.to(pool.dtype)
 
 
