@@ -124,7 +124,7 @@ def test_fuzzed_recipes_fail_cleanly_or_validate(data, zoo, tmp_path):
         assert_clean_failure(checked, out, f"check {recipe}")
     with mock.patch.object(mergekit_fw.fw.loop.FrankWolfe, "run", side_effect=Reached):
         ran = outcome(["run", str(path), str(out)])
-    if isinstance(ran.exception, Reached):
+    if isinstance(ran.exception, Reached) or ran.exit_code == 0:  # e.g. merge_method: linear
         shutil.rmtree(out, ignore_errors=True)
         return
     assert ran.exception is None or isinstance(ran.exception, SystemExit), (

@@ -238,12 +238,12 @@ def test_a_kill_during_the_write_leaves_no_fw_plan(zoo, tmp_path, monkeypatch):
 def test_a_kill_inside_mergekit_leaves_no_fw_plan(zoo, tmp_path, monkeypatch):
     recipe = recipe_for(zoo, tmp_path / "fw.yaml", iterations=2)
     out = tmp_path / "out"
-    from mergekit.io.tasks import SaveTensors
+    from mergekit.io.tasks import SaveTensor
 
     def die(self, *args, **kwargs):
         raise Killed("killed while mergekit writes tensors")
 
-    monkeypatch.setattr(SaveTensors, "execute", die)
+    monkeypatch.setattr(SaveTensor, "execute", die)
     with pytest.raises(Killed):
         run(recipe, out)
     assert not (out / PLAN_FILE).exists()
@@ -258,7 +258,7 @@ def test_a_full_disk_is_one_clear_error(zoo, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "model.safetensors"))
 
-    monkeypatch.setattr("mergekit.io.tensor_writer.TensorWriter.flush_current_shard", full)
+    monkeypatch.setattr("mergekit.io.tensor_writer.TensorWriter._write_shard_task", full)
     with pytest.raises(FWConfigError, match=r"No space left on device.*incomplete \(no fw_plan"):
         run(recipe, out)
     assert not (out / PLAN_FILE).exists()
@@ -279,11 +279,14 @@ def test_a_full_disk_while_saving_state_is_one_clear_error(zoo, tmp_path, monkey
 def test_a_read_only_output_is_refused_before_the_pre_pass(zoo, tmp_path, monkeypatch):
     import errno
 
-    def read_only(self, *args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(self))
+    class ReadOnly(type(Path())):
+        def mkdir(self, *args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    import mergekit_fw.mergekit.resume as resume
 
     monkeypatch.setattr(mergekit_fw.fw.loop.FrankWolfe, "run", lambda self: 1 / 0)
-    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(resume, "state_folder", lambda out: ReadOnly(str(out) + ".fw-state"))
     with pytest.raises(FWConfigError, match=r"Cannot write next to the output.*Read-only"):
         run(recipe_for(zoo, tmp_path / "fw.yaml", iterations=2), tmp_path / "out")
 

@@ -6,6 +6,7 @@ mode (editable installs drop the .pth hook).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -62,17 +63,15 @@ def _fw_run_args(args: list[str]) -> tuple[list[str], bool, str | None]:
 
 
 def _precheck(args: list[str]) -> None:
-    """A frank_wolfe recipe mergekit cannot parse: one line, not mergekit's traceback."""
+    """A recipe mergekit cannot parse: one line, not mergekit-yaml's traceback."""
     from mergekit.scripts.run_yaml import main as run_yaml
 
     try:
         context = run_yaml.make_context("mergekit-fw run", list(args), resilient_parsing=True)
         path = context.params.get("config_file")
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
     except Exception:
-        return  # mergekit-yaml reports its own usage and file errors
-    if isinstance(raw, dict) and raw.get("merge_method") == "frank_wolfe":
+        return  # mergekit-yaml reports its own usage errors
+    if isinstance(path, str) and os.path.isfile(path):
         _load_config(path)
 
 
