@@ -129,3 +129,16 @@ def test_other_recipes_pass_through_untouched(zoo, tmp_path):
         tmp_path / "without" / "model.safetensors"
     ).read_bytes()
     assert not (tmp_path / "with" / "fw_plan.json").exists()
+
+
+def test_stock_help_is_byte_identical_with_and_without_mergekit_fw():
+    import os
+
+    exe = str(Path(sys.executable).with_name("mergekit-yaml"))
+    outputs = [
+        subprocess.run(
+            [exe, "--help"], capture_output=True, env={**os.environ, **env}, timeout=300
+        ).stdout
+        for env in ({}, {"MERGEKIT_FW_DISABLE": "1"})
+    ]
+    assert outputs[0] and outputs[0] == outputs[1]
