@@ -2,8 +2,9 @@
 
 mergekit 0.1.5 has no plugin discovery, so `mergekit_fw.pth` imports this module at
 interpreter start. It must stay import-light (no torch, no mergekit): it only waits for
-mergekit's own modules to finish importing, then lets mergekit_fw register its method
-(`mergekit.merge_methods`) and wrap `run_merge` (`mergekit.merge`).
+mergekit's own modules to finish importing, then lets mergekit_fw wrap `run_merge`
+(`mergekit.merge`). The wrapper registers `frank_wolfe` with mergekit's method registry for
+the duration of a frank_wolfe run only (mergekit_fw/mergekit/method.py, `registered`).
 
 Set MERGEKIT_FW_DISABLE=1 to switch the automatic hook off.
 """
@@ -15,7 +16,6 @@ import sys
 
 # module name -> dotted path of the function to call once that module has executed
 _TARGETS = {
-    "mergekit.merge_methods": "mergekit_fw.mergekit.method:register",
     "mergekit.merge": "mergekit_fw.mergekit.runner:patch_run_merge",
 }
 

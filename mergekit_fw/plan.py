@@ -74,6 +74,9 @@ class FWPlan(BaseModel):
     init_table: list[dict[str, Any]] = Field(default_factory=list)
     # the first iterate as coefficients over `models`, when the host gave one (fw/replay.py)
     start_row: list[float] | None = None
+    # the inputs it was computed from (mergekit/resume.py run_fingerprint): a saved plan is
+    # applied only to a recipe whose inputs still fingerprint the same
+    fingerprint: dict[str, Any] = Field(default_factory=dict)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);

@@ -110,6 +110,12 @@ class FWSettings(BaseModel):
         "tensor", description="soft: one coefficient per tensor and vertex | per vertex"
     )
     inner_steps: int = Field(20, ge=1, le=10_000, description="soft: coefficient-fit steps")
+    plan: str | None = Field(
+        None,
+        min_length=1,
+        description="fw_plan.json of an earlier run or of `mergekit-fw plan`: write from it "
+        "(no calibration data, no gradients) if its input fingerprint matches this recipe",
+    )
     inner_lr: float | None = Field(
         None,
         gt=0.0,

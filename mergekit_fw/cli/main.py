@@ -6,6 +6,7 @@ mode (editable installs drop the .pth hook).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -13,6 +14,20 @@ import yaml
 
 import mergekit_fw  # noqa: F401  (registers the method and the run_merge wrapper)
 from mergekit_fw.settings import FWConfigError
+
+
+def _one_line(error: Exception) -> str:
+    """A validation or YAML error as one readable line (pydantic's are several)."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        problems = [
+            f"{'.'.join(str(p) for p in item['loc']) or 'recipe'}: {item['msg']}"
+            for item in error.errors()[:3]
+        ]
+        more = error.error_count() - len(problems)
+        return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _load_config(path: str):
@@ -24,7 +39,40 @@ def _load_config(path: str):
     except FileNotFoundError:
         raise click.ClickException(f"No such recipe: {path}") from None
     except Exception as error:
-        raise click.ClickException(f"{path} is not a valid mergekit recipe: {error}") from None
+        raise click.ClickException(
+            f"{path} is not a valid mergekit recipe: {_one_line(error)}"
+        ) from None
+
+
+def _fw_run_args(args: list[str]) -> tuple[list[str], bool, str | None]:
+    """Take mergekit-fw's own `--no-resume` and `--plan PLAN` out of mergekit-yaml's args."""
+    rest, resume, plan = [], True, None
+    items = iter(args)
+    for arg in items:
+        if arg == "--no-resume":
+            resume = False
+        elif arg == "--plan":
+            plan = next(items, None)
+            if not plan:
+                raise click.UsageError("--plan needs a plan file (mergekit-fw plan CONFIG -o PLAN)")
+        elif arg.startswith("--plan="):
+            plan = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, resume, plan
+
+
+def _precheck(args: list[str]) -> None:
+    """A recipe mergekit cannot parse: one line, not mergekit-yaml's traceback."""
+    from mergekit.scripts.run_yaml import main as run_yaml
+
+    try:
+        context = run_yaml.make_context("mergekit-fw run", list(args), resilient_parsing=True)
+        path = context.params.get("config_file")
+    except Exception:
+        return  # mergekit-yaml reports its own usage errors
+    if isinstance(path, str) and os.path.isfile(path):
+        _load_config(path)
 
 
 @click.group()
@@ -39,11 +87,47 @@ def main() -> None:
 )
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """mergekit-yaml CONFIG OUT [mergekit-yaml options], with frank_wolfe available."""
+    """mergekit-yaml CONFIG OUT [mergekit-yaml options] [--no-resume] [--plan PLAN], with
+    frank_wolfe available. --no-resume: ignore a saved pre-pass state; --plan: write from a
+    saved plan (mergekit-fw plan), no calibration data or gradients."""
     import mergekit.merge  # noqa: F401  (installs the run_merge wrapper via the hook)
     from mergekit.scripts.run_yaml import main as run_yaml
 
-    run_yaml.main(args=list(ctx.args), prog_name="mergekit-fw run")
+    from mergekit_fw.mergekit.resume import requested
+
+    args, resume, plan = _fw_run_args(list(ctx.args))
+    if "--help" not in args:
+        _precheck(args)
+    with requested(resume=resume, plan=plan):
+        run_yaml.main(args=args, prog_name="mergekit-fw run")
+
+
+@main.command(name="plan")
+@click.argument("config_file")
+@click.option("-o", "--output", required=True, help="Where to write the plan (JSON).")
+@click.option("--device", default=None, help="Math device of the pre-pass (cpu, cuda, auto).")
+@click.option("--no-resume", is_flag=True, help="Ignore a saved pre-pass state; start over.")
+@click.option("--trust-remote-code", is_flag=True, help="Passed to transformers.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def plan_command(
+    config_file: str, output: str, device: str | None, no_resume: bool,
+    trust_remote_code: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Run the pre-pass only and save the plan (coefficients + input fingerprint); write it
+    later with `mergekit-fw run CONFIG OUT --plan PLAN`."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_fw.mergekit.resume import requested
+    from mergekit_fw.mergekit.runner import plan_only
+
+    config = _load_config(config_file)
+    options = MergeOptions(device=device, trust_remote_code=trust_remote_code, quiet=quiet)
+    with requested(resume=not no_resume):
+        plan = plan_only(config, output, options)
+    click.echo(
+        f"Plan written to {output}: {len(plan.iterations)} iterations, final loss "
+        f"{plan.final_loss:.5f} ({plan.stopped})"
+    )
 
 
 @main.command()

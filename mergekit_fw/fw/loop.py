@@ -12,13 +12,16 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw import state as loop_state
 from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
 from mergekit_fw.fw.constraints import Vertex, make_constraint
+from mergekit_fw.fw.finite import check_loss, check_scores, check_vertex
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
@@ -89,6 +92,15 @@ class FrankWolfe:
         self.start_row: list[float] | None = None
         self._moves: list[float] | None = None  # the current iteration's moves of theta
         self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
+        # resume hooks (mergekit/resume.py): called after every finished iteration with the
+        # records so far and the stop reason; a saved state to continue from
+        self.on_iteration: Callable[[FrankWolfe, list[IterationRecord], str | None], None] | None
+        self.on_iteration = None
+        self.resume_state: loop_state.LoopState | None = None
+
+    def start_from(self, state: loop_state.LoopState) -> None:
+        """Continue from a saved state instead of theta_0 (run() restores it)."""
+        self.resume_state = state
 
     # -- helpers -------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str) -> LossReport:
@@ -111,7 +123,10 @@ class FrankWolfe:
         for slot in self._bar(self.slots, "task-arithmetic start"):
             slot.param.mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
-                slot.param.add_(self.pool.tensor(k, slot.name), alpha=lam)
+                vertex = self.pool.tensor(k, slot.name)
+                check_vertex(vertex, self.pool.labels[k], slot.name)
+                slot.param.add_(vertex, alpha=lam)
+                del vertex  # one vertex tensor alive at a time
         self.coefficients[:, 0] = 1.0 - n * lam
         self.coefficients[:, 1:] = lam
 
@@ -136,6 +151,7 @@ class FrankWolfe:
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
             scores = score_tensor(self.pool, slot.name, slot.param.grad, slot.param, need_norms)
+            check_scores(scores, slot.name, self.pool.labels, need_norms)
             dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
             if need_norms:
                 norms[i] = torch.tensor([float(x) for x in scores.norms], dtype=torch.float64)
@@ -214,6 +230,7 @@ class FrankWolfe:
         # 1. gradient at the current merge
         self.model.zero_grad(set_to_none=False)
         report = self.loss(grad=True, desc=f"gradient t={t}")
+        check_loss(report, t)
         # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
         table = self.score_pass()
         vertex = self.constraint.lmo(table)
@@ -277,22 +294,29 @@ class FrankWolfe:
         self.model.eval()  # deterministic gradients: no dropout
         for slot in self.slots:
             slot.param.requires_grad_(True)
-        if self.start_row is not None:
+        history: list[IterationRecord] = []
+        stopped, first, stop = "budget", 0, None
+        if self.resume_state is not None:
+            loop_state.restore(self, self.resume_state)
+            history, stop = list(self.resume_state.history), self.resume_state.stopped
+            first, stopped = self.resume_state.next_t, stop or stopped
+        elif self.start_row is not None:
             self.init_combination(self.start_row)
         elif s.init == "task_arithmetic":
             self.init_task_arithmetic()
-        history: list[IterationRecord] = []
-        stopped = "budget"
-        for t in range(s.iterations):
+        for t in range(first, s.iterations if stop is None else first):
             record, stop = self.iteration(t)
             history.append(record)
             self._log(record)
+            if self.on_iteration is not None:
+                self.on_iteration(self, history, stop)
             if stop:
                 stopped = stop
                 break
         preferences = self.task_preferences() if len(self.task_names) > 1 else {}
         self.model.zero_grad(set_to_none=True)
         final = self.loss(grad=False, desc="final loss")
+        check_loss(final, len(history), "final")
         if not self.quiet:
             LOG.info("final calibration loss %.5f", final.total)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from mergekit_fw.fw.constraints import Hull, Vertex
+from mergekit_fw.fw.finite import check_loss
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.objectives import LossReport
 from mergekit_fw.fw.oracles import ScoreTable
@@ -127,6 +128,7 @@ class SoftFrankWolfe(FrankWolfe):
         if s.select == "topk":
             self.model.zero_grad(set_to_none=False)
             report = self.loss(grad=True, desc=f"gradient t={t}")
+            check_loss(report, t)
             table = self.score_pass()
             return report, table, topk_vertices(self.score(table), s.topk, per_tensor), {}
         # per_task: each task's own gradient picks a vertex no earlier task picked
@@ -136,6 +138,7 @@ class SoftFrankWolfe(FrankWolfe):
         report = LossReport(total=0.0, per_task={})
         for index, name in enumerate(self.task_names):
             part = self.task_gradient(index, desc=f"gradient t={t} task {name}")
+            check_loss(part, t)
             report.total += part.total
             report.per_task[name] = part.per_task[name]
             if len(chosen) >= self.selectable():

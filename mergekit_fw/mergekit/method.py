@@ -5,10 +5,15 @@ turned the FW run into per-tensor coefficients over [base, candidates], and the 
 phase's gather task (streaming.py) streams the vertices into sum_k c_k theta_k, so the
 kernel returns that tensor; mergekit's executor schedules, casts and writes it. The
 options are declared as mergekit parameters, derived from FWSettings, so mergekit's own
-validation agrees with ours.
+validation agrees with ours. The method is registered only while a frank_wolfe run plans and
+writes (`registered`), so mergekit's own enumerations of its methods never see it.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from mergekit.merge_methods import registry
@@ -72,11 +77,37 @@ class FrankWolfeMerge(GroupMergeMethod):
         return group.base.tensor
 
 
-def register() -> None:
-    """Idempotent: called by the import hook and by `import mergekit_fw`."""
+def register() -> bool:
+    """Add frank_wolfe to mergekit's registry (idempotent); True if this call added it."""
     names = {m.spec.name for m in registry.registered_methods()}
     if METHOD_NAME not in names:
         registry.register(FrankWolfeMerge())
+        return True
+    return False
 
 
-register()
+_users = 0
+_added = False
+_lock = threading.Lock()
+
+
+@contextmanager
+def registered() -> Iterator[None]:
+    """frank_wolfe is in mergekit's registry only while a frank_wolfe recipe is planned and
+    written (runner.run_fw_merge). mergekit enumerates its registry and expects every method
+    there to merge plain state dicts (`merge_state_dicts`, its test suite), which FW cannot
+    do without calibration data and a model; outside a run it is therefore not listed.
+    mergekit has no unregister, so this removes the entry from its (0.1.5) registry dict."""
+    global _users, _added
+    with _lock:
+        if _users == 0:
+            _added = register()
+        _users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0 and _added:
+                registry._METHODS.pop(METHOD_NAME, None)
+                _added = False

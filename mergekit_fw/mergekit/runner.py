@@ -33,12 +33,14 @@ from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
+from mergekit_fw.mergekit.resume import run_fingerprint
 from mergekit_fw.mergekit.start import compute_start_vertex, start_config, start_id
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
 from mergekit_fw.pool.start_vertex import StartedPool
 from mergekit_fw.pool.vertices import VertexPool
+from mergekit_fw.settings import FWConfigError
 
 LOG = logging.getLogger("mergekit_fw")
 LINEAR_RECIPE_FILE = "fw_linear.yaml"
@@ -51,8 +53,13 @@ def math_device(options: MergeOptions) -> torch.device:
     return torch.device(name)
 
 
-def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> FWPlan:
-    """The FW pre-pass: build the base model on the math device and run the loop."""
+def compute_plan(
+    recipe: Recipe, config: MergeConfiguration, options: MergeOptions, checkpoint=None
+) -> FWPlan:
+    """The FW pre-pass: build the base model on the math device and run the loop.
+
+    `checkpoint` (resume.Checkpointer): save the state after every iteration, resume a saved one.
+    """
     settings = recipe.settings
     device = math_device(options)
     dtype = dtype_from_name(config.dtype) or torch.float32
@@ -95,6 +102,8 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
     )  # fmt: skip
     runner.start_row = start_row
+    if checkpoint is not None:
+        checkpoint.attach(runner)
     plan = runner.run()
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     plan.distances, plan.excluded = recipe.distances, recipe.excluded
@@ -149,9 +158,13 @@ def build_start(recipe, options, model, slots, pool, objective, batches, task_na
     return started_pool, row, table
 
 
-def checked_recipe(config: MergeConfiguration, options: MergeOptions) -> Recipe:
+def checked_recipe(
+    config: MergeConfiguration, options: MergeOptions, with_calibration: bool = True
+) -> Recipe:
     """Recipe checks, then the foreign-candidate screen (reads weights, takes no gradient)."""
-    recipe = check_recipe(config, trust_remote_code=options.trust_remote_code)
+    recipe = check_recipe(
+        config, trust_remote_code=options.trust_remote_code, with_calibration=with_calibration
+    )
     LoaderCache().setup(options)  # `model@lora` candidates resolve as mergekit would
     return screen_foreign(recipe)
 
@@ -203,33 +216,80 @@ def run_fw_merge(
     config_source: str | None = None,
     run_merge=None,
 ) -> FWPlan:
-    """Check, pre-pass, stock mergekit write, FW artifacts."""
+    """Check, pre-pass (resumable) or saved plan, stock mergekit write, FW artifacts."""
+    from mergekit_fw.mergekit.method import registered
+    from mergekit_fw.mergekit.resume import Checkpointer, OutputGuard, current_request
+    from mergekit_fw.mergekit.saved_plan import load_matching_plan, plan_file_of
+
+    request = current_request()
+    plan_file = request.plan or plan_file_of(config)
+    if options.random_seed is not None:
+        import transformers
+
+        transformers.trainer_utils.set_seed(options.random_seed)
+    recipe = checked_recipe(config, options, with_calibration=plan_file is None)
+    with OutputGuard(out_path) as guard, registered():
+        stale = Path(out_path) / PLAN_FILE
+        if stale.exists():
+            stale.unlink()
+        if plan_file is not None:  # no data, no gradients
+            ids = vertex_pool(recipe, config, options).ids
+            plan = load_matching_plan(plan_file, recipe, config, math_device(options), ids)
+        else:
+            fingerprint = run_fingerprint(recipe, config, math_device(options))
+            checkpoint = Checkpointer(guard.folder, fingerprint, resume=request.resume)
+            plan = compute_plan(recipe, config, options, checkpoint)
+            plan.fingerprint = fingerprint
+        write_merge(plan, recipe, config, out_path, options, config_source, run_merge)
+    LOG.info(
+        "Frank-Wolfe merge written to %s (plan: %s)", out_path, os.path.join(out_path, PLAN_FILE)
+    )
+    return plan
+
+
+def plan_only(config: MergeConfiguration, plan_path: str, options: MergeOptions) -> FWPlan:
+    """`mergekit-fw plan`: the pre-pass only, resumable (its state beside the plan file)."""
+    from mergekit_fw.mergekit.resume import Checkpointer, OutputGuard, current_request
+
+    recipe = checked_recipe(config, options)
+    with OutputGuard(plan_path, folder=False) as guard:
+        fingerprint = run_fingerprint(recipe, config, math_device(options))
+        checkpoint = Checkpointer(guard.folder, fingerprint, resume=current_request().resume)
+        plan = compute_plan(recipe, config, options, checkpoint)
+        plan.fingerprint = fingerprint
+        try:
+            partial = Path(f"{plan_path}.partial")
+            plan.save(partial)
+            partial.replace(plan_path)
+        except OSError as error:
+            raise FWConfigError(f"Writing the plan to {plan_path} failed: {error}") from None
+    return plan
+
+
+def write_merge(plan, recipe, config, out_path, options, config_source, run_merge=None) -> None:
+    """The write phase; fw_plan.json last. A failed write (disk full, read-only) is one
+    clear error, and the folder has no fw_plan.json, so it never looks finished."""
     from mergekit_fw.mergekit.streaming import streamed_gather
 
     if run_merge is None:
         import mergekit.merge
 
         run_merge = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
-    stale = Path(out_path) / PLAN_FILE
-    if stale.exists():
-        stale.unlink()
-    if options.random_seed is not None:
-        import transformers
-
-        transformers.trainer_utils.set_seed(options.random_seed)
-    recipe = checked_recipe(config, options)
-    plan = compute_plan(recipe, config, options)
-    if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
-        write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
-    else:
-        with streamed_gather(plan, vertex_pool(recipe, config, options)):
-            kept = kept_config(config, recipe)  # without the foreign candidates
-            run_merge(kept, out_path, options, config_source=config_source)
-    write_artifacts(out_path, plan, config)
-    LOG.info(
-        "Frank-Wolfe merge written to %s (plan: %s)", out_path, os.path.join(out_path, PLAN_FILE)
-    )
-    return plan
+    try:
+        if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
+            write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
+        else:
+            with streamed_gather(plan, vertex_pool(recipe, config, options)):
+                kept = kept_config(config, recipe)  # without the foreign candidates
+                run_merge(kept, out_path, options, config_source=config_source)
+        write_artifacts(out_path, plan, config)
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        raise FWConfigError(
+            f"Writing the merge to {out_path} failed: {error.strerror or error}{where}. "
+            f"{out_path} is incomplete (no {PLAN_FILE}); free space or fix permissions and "
+            "re-run the same command (a finished pre-pass resumes from its saved state)."
+        ) from None
 
 
 def patch_run_merge() -> None:

@@ -47,6 +47,15 @@ def combine(pool, coefficients: list[float], name: str) -> torch.Tensor:
     for j, start in enumerate(getattr(pool, "starts", ()), start=dense + len(pool.adapters)):
         if coefficients[j] != 0.0:
             out.add_(start.get(name).to(device=pool.device), alpha=coefficients[j])
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        from mergekit_fw.fw.finite import NonFiniteError
+
+        used = [pool.labels[k] for k, c in enumerate(coefficients) if c != 0.0]
+        raise NonFiniteError(
+            f"The merged tensor {name} has NaN or Inf values (from {', '.join(used)}); the "
+            "output is incomplete (no fw_plan.json). Check the candidates with a full run "
+            "(its first LMO pass names the tensor) or repair the checkpoint."
+        )
     return out.to(pool.dtype)
 
 

@@ -138,12 +138,29 @@ class TensorReader:
             pass
 
 
+def weights_only(load, where: str):
+    """Run a load that may unpickle a `.bin` (torch's weights-only unpickler, torch >= 2.6
+    default); a pickle that holds more than tensors is a clear error, and its code never runs."""
+    import pickle
+
+    try:
+        return load()
+    except pickle.UnpicklingError as error:
+        from mergekit_fw.settings import FWConfigError
+
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+        raise FWConfigError(
+            f"{where}: its pickled weights (.bin) hold more than tensors, and mergekit-fw loads "
+            f"pickles weights-only ({first}). Convert the model to safetensors, or remove it."
+        ) from None
+
+
 def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Shapes from safetensors headers only; {} when the weights are pickles."""
     from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
     from safetensors import safe_open
 
-    index = ShardedTensorIndex.from_disk(path)
+    index = weights_only(lambda: ShardedTensorIndex.from_disk(path), path)
     if not index.is_safetensors:
         return {}
     shapes = {}

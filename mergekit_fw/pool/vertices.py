@@ -19,7 +19,7 @@ from mergekit.io.tasks import LoaderCache
 from mergekit_fw.fw.scores import TensorScores, as_work, flat32, whole_tensor_scores
 from mergekit_fw.pool.labels import short_labels, unique_labels
 from mergekit_fw.pool.lora_math import add_delta_, factor_dot, factor_norm_sq
-from mergekit_fw.pool.reader import TensorReader
+from mergekit_fw.pool.reader import TensorReader, weights_only
 
 BLOCK = 1 << 18  # elements per LMO block: a 1 MiB float32 gradient block stays in L2
 
@@ -43,7 +43,7 @@ class VertexPool:
         self.device = device
         self.dtype = dtype
         cache = LoaderCache()
-        self.loaders = [cache.get(ref) for ref in self.refs]
+        self.loaders = [weights_only(lambda r=ref: cache.get(r), str(ref)) for ref in self.refs]
         self.readers = [TensorReader.for_loader(loader) for loader in self.loaders]
         self.adapters = list(adapters)
         if self.adapters:
