@@ -9,16 +9,16 @@ of candidates.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
+from mergekit_fw.fw.progress import message as progress_message
+from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
@@ -89,7 +89,7 @@ class FrankWolfe:
         )  # fmt: skip
 
     def _bar(self, items, desc: str):
-        return tqdm(items, desc=desc, leave=False, disable=self.quiet)
+        return progress(items, desc, quiet=self.quiet)
 
     # -- Algorithm 1 ---------------------------------------------------------------------
     @torch.no_grad()
@@ -240,10 +240,7 @@ class FrankWolfe:
         message = (
             f"FW t={r.t}: loss {r.loss:.5f}  gap {r.gap:.4g}  gamma {r.gamma:.4g}  wins: {wins}"
         )
-        if self.quiet:
-            LOG.info(message)
-        else:
-            tqdm.write(message, file=sys.stderr)
+        progress_message(message, LOG.info if self.quiet else None)
 
     def _plan(self, history, final: LossReport, stopped: str, seconds: float) -> FWPlan:
         aliases = {alias: slot.name for slot in self.slots for alias in slot.aliases}

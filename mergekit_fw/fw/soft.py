@@ -16,11 +16,11 @@ from collections import Counter
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.objectives import LossReport
 from mergekit_fw.fw.oracles import ScoreTable, inner_scores
+from mergekit_fw.fw.progress import progress
 from mergekit_fw.plan import IterationRecord
 
 
@@ -93,7 +93,7 @@ def fit_coefficients(
     best_w = w.detach().clone()
     best_loss, grad = evaluate_at(best_w)
     step = lr / max(float(grad.abs().max()), 1e-30) if simplex else lr
-    for _ in tqdm(range(steps), desc="fit coefficients", leave=False, disable=quiet):
+    for _ in progress(range(steps), "fit coefficients", quiet=quiet):
         if simplex:
             lifted = torch.cat([1.0 - best_w.sum(dim=1, keepdim=True), best_w - step * grad], dim=1)
             trial = project_simplex(lifted)[:, 1:]

@@ -30,6 +30,7 @@ from mergekit_fw.fw.loop import FrankWolfe, build_slots
 from mergekit_fw.fw.soft import SoftFrankWolfe
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
+from mergekit_fw.mergekit.host_warnings import quiet_host_deprecations
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.lora_factors import factor_problem
 from mergekit_fw.pool.vertices import VertexPool
@@ -148,7 +149,7 @@ def run_fw_merge(
     if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
         write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
     else:
-        with streamed_gather(plan, vertex_pool(recipe, config, options)):
+        with streamed_gather(plan, vertex_pool(recipe, config, options)), quiet_host_deprecations():
             run_merge(config, out_path, options, config_source=config_source)
     write_artifacts(out_path, plan, config)
     LOG.info(
