@@ -68,6 +68,7 @@ def test_a_logged_run_has_one_line_per_pass_and_no_deprecations(zoo, tmp_path, m
     assert any(line.startswith("  gradient t=0: ") for line in passes)
     assert any(line.startswith("  LMO: 21/21 in ") for line in passes)
     assert not [line for line in lines if "it/s]" in line and "LMO" in line]  # no tqdm bars
+    assert not [line for line in lines if line.startswith("Loading weights")]  # transformers
     assert (tmp_path / "out" / "fw_plan.json").exists()
 
 

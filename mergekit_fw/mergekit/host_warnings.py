@@ -6,7 +6,8 @@ It does not come from mergekit-fw (the pre-pass loads with `dtype=`): mergekit's
 `merge._model_out_config` sets `config.torch_dtype`, which transformers 5 maps to `dtype`
 with that warning. The written config is the same either way, so during the write phase of a
 frank_wolfe recipe a filter on transformers' config logger drops exactly that message; other
-recipes, and every other message, are left alone.
+recipes, and every other message, are left alone. `host_bars` does the same for the
+progress bars transformers draws while the pre-pass loads the base.
 """
 
 from __future__ import annotations
@@ -33,3 +34,21 @@ def quiet_host_deprecations() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def host_bars(quiet: bool) -> Iterator[None]:
+    """transformers' own progress bars (from_pretrained's "Loading weights") follow
+    fw.progress: shown on a terminal, off in a log file or when quiet."""
+    import transformers.utils.logging as hf_logging
+
+    from mergekit_fw.fw.progress import mode
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and (quiet or mode() != "bars"):
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -30,7 +30,7 @@ from mergekit_fw.fw.loop import FrankWolfe, build_slots
 from mergekit_fw.fw.soft import SoftFrankWolfe
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
-from mergekit_fw.mergekit.host_warnings import quiet_host_deprecations
+from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.lora_factors import factor_problem
 from mergekit_fw.pool.vertices import VertexPool
@@ -60,9 +60,10 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         trust_remote_code=options.trust_remote_code,
         lora_merge_dtype=options.lora_merge_dtype,
     ).local_path(cache_dir=options.transformers_cache)
-    model = objective.auto_class().from_pretrained(
-        base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
-    )
+    with host_bars(options.quiet):  # transformers' "Loading weights" bar, only on a terminal
+        model = objective.auto_class().from_pretrained(
+            base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+        )
     model.to(device)
     slots = build_slots(model, set(pool.tensor_names(0)))
     with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
