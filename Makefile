@@ -4,15 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned first: an unpinned torch pulls several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
+# Where torch comes from. Empty: pip's configured index (PyPI's Linux torch wheel depends on
+# the CUDA wheels). CPU-only build: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+# pytest progress ([count/total] per line), slowest tests and a summary of non-passes
+PYTEST_ARGS ?= -o console_output_style=count --durations=10 -ra
 
-.PHONY: install demo test lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report clean
+.PHONY: install demo test lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report readme-tables clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[test,plots,eval]"
 	touch $@
 
@@ -22,7 +27,11 @@ demo: install
 	$(BIN)/python -m mergekit_fw.cli.demo
 
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# copy the tables of the last `make demo` (.demo/demo_tables.md) into README.md
+readme-tables:
+	$(BIN)/python -m mergekit_fw.cli.readme_tables README.md .demo/demo_tables.md
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

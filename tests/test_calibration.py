@@ -75,7 +75,7 @@ def test_manifest_names_tasks_with_weights(tmp_path, tok):
     [
         (None, r"Calibration file not found: .*missing\.jsonl"),
         ("", r"is empty"),
-        ('{"prompt": "abc", "response": ""}\n', r"sample 0: no target tokens"),
+        ('{"prompt": "abc", "response": ""}\n', r"missing\.jsonl line 1: no target tokens"),
         ('{"question": "abc"}\n', r"no usable fields \(found \['question'\]\)"),
         ('{"prompt": "abc"}\n', r"`prompt` and `response` must both be present"),
     ],
@@ -99,3 +99,34 @@ def test_unknown_extension(tmp_path, tok):
     path.write_text("<a/>")
     with pytest.raises(FWConfigError, match="unknown extension '.xml'"):
         load_calibration(str(path), tok, 16)
+
+
+def test_a_malformed_jsonl_line_is_named_1_based_with_its_start(tmp_path, tok):
+    lines = [json.dumps({"prompt": f"{i}+1=", "response": str(i + 1)}) for i in range(20)]
+    lines[10] = '{"prompt": "10+1=", "response":'  # line 11 of the file
+    lines.insert(3, "")  # a blank line still counts as a line
+    path = tmp_path / "calib.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FWConfigError) as caught:
+        load_calibration(str(path), tok, 64)
+    message = str(caught.value)
+    assert f"{path}, line 12: not valid JSON" in message
+    assert '\'{"prompt": "10+1=", "response":\'' in message and "row" not in message
+
+
+def test_record_problems_name_the_line(tmp_path, tok):
+    path = tmp_path / "calib.jsonl"
+    path.write_text('{"text": "abc"}\n\n[1, 2]\n')
+    with pytest.raises(FWConfigError, match=r"line 3: a JSON object per line is expected"):
+        load_calibration(str(path), tok, 64)
+    path.write_text('{"text": "abc"}\n{"question": "abc"}\n')
+    with pytest.raises(FWConfigError, match=r"calib\.jsonl line 2: no usable fields"):
+        load_calibration(str(path), tok, 64)
+
+
+def test_json_lines_in_a_json_file_name_the_line(tmp_path, tok, capfd):
+    path = tmp_path / "calib.json"
+    path.write_text('{"text": "abc"}\n{"text": "abd"}\n{"text": \n')
+    with pytest.raises(FWConfigError, match=r"calib\.json, line 3: not valid JSON"):
+        load_calibration(str(path), tok, 64)
+    assert "row" not in capfd.readouterr().err  # datasets' own 0-based log line is silenced

@@ -214,3 +214,26 @@ def test_layer_grouping_orders_embeddings_layers_head():
         "model.layers.10.mlp.up_proj.weight",
     ]
     assert layer_group("model.layers.10.mlp.up_proj.weight")[1] == "layer 10"
+
+
+def test_heatmap_rows_name_the_tensor_inside_each_layer_group():
+    from mergekit_fw.report.plots import coefficients_figure, heatmap_rows, tensor_label
+
+    assert tensor_label("model.layers.3.self_attn.q_proj.weight") == "q_proj"
+    assert tensor_label("model.layers.3.mlp.up_proj.weight") == "mlp.up_proj"
+    assert tensor_label("model.layers.3.self_attn.q_proj.bias") == "q_proj.bias"
+    assert tensor_label("model.embed_tokens.weight") == "embed_tokens"
+    assert tensor_label("lm_head.weight") == "lm_head"
+    labels, firsts = heatmap_rows(
+        ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
+         "model.layers.1.self_attn.q_proj.weight"]
+    )  # fmt: skip
+    assert labels == ["layer 0  q_proj", "mlp.up_proj", "layer 1  q_proj"]
+    assert firsts == [True, False, True]
+    small = synthetic_plan(layers=2, candidates=2)
+    ticks = [t.get_text() for t in coefficients_figure(small).axes[0].get_yticklabels()]
+    assert len(ticks) == len(small.coefficients)  # one label per row
+    assert "layer 1  q_proj" in ticks and "mlp.down_proj" in ticks and "lm_head" in ticks
+    big = synthetic_plan(layers=80, candidates=2)  # 323 rows in 24 inches: groups only
+    ticks = [t.get_text() for t in coefficients_figure(big).axes[0].get_yticklabels()]
+    assert "layer 79" in ticks and "mlp.down_proj" not in ticks

@@ -23,6 +23,7 @@ ROOT = Path(".demo")
 TARGETS = ["reverse", "add"]
 EXPERTS = ["reverse", "add", "count", "sort"]
 TIES_DENSITIES = [0.3, 0.5, 0.7, 0.9]
+TABLES_FILE = ROOT / "demo_tables.md"
 
 
 def build() -> None:
@@ -146,30 +147,61 @@ def main() -> None:
         ("frank-wolfe, hull (paper)", str(ROOT / "out" / "fw_hull")),
         ("frank-wolfe (defaults)", str(ROOT / "out" / "fw")),
     ]
-    print(
-        "\nHeld-out loss on the target tasks (100 unseen samples each; calibration used 32 others; lower is better):\n"
+    title = (
+        "Held-out loss on the target tasks (100 unseen samples each; calibration used 32 "
+        "others; lower is better):"
     )
-    print("| model | " + " | ".join(TARGETS) + " | mean |")
-    print("|" + "---|" * (len(TARGETS) + 2))
+    table = ["| model | " + " | ".join(TARGETS) + " | mean |", "|" + "---|" * (len(TARGETS) + 2)]
+    print(f"\n{title}\n")
     for name, path in rows:
         losses = [held_out_loss(path, t) for t in TARGETS]
         cells = " | ".join(f"{loss:.3f}" for loss in losses)
-        print(f"| {name} | {cells} | {sum(losses) / len(losses):.3f} |")
+        table.append(f"| {name} | {cells} | {sum(losses) / len(losses):.3f} |")
+        print(table[-1], flush=True)
     print(
         f"\nmerge wall time: frank-wolfe {fw_seconds:.1f} s, task arithmetic {ta_seconds:.1f} s "
         f"(ratio {fw_seconds / ta_seconds:.1f}); demo total {time.perf_counter() - started:.0f} s"
     )
     print("FW plan, plots and model card: .demo/out/fw/ (fw_plan.json, README.md)")
-    lm_eval_table(rows)
+    eval_table = lm_eval_table(rows)
+    write_tables(table, eval_table)
 
 
-def lm_eval_table(rows: list[tuple[str, str]]) -> None:
+def build_line() -> str:
+    """What produced the numbers: they depend on the torch build and the CPU, not on time."""
+    import platform
+
+    import transformers
+
+    return (
+        f"torch {torch.__version__}, transformers {transformers.__version__}, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+
+
+def write_tables(loss_table: list[str], eval_table: list[str] | None) -> None:
+    """TABLES_FILE: both tables as markdown, for `make readme-tables` to copy into README."""
+    parts = [
+        f"Output of `make demo` ({build_line()}).",
+        "",
+        "Held-out response loss (100 unseen samples per task, lower is better):",
+        "",
+        *loss_table,
+    ]
+    if eval_table:
+        parts += ["", "lm-eval-harness on the offline toy tasks (`--limit 50`):", "", *eval_table]
+    TABLES_FILE.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    print(f"\nTables written to {TABLES_FILE} (make readme-tables copies them into README.md)")
+
+
+def lm_eval_table(rows: list[tuple[str, str]]) -> list[str] | None:
     """The same comparison scored by lm-eval-harness on the shipped offline toy tasks."""
     import importlib.util
 
     if importlib.util.find_spec("lm_eval") is None:
         print("\n(lm-eval is not installed: pip install '.[eval]' for the lm-eval table)")
-        return
+        return None
     command = [
         str(Path(sys.executable).with_name("mergekit-fw")), "eval", str(ROOT / "out" / "fw"),
         "--tasks", ",".join(f"toy_{t}" for t in TARGETS),
@@ -182,7 +214,9 @@ def lm_eval_table(rows: list[tuple[str, str]]) -> None:
         "\n== lm-eval-harness on the offline toy tasks: mergekit-fw eval .demo/out/fw ...",
         flush=True,
     )
-    subprocess.run(command, check=True)
+    result = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(result.stdout)
+    return [line for line in result.stdout.splitlines() if line.startswith("|")]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ loss term, so later steps can weigh tasks and report which candidate helped whic
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,26 +136,78 @@ def task_files(path: str) -> list[tuple[str, TaskEntry]]:
     return pairs
 
 
-def _read_records(path: str) -> list[dict[str, Any]]:
-    """Read a local data file with `datasets` (no network, no cache files kept)."""
+def _line_start(line: str, width: int = 60) -> str:
+    text = line.strip()
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
+def _jsonl_records(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """JSON lines parsed here, line by line, so an error names the 1-based line and its start
+    (datasets only says `row N`, 0-based and counted without blank lines)."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                detail = getattr(error, "msg", str(error))
+                column = getattr(error, "colno", None)
+                at = f" at column {column}" if column else ""
+                raise FWConfigError(
+                    f"Calibration file {path}, line {number}: not valid JSON ({detail}{at}): "
+                    f"{_line_start(line)}. Each line must be one JSON object."
+                ) from None
+            if not isinstance(record, dict):
+                raise FWConfigError(
+                    f"Calibration file {path}, line {number}: a JSON object per line is "
+                    f"expected, found a {type(record).__name__}: {_line_start(line)}."
+                )
+            records.append((f"line {number}", record))
+    return records
+
+
+def _read_records(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(position, record) pairs of a local data file: JSON lines parsed here, other formats
+    read with `datasets` (no network, no cache files kept). Positions are 1-based."""
     import datasets
 
-    builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return _jsonl_records(path)
+    except UnicodeDecodeError as error:
+        raise FWConfigError(f"Calibration file {path} is not UTF-8 text ({error}).") from None
+    builder = DATA_SUFFIXES[suffix]
     kwargs: dict[str, Any] = {}
     if builder == "text":
         text = Path(path).read_text(encoding="utf-8")
         kwargs["sample_by"] = "paragraph" if "\n\n" in text.strip() else "line"
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our error says it, 1-based
     try:
         ds = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
     except Exception as error:
-        raise FWConfigError(f"Could not read calibration file {path}: {error}") from None
+        if suffix == ".json":  # JSON lines in a .json file: name the line that breaks
+            try:
+                _jsonl_records(path)
+            except FWConfigError as line_error:
+                raise line_error from None
+            except UnicodeDecodeError:
+                pass
+        cause = error.__cause__ or error.__context__
+        detail = f"{error}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        raise FWConfigError(f"Could not read calibration file {path}: {detail}") from None
     finally:
         datasets.enable_progress_bars()
+        datasets.logging.set_verbosity(verbosity)
     records = [dict(r) for r in ds]
     if builder == "text":
         records = [r for r in records if r.get("text", "").strip()]
-    return records
+    return [(f"sample {i}", r) for i, r in enumerate(records, start=1)]
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
@@ -261,10 +314,10 @@ def load_calibration(
         if not records:
             raise FWConfigError(f"Calibration file {entry.path} holds no samples.")
         samples = [
-            encode_classification(r, tokenizer, max_length, f"{entry.path} sample {i}", num_labels)
+            encode_classification(r, tokenizer, max_length, f"{entry.path} {at}", num_labels)
             if sequence
-            else encode_record(r, tokenizer, max_length, where=f"{entry.path} sample {i}")
-            for i, r in enumerate(records)
+            else encode_record(r, tokenizer, max_length, where=f"{entry.path} {at}")
+            for at, r in records
         ]
         tasks.append(
             CalibrationTask(name=name, path=entry.path, weight=entry.weight, samples=samples)

@@ -9,14 +9,12 @@ of candidates.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from mergekit_fw.fw import state as loop_state
 from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
@@ -25,6 +23,8 @@ from mergekit_fw.fw.finite import check_loss, check_scores, check_vertex
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
+from mergekit_fw.fw.progress import message as progress_message
+from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
@@ -110,7 +110,7 @@ class FrankWolfe:
         )  # fmt: skip
 
     def _bar(self, items, desc: str):
-        return tqdm(items, desc=desc, leave=False, disable=self.quiet)
+        return progress(items, desc, quiet=self.quiet)
 
     # -- Algorithm 1 ---------------------------------------------------------------------
     @torch.no_grad()
@@ -329,10 +329,7 @@ class FrankWolfe:
         message = (
             f"FW t={r.t}: loss {r.loss:.5f}  gap {r.gap:.4g}  gamma {r.gamma:.4g}  wins: {wins}"
         )
-        if self.quiet:
-            LOG.info(message)
-        else:
-            tqdm.write(message, file=sys.stderr)
+        progress_message(message, LOG.info if self.quiet else None)
 
     def _plan(self, history, final: LossReport, stopped: str, seconds: float) -> FWPlan:
         aliases = {alias: slot.name for slot in self.slots for alias in slot.aliases}

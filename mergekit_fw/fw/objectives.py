@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from mergekit_fw.fw.progress import progress
 from mergekit_fw.settings import FWConfigError
 
 IGNORE_INDEX = -100  # label of positions without a loss (the transformers convention)
@@ -155,7 +155,7 @@ def evaluate(
     task_targets = [0] * len(task_names)
     total = 0.0
     with torch.set_grad_enabled(grad):
-        for batch in tqdm(batches, desc=desc, leave=False, disable=quiet):
+        for batch in progress(batches, desc, quiet=quiet):
             summed = objective.batch_loss_sum(model, batch)
             contribution = summed * batch.scale
             if grad:

@@ -16,13 +16,13 @@ from collections import Counter
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from mergekit_fw.fw.constraints import Hull, Vertex
 from mergekit_fw.fw.finite import check_loss
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.objectives import LossReport
 from mergekit_fw.fw.oracles import ScoreTable
+from mergekit_fw.fw.progress import progress
 from mergekit_fw.plan import IterationRecord
 
 
@@ -97,7 +97,7 @@ def fit_coefficients(
     best_w = w.detach().clone()
     best_loss, grad = evaluate_at(best_w)
     step = lr / max(float(grad.abs().max()), 1e-30) if simplex else lr
-    for _ in tqdm(range(steps), desc="fit coefficients", leave=False, disable=quiet):
+    for _ in progress(range(steps), "fit coefficients", quiet=quiet):
         if simplex:
             moved = best_w - step * grad
             if project is None:  # the paper's simplex, theta_t's weight lifted in

@@ -16,6 +16,7 @@ from mergekit.config import MergeConfiguration
 from mergekit_fw.data.calibration import CalibrationSet, load_calibration
 from mergekit_fw.fw.objectives import make_objective
 from mergekit_fw.mergekit.start import start_config
+from mergekit_fw.pool.integrity import FIX, safetensors_problem, weights_problems
 from mergekit_fw.pool.lora_checks import load_adapters
 from mergekit_fw.pool.reader import tensor_shapes
 from mergekit_fw.settings import FWConfigError, FWSettings
@@ -97,6 +98,25 @@ def check_model_path(ref: ModelReference, role: str) -> None:
         names = os.listdir(path)
         if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
             raise FWConfigError(f"{role} {path} holds no weights (*.safetensors or *.bin).")
+        check_model_files(ref, role)
+
+
+def check_model_files(ref: ModelReference, role: str) -> None:
+    """Truncated or corrupt weight files, and shard indexes naming missing files, found from
+    headers and sizes alone; one line naming the model's role, the model and the file."""
+    problems = weights_problems(ref.model.path)
+    if ref.lora and os.path.isdir(ref.lora.path):
+        adapter_file = os.path.join(ref.lora.path, "adapter_model.safetensors")
+        if os.path.isfile(adapter_file) and (problem := safetensors_problem(adapter_file)):
+            problems.append((adapter_file, problem))
+    if problems:
+        file, problem = problems[0]
+        more = (
+            f" ({len(problems) - 1} more files of this model are broken too)"
+            if len(problems) > 1
+            else ""
+        )
+        raise FWConfigError(f"{role} {ref}: {file} {problem}{more}. {FIX}")
 
 
 def check_compatible(base: ModelReference, candidates: list[ModelReference]) -> None:
@@ -134,11 +154,12 @@ def _vocab(path: str) -> dict[str, int] | None:
     file = os.path.join(path, "tokenizer.json")
     if not os.path.exists(file):
         return None
-    model = json.loads(open(file, encoding="utf-8").read()).get("model", {})
-    vocab = model.get("vocab")
+    with open(file, encoding="utf-8") as handle:
+        document = json.load(handle)
+    vocab = document.get("model", {}).get("vocab")
     if isinstance(vocab, list):  # unigram: [[piece, score], ...]
         vocab = {piece[0]: i for i, piece in enumerate(vocab)}
-    added = json.loads(open(file, encoding="utf-8").read()).get("added_tokens", [])
+    added = document.get("added_tokens", [])
     return {**(vocab or {}), **{t["content"]: t["id"] for t in added}}
 
 

@@ -33,6 +33,7 @@ from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
+from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
 from mergekit_fw.mergekit.resume import run_fingerprint
 from mergekit_fw.mergekit.start import compute_start_vertex, start_config, start_id
 from mergekit_fw.plan import PLAN_FILE, FWPlan
@@ -72,9 +73,10 @@ def compute_plan(
         trust_remote_code=options.trust_remote_code,
         lora_merge_dtype=options.lora_merge_dtype,
     ).local_path(cache_dir=options.transformers_cache)
-    model = objective.auto_class().from_pretrained(
-        base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
-    )
+    with host_bars(options.quiet):  # transformers' "Loading weights" bar, only on a terminal
+        model = objective.auto_class().from_pretrained(
+            base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+        )
     model.to(device)
     slots = build_slots(model, set(pool.tensor_names(0)))
     with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
@@ -279,7 +281,10 @@ def write_merge(plan, recipe, config, out_path, options, config_source, run_merg
         if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
             write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
         else:
-            with streamed_gather(plan, vertex_pool(recipe, config, options)):
+            with (
+                streamed_gather(plan, vertex_pool(recipe, config, options)),
+                quiet_host_deprecations(),
+            ):
                 kept = kept_config(config, recipe)  # without the foreign candidates
                 run_merge(kept, out_path, options, config_source=config_source)
         write_artifacts(out_path, plan, config)

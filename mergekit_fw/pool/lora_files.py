@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mergekit_fw.pool.integrity import FIX, safetensors_problem
 from mergekit_fw.settings import FWConfigError
 
 ADAPTER_PREFIX = "adapter:"
@@ -158,6 +159,9 @@ def read_adapter(path: str, label: str | None = None) -> Adapter:
             f"{where} has no {WEIGHTS_FILE} (found: {names}); re-save it with "
             "save_pretrained(..., safe_serialization=True)."
         )
+    weights = os.path.join(path, WEIGHTS_FILE)
+    if problem := safetensors_problem(weights):
+        raise FWConfigError(f"{where}: {weights} {problem}. {FIX}")
     shapes: dict[str, tuple[int, ...]] = {}
     with safe_open(os.path.join(path, WEIGHTS_FILE), framework="pt", device="cpu") as handle:
         for key in handle.keys():

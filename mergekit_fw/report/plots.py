@@ -92,8 +92,36 @@ def plot_loss_gap(plan: FWPlan, path: Path) -> Path:
     return path
 
 
-def plot_coefficients(plan: FWPlan, path: Path) -> Path:
-    """Heatmap of the final coefficients: tensors (grouped by layer) x [base, candidates]."""
+_ATTENTION = re.compile(r"^(?:self_attn|attention|attn|self_attention)\.")
+MIN_ROW_FONT = 5.0  # points (7 px at 100 dpi); below this rows get no labels of their own
+
+
+def tensor_label(name: str) -> str:
+    """Which tensor a heatmap row is, inside its layer group: `q_proj`, `mlp.up_proj`,
+    `input_layernorm`, `embed_tokens`, `lm_head` (a bias keeps its `.bias`)."""
+    match = _LAYER.search(name)
+    rest = name[match.end() :] if match else name
+    if not match:
+        rest = re.sub(r"^(?:model|transformer|bert|roberta)\.", "", rest)
+    rest = _ATTENTION.sub("", rest)
+    return rest[: -len(".weight")] if rest.endswith(".weight") else rest
+
+
+def heatmap_rows(names: list[str]) -> tuple[list[str], list[bool]]:
+    """Row labels of the heatmap and whether each row opens a layer group: the first row of
+    a group reads `layer 3  q_proj`, the others just the tensor."""
+    labels, firsts, previous = [], [], None
+    for name in names:
+        group = layer_group(name)[1]
+        first = group != previous
+        labels.append(f"{group}  {tensor_label(name)}" if first else tensor_label(name))
+        firsts.append(first)
+        previous = group
+    return labels, firsts
+
+
+def coefficients_figure(plan: FWPlan):
+    """The heatmap's figure: final coefficients, tensors (grouped by layer) x vertices."""
     import numpy as np
 
     order: dict[str, int] = {}
@@ -103,7 +131,8 @@ def plot_coefficients(plan: FWPlan, path: Path) -> Path:
     matrix = np.array([plan.coefficients[n] for n in names], dtype=float).reshape(
         len(names), len(plan.models)
     )
-    fig = _figure(heatmap_figsize(len(names), len(plan.models)))
+    figsize = heatmap_figsize(len(names), len(plan.models))
+    fig = _figure(figsize)
     ax = fig.add_subplot(1, 1, 1)
     low, high = (float(matrix.min()), float(matrix.max())) if matrix.size else (0.0, 1.0)
     if low < 0:  # task-arithmetic starts can give negative base weights
@@ -114,21 +143,30 @@ def plot_coefficients(plan: FWPlan, path: Path) -> Path:
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="coefficient")
     ax.set_xticks(range(len(plan.labels)))
     ax.set_xticklabels(plan.labels, rotation=30, ha="right")
-    # one y label per layer group, with a rule between groups
-    groups: list[tuple[str, int, int]] = []
-    for row, name in enumerate(names):
-        label = layer_group(name)[1]
-        if groups and groups[-1][0] == label:
-            groups[-1] = (label, groups[-1][1], row)
-        else:
-            groups.append((label, row, row))
-    ax.set_yticks([(start + end) / 2 for _, start, end in groups])
-    ax.set_yticklabels([label for label, _, _ in groups], fontsize="small")
-    for _, start, _ in groups[1:]:
-        ax.axhline(start - 0.5, color="white", linewidth=0.8)
+    labels, firsts = heatmap_rows(names)
+    row_points = 72 * (figsize[1] - 1.5) / max(len(names), 1)  # height of one row
+    font = min(8.0, 0.8 * row_points)
+    if font >= MIN_ROW_FONT:  # every row named; a group's first row also names the layer
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(labels, fontsize=font)
+        for tick, first in zip(ax.get_yticklabels(), firsts):
+            if first:
+                tick.set_fontweight("bold")
+    else:  # too many rows to name each: one label per layer group
+        starts = [row for row, first in enumerate(firsts) if first] + [len(names)]
+        ax.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, starts[1:])])
+        ax.set_yticklabels([layer_group(names[a])[1] for a in starts[:-1]], fontsize="small")
+    for row, first in enumerate(firsts):  # a rule between layer groups
+        if first and row:
+            ax.axhline(row - 0.5, color="white", linewidth=0.8)
     ax.set_title(f"Final coefficients ({len(names)} tensors)")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    return fig
+
+
+def plot_coefficients(plan: FWPlan, path: Path) -> Path:
+    """Heatmap of the final coefficients: tensors (grouped by layer) x [base, candidates]."""
+    coefficients_figure(plan).savefig(path, dpi=DPI)
     return path
 
 
