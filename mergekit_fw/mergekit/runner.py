@@ -26,8 +26,8 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from mergekit_fw.data.batches import make_batches
-from mergekit_fw.fw.loop import FrankWolfe, build_slots
-from mergekit_fw.fw.soft import SoftFrankWolfe
+from mergekit_fw.fw.driver import run_frank_wolfe
+from mergekit_fw.fw.loop import build_slots
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.plan import PLAN_FILE, FWPlan
@@ -78,17 +78,13 @@ def compute_plan(recipe: Recipe, config: MergeConfiguration, options: MergeOptio
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
-    loop = SoftFrankWolfe if settings.variant == "soft" else FrankWolfe
-    runner = loop(
+    plan = run_frank_wolfe(
         model, slots, pool, objective, batches,
         [t.name for t in recipe.calibration.tasks], settings, quiet=options.quiet,
-    )  # fmt: skip
-    plan = runner.run()
+    )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
-    del runner, slots, model
+    del slots, model
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return plan
 
 
