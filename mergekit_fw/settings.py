@@ -38,6 +38,18 @@ class FWSettings(BaseModel):
         "tensor", description="tensor: layer-wise LMO; model: task-wise LMO"
     )
     zero_vertex: bool = Field(False, description="origin as an extra vertex (authors' NLP code)")
+    constraint: Literal["hull", "box", "simplex"] = Field(
+        "hull",
+        description="set over task vectors tau_i = theta_i - base: hull (paper): lambda >= 0, "
+        "sum <= 1 | box: 0 <= lambda_i <= scale | simplex: lambda >= 0, sum <= scale",
+    )
+    scale: float = Field(1.0, gt=0.0, description="kappa of constraint: box / simplex")
+    max_distance: float = Field(
+        0.5, gt=0.0, description="candidates with ||theta_i - base|| / ||base|| above are foreign"
+    )
+    foreign: Literal["exclude", "error", "keep"] = Field(
+        "exclude", description="what to do with a foreign candidate: exclude (warn) | error | keep"
+    )
     init: Literal["base", "task_arithmetic"] = Field("base", description="starting point")
     init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
     step: Literal["line_search", "schedule", "constant"] = Field(
@@ -93,6 +105,42 @@ class FWSettings(BaseModel):
         if self.variant == "soft" and self.zero_vertex:
             raise ValueError(
                 "zero_vertex applies to the hard variant only; remove it or use variant: hard"
+            )
+        return self._constraint_combinations()
+
+    def _constraint_combinations(self) -> FWSettings:
+        """Options that only make sense with the hull (fw/constraints.py)."""
+        if not math.isfinite(self.scale) or not math.isfinite(self.max_distance):
+            raise ValueError("scale and max_distance must be finite numbers")
+        if self.constraint == "hull":
+            return self
+        where = f"constraint: {self.constraint}"
+        if self.zero_vertex:
+            raise ValueError(
+                f"zero_vertex adds the origin as a vertex of the hull; {where} already "
+                "contains the base and its LMO never picks the origin. Remove zero_vertex, or "
+                "use constraint: hull"
+            )
+        if self.lmo == "cosine":
+            raise ValueError(
+                f"lmo: cosine ranks whole vertices of the hull; {where} selects task vectors by "
+                "the sign (box) or size (simplex) of <g, tau_i>, which is lmo: inner. Use lmo: "
+                "inner, or constraint: hull"
+            )
+        if self.lora_mode == "factors":
+            raise ValueError(
+                f"lora_mode: factors runs FW on the LoRA factors, whose set is the hull of the "
+                f"adapters; {where} applies to lora_mode: weights. Use one of the two"
+            )
+        if self.variant == "soft" and self.coefficients == "free":
+            raise ValueError(
+                f"coefficients: free fits unconstrained weights, which ignores {where}; use "
+                "coefficients: simplex (the fit projected onto the set), or constraint: hull"
+            )
+        if self.init == "task_arithmetic" and not 0.0 <= self.init_scale <= self.scale:
+            raise ValueError(
+                f"init: task_arithmetic starts at lambda_i = init_scale = {self.init_scale}, "
+                f"outside {where} with scale {self.scale}; use 0 <= init_scale <= scale"
             )
         return self
 

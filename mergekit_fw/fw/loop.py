@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
-from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable, picked_dots
+from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
-from mergekit_fw.settings import FWSettings
+from mergekit_fw.settings import FWConfigError, FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -72,6 +73,7 @@ class FrankWolfe:
         self.settings = settings
         self.score = SCORES[settings.lmo]
         self.oracle = ORACLES[settings.granularity]
+        self.constraint = make_constraint(settings)  # hull | box | simplex (fw/constraints.py)
         self.step_rule = make_step_rule(
             settings.step, settings.step_size, settings.line_search_evals
         )
@@ -96,6 +98,9 @@ class FrankWolfe:
     def init_task_arithmetic(self) -> None:
         """theta_0 = base + lambda * sum_k (theta_k - base), streamed tensor by tensor."""
         lam, n = self.settings.init_scale, len(self.pool) - 1
+        problem = self.constraint.start_problem(lam, n)
+        if problem:
+            raise FWConfigError(problem)
         for slot in self._bar(self.slots, "task-arithmetic start"):
             slot.param.mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
@@ -122,14 +127,10 @@ class FrankWolfe:
         return ScoreTable(dots, norms, grad_norms, current)
 
     @torch.no_grad()
-    def direction_pass(self, picks: list[int]) -> None:
+    def direction_pass(self, vertex: Vertex) -> None:
         """Overwrite each gradient buffer with d = s - theta (the gradient is spent)."""
-        for slot, pick in zip(self.slots, picks):
-            d = slot.param.grad
-            if pick == ZERO:
-                d.copy_(slot.param).neg_()
-            else:
-                d.copy_(self.pool.tensor(pick, slot.name)).sub_(slot.param)
+        for i, slot in enumerate(self.slots):
+            self.constraint.direction_(self.pool, i, slot.name, vertex, slot.param, slot.param.grad)
 
     @torch.no_grad()
     def move(self, delta: float) -> None:
@@ -146,25 +147,29 @@ class FrankWolfe:
 
         return loss_at
 
-    def vertex_matrix(self, picks: list[int]) -> torch.Tensor:
-        rows = torch.zeros_like(self.coefficients)
-        for i, pick in enumerate(picks):
-            if pick != ZERO:
-                rows[i, pick] = 1.0
-        return rows
-
     def label(self, pick: int) -> str:
         return "zero" if pick == ZERO else self.pool.labels[pick]
 
+    def member_labels(self, members: list[int]) -> list[str]:
+        """Labels of the vertices that make up s in one tensor (none: s is the base)."""
+        return [self.label(p) for p in members] or [self.pool.labels[0]]
+
+    def wins(self, vertex: Vertex) -> dict[str, int]:
+        """Vertex label -> tensors whose s it is part of."""
+        return dict(Counter(x for m in vertex.members for x in self.member_labels(m)))
+
     def record(
-        self, t: int, report: LossReport, table: ScoreTable, picks: list[int]
+        self, t: int, report: LossReport, table: ScoreTable, vertex: Vertex
     ) -> IterationRecord:
-        """Loss, FW gap and wins of the LMO's picks at the current merge."""
-        gap = fw_gap(float(table.current_dots.sum()), float(picked_dots(table, picks).sum()))
+        """Loss, FW gap and wins of the LMO's vertex at the current merge."""
+        gap = fw_gap(float(table.current_dots.sum()), float(vertex.dots(table).sum()))
         return IterationRecord(
             t=t, loss=report.total, task_losses=report.per_task, gap=gap, gamma=0.0,
-            wins=dict(Counter(self.label(p) for p in picks)),
-            picks={slot.name: self.label(p) for slot, p in zip(self.slots, picks)},
+            wins=self.wins(vertex),
+            picks={
+                slot.name: "+".join(self.member_labels(m))
+                for slot, m in zip(self.slots, vertex.members)
+            },
         )  # fmt: skip
 
     def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
@@ -174,19 +179,19 @@ class FrankWolfe:
         report = self.loss(grad=True, desc=f"gradient t={t}")
         # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
         table = self.score_pass()
-        picks = self.oracle(self.score(table), self.settings.zero_vertex)
+        vertex = self.constraint.lmo(table)
         # 3. FW gap, and stop when it is small enough
-        record = self.record(t, report, table, picks)
+        record = self.record(t, report, table, vertex)
         if record.gap <= self.settings.tolerance:
             return record, "tolerance"
         # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
-        self.direction_pass(picks)
+        self.direction_pass(vertex)
         position = [0.0]
         gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
         self.move(gamma - position[0])
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
-        self.coefficients.mul_(1.0 - gamma).add_(self.vertex_matrix(picks), alpha=gamma)
+        self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
         record.gamma = gamma
         return record, None
 
@@ -204,8 +209,7 @@ class FrankWolfe:
         preferences = {}
         for index, name in enumerate(self.task_names):
             self.task_gradient(index, desc=f"task {name}")
-            picks = self.oracle(self.score(self.score_pass()), False)
-            preferences[name] = dict(Counter(self.label(p) for p in picks))
+            preferences[name] = self.wins(self.constraint.lmo(self.score_pass(), origin=False))
         return preferences
 
     def run(self) -> FWPlan:

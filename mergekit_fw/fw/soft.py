@@ -18,9 +18,10 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mergekit_fw.fw.constraints import Hull, Vertex
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.objectives import LossReport
-from mergekit_fw.fw.oracles import ScoreTable, inner_scores
+from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.plan import IterationRecord
 
 
@@ -148,11 +149,15 @@ class SoftFrankWolfe(FrankWolfe):
         )
         return report, total, torch.stack(chosen, dim=1), task_wins
 
+    def exact_vertex(self, table: ScoreTable) -> Vertex:
+        """The vertex of the exact (inner-product, no origin) hull LMO: its FW gap."""
+        return Hull("inner", self.settings.granularity, False).lmo(table)
+
     def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
         s = self.settings
         report, table, selected, task_wins = self.selection(t)
         # the FW gap is that of the exact (inner-product) LMO at theta_t
-        record = self.record(t, report, table, self.oracle(inner_scores(table), False))
+        record = self.record(t, report, table, self.exact_vertex(table))
         record.task_wins = task_wins
         record.picks = {
             slot.name: "+".join(self.pool.labels[int(v)] for v in row)

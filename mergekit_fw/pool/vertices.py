@@ -81,6 +81,19 @@ class VertexPool:
             return add_delta_(adapter, x, name).to(dtype=self.dtype)
         return self.stored(k, name).to(device=self.device, dtype=self.dtype)
 
+    def add_task_vector_(
+        self, k: int, name: str, out: torch.Tensor, alpha: float, base: torch.Tensor
+    ) -> None:
+        """out += alpha * tau_k (fw/constraints.py): an adapter's s B A from its factors, in
+        place; a dense vertex's v_k - base with one vertex tensor in memory."""
+        adapter = self._adapter(k)
+        if adapter is not None:
+            add_delta_(adapter, out, name, alpha=alpha)
+            return
+        x = self.tensor(k, name)
+        out.add_(x - base, alpha=alpha)
+        del x
+
     def tensor_names(self, k: int = 0) -> list[str]:
         k = 0 if self._adapter(k) is not None else k
         return list(self.loaders[k].index.tensor_paths)

@@ -1,0 +1,193 @@
+"""Constraint sets of the FW pre-pass, over the task vectors tau_i = theta_i - base.
+
+Per block (a tensor, or the whole model with `granularity: model`),
+theta = base + sum_i lambda_i tau_i, with lambda in
+
+- `hull`: lambda >= 0, sum lambda <= 1: conv{base, candidates}, the paper's set (its LMO
+  picks one vertex; `zero_vertex` adds the origin);
+- `box`: 0 <= lambda_i <= kappa: the LMO sets lambda_i = kappa for every tau_i with
+  <g, tau_i> < 0, so one step can add several task vectors at once, or take them back out;
+- `simplex`: lambda >= 0, sum lambda <= kappa: kappa on the most negative <g, tau_i>.
+
+Each set is a small class: `lmo(table)` returns the vertex s as coefficient rows over
+[base, candidates] (a `Vertex`), and `direction_` forms d = s - theta for one tensor,
+streamed (base and one selected vertex in memory at a time). <g, tau_i> comes from the score
+table the pool already computes (<g, theta_i> - <g, base>), so no set costs an extra read.
+Every vertex row sums to 1 (the origin's to 0), so theta, the plan and `fw_linear.yaml`
+stay per-tensor linear combinations; the base coefficient 1 - kappa |S| may be negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
+
+
+@dataclass
+class Vertex:
+    """The LMO's answer: s as per-tensor coefficient rows, and who makes it up."""
+
+    rows: torch.Tensor  # [L, n] float64, over [base, candidates]
+    members: list[list[int]]  # per tensor: vertex indices in s ([ZERO]: the origin; []: base)
+
+    def dots(self, table: ScoreTable) -> torch.Tensor:
+        """<g_l, s_l> per tensor, from the score table."""
+        return (self.rows * table.dots).sum(dim=1)
+
+
+def task_vector_scores(table: ScoreTable) -> torch.Tensor:
+    """[L, n-1] <g_l, tau_il> = <g_l, theta_il> - <g_l, base_l>, no extra read."""
+    return table.dots[:, 1:] - table.dots[:, :1]
+
+
+def add_task_vector_(pool, k: int, name: str, out: torch.Tensor, alpha: float, base) -> None:
+    """out += alpha * tau_k for one tensor: the pool's own (adapters: alpha s B A from the
+    factors) if it has one, else alpha * (v_k - base) with one vertex tensor in memory."""
+    own = getattr(pool, "add_task_vector_", None)
+    if own is not None:
+        own(k, name, out, alpha, base)
+        return
+    x = pool.tensor(k, name)
+    out.add_(x - base, alpha=alpha)
+    del x
+
+
+class Hull:
+    """conv{base, candidates} (the paper): one vertex per block, exactly as before."""
+
+    name = "hull"
+
+    def __init__(self, lmo: str, granularity: str, zero_vertex: bool):
+        self.score = SCORES[lmo]
+        self.oracle = ORACLES[granularity]
+        self.zero_vertex = zero_vertex
+
+    def lmo(self, table: ScoreTable, origin: bool = True) -> Vertex:
+        picks = self.oracle(self.score(table), self.zero_vertex and origin)
+        rows = torch.zeros_like(table.dots)
+        for i, pick in enumerate(picks):
+            if pick != ZERO:
+                rows[i, pick] = 1.0
+        return Vertex(rows, [[p] for p in picks])
+
+    def start_problem(self, init_scale: float, n: int) -> str | None:
+        return None  # the authors' task-arithmetic start may lie outside the hull
+
+    def direction_(self, pool, i: int, name: str, vertex: Vertex, theta, out) -> None:
+        (pick,) = vertex.members[i]
+        if pick == ZERO:
+            out.copy_(theta).neg_()
+        else:
+            out.copy_(pool.tensor(pick, name)).sub_(theta)
+
+
+class _TaskVectorSet:
+    """Shared by box and simplex: s = base + sum_i lambda_i tau_i."""
+
+    name = ""
+
+    def __init__(self, scale: float, granularity: str):
+        self.scale = scale
+        self.per_tensor = granularity == "tensor"
+
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """[L, n-1] lambda of the vertex from [L, n-1] <g, tau> (rows of one block)."""
+        raise NotImplementedError
+
+    def start_problem(self, init_scale: float, n: int) -> str | None:
+        """Why the task-arithmetic start lambda_i = init_scale is outside the set, if it is."""
+        if self.contains(torch.full((1, n), float(init_scale), dtype=torch.float64)):
+            return None
+        return (
+            f"init: task_arithmetic starts at lambda_i = init_scale = {init_scale} for each of "
+            f"the {n} candidates, outside constraint: {self.name} with scale {self.scale}; "
+            f"lower init_scale (or raise scale)"
+        )
+
+    def contains(self, lam: torch.Tensor) -> bool:
+        raise NotImplementedError
+
+    def lmo(self, table: ScoreTable, origin: bool = True) -> Vertex:
+        scores = task_vector_scores(table)
+        if not self.per_tensor:  # one lambda for the whole model, by the summed scores
+            scores = scores.sum(dim=0, keepdim=True).expand_as(scores)
+        lam = self.weights(scores)
+        rows = torch.cat([1.0 - lam.sum(dim=1, keepdim=True), lam], dim=1)
+        members = [[k + 1 for k in torch.nonzero(row).flatten().tolist()] for row in lam]
+        return Vertex(rows, members)
+
+    def direction_(self, pool, i: int, name: str, vertex: Vertex, theta, out) -> None:
+        """d = (base - theta) + sum_{i in S} lambda_i tau_i: the base, then one selected
+        vertex at a time (the task-vector form keeps float32 cancellation small)."""
+        base = pool.tensor(0, name)
+        out.copy_(base).sub_(theta)
+        for k in vertex.members[i]:
+            add_task_vector_(pool, k, name, out, float(vertex.rows[i, k]), base)
+        del base
+
+
+class Box(_TaskVectorSet):
+    """0 <= lambda_i <= kappa: kappa on every task vector the gradient descends along."""
+
+    name = "box"
+
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.where(scores < 0, self.scale, 0.0).to(scores.dtype)
+
+    def contains(self, lam: torch.Tensor) -> bool:
+        return bool(((lam >= 0) & (lam <= self.scale * (1 + 1e-9))).all())
+
+
+class Simplex(_TaskVectorSet):
+    """lambda >= 0, sum lambda <= kappa: kappa on the most negative <g, tau_i> if < 0."""
+
+    name = "simplex"
+
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        lam = torch.zeros_like(scores)
+        if scores.shape[1] == 0:
+            return lam
+        best = torch.argmin(scores, dim=1)  # first of tied minima, like the hull's oracle
+        low = scores.gather(1, best[:, None]).squeeze(1) < 0
+        lam[torch.arange(len(best))[low], best[low]] = self.scale
+        return lam
+
+    def contains(self, lam: torch.Tensor) -> bool:
+        return bool((lam >= 0).all() and (lam.sum(dim=-1) <= self.scale * (1 + 1e-9)).all())
+
+
+def make_constraint(settings) -> Hull | Box | Simplex:
+    """The constraint set of an FWSettings (validated there)."""
+    if settings.constraint == "hull":
+        return Hull(settings.lmo, settings.granularity, settings.zero_vertex)
+    if settings.constraint == "box":
+        return Box(settings.scale, settings.granularity)
+    if settings.constraint == "simplex":
+        return Simplex(settings.scale, settings.granularity)
+    raise ValueError(f"unknown constraint {settings.constraint!r}")
+
+
+def project_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto {low <= v <= high} (elementwise)."""
+    return torch.minimum(torch.maximum(v, low), high)
+
+
+def project_capped_simplex(v: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto {x >= 0, sum x <= budget_row}."""
+    budget = budget.clamp_min(0.0)
+    clipped = v.clamp_min(0.0)
+    out = torch.where((budget > 0)[..., None], clipped, torch.zeros_like(clipped))
+    over = (out.sum(dim=-1) > budget) & (budget > 0)
+    if not bool(over.any()):
+        return out
+    rows = v[over] / budget[over, None]
+    u, _ = torch.sort(rows, dim=-1, descending=True)
+    css = u.cumsum(dim=-1) - 1.0
+    ind = torch.arange(1, rows.shape[-1] + 1, dtype=v.dtype)
+    rho = ((u - css / ind) > 0).to(v.dtype).mul(ind).argmax(dim=-1, keepdim=True)
+    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    out[over] = torch.clamp(rows - tau, min=0.0) * budget[over, None]
+    return out
