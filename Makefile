@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test,plots,eval]"
+	$(BIN)/pip install -q -e ".[test,plots,eval,vision]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,6 +5,7 @@
     python -m benchmarks.run --only irrelevance,relevance,noisy   # (= scaling)
     python -m benchmarks.run --only memory,lmo,walltime
     python -m benchmarks.run --only report           # rewrite docs/ from cached results
+    python -m benchmarks.run --only vision           # ViT tier (own zoo): docs section
 Flags: --fresh recomputes cached scaling results; --rebuild-zoo retrains the zoo.
 """
 
@@ -17,7 +18,17 @@ import os
 import time
 import warnings
 
-STEPS = ["zoo", "irrelevance", "relevance", "noisy", "memory", "lmo", "walltime", "report"]
+STEPS = [
+    "zoo",
+    "irrelevance",
+    "relevance",
+    "noisy",
+    "memory",
+    "lmo",
+    "walltime",
+    "report",
+    "vision",
+]
 
 
 def main(argv=None) -> None:
@@ -86,6 +97,12 @@ def main(argv=None) -> None:
         from benchmarks import report
 
         report.write()
+    if "vision" in steps:  # last: it appends/replaces its own block of docs/benchmarks.md
+        from benchmarks import vision, vision_report
+
+        t0 = time.perf_counter()
+        vision_report.write(vision.run())
+        record("vision", t0)
 
 
 if __name__ == "__main__":
