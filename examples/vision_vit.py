@@ -3,7 +3,7 @@
 The CLIP setting at laptop scale: one ViT encoder pretrained on scikit-learn's digits,
 experts fine-tuned on different tasks (each under its own frozen head), merged into one
 encoder with `mergekit_fw.frank_wolfe_merge`. The loss takes the task name, so each
-calibration batch is scored with its task's head. Runs offline in a few minutes on 2 cores:
+calibration batch is scored with its task's head. Runs offline, on CPU:
 
     python examples/vision_vit.py
 """
