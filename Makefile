@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e ".[test,plots,eval]"
+	$(BIN)/pip install -q -e ".[test,plots,eval,vision]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,6 +5,7 @@
     python -m benchmarks.run --only irrelevance,relevance,foreign   # (= scaling)
     python -m benchmarks.run --only memory,lmo,walltime
     python -m benchmarks.run --only report           # rewrite docs/ from cached results
+    python -m benchmarks.run --only vision           # ViT tier (own zoo): docs section
 Flags: --fresh recomputes cached experiment results; --rebuild-zoo retrains the zoo;
 --methods 'TIES;FW-box' and --sizes 4,16 restrict an experiment.
 """
@@ -19,7 +20,7 @@ import time
 import warnings
 
 EXPERIMENTS = ["irrelevance", "relevance", "foreign"]
-STEPS = ["zoo", *EXPERIMENTS, "memory", "lmo", "walltime", "report"]
+STEPS = ["zoo", *EXPERIMENTS, "memory", "lmo", "walltime", "report", "vision"]
 
 
 def main(argv=None) -> None:
@@ -82,6 +83,12 @@ def main(argv=None) -> None:
         from benchmarks import rzoo_report
 
         rzoo_report.write()
+    if "vision" in steps:  # last: it appends/replaces its own block of docs/benchmarks.md
+        from benchmarks import vision, vision_report
+
+        t0 = time.perf_counter()
+        vision_report.write(vision.run())
+        record("vision", t0)
 
 
 if __name__ == "__main__":

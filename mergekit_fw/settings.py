@@ -306,3 +306,40 @@ class FWSettings(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+RECIPE_ONLY = {
+    "max_length": "tokenize your own batches",
+    "batch_size": "pass batches of the size you want in data=",
+    "adapters": "pass the adapters' merged weights as candidates",
+    "lora_mode": "merge LoRA factors through a recipe",
+    "objective": "pass the objective as loss= (a callable, or 'causal_lm' | 'classification' "
+    "| 'entropy')",
+}
+
+
+class APIOptions(FWSettings):
+    """The options of `mergekit_fw.frank_wolfe_merge`: the recipe's, minus the data file.
+
+    The calibration data is the `data=` argument there, so `calibration` is not required
+    (a recipe still must name it: FWSettings is unchanged). Recipe-only keys are refused.
+    """
+
+    calibration: str | None = Field(None, description="unused by the API (data= holds the data)")
+
+    @classmethod
+    def from_options(cls, raw: dict[str, Any]) -> APIOptions:
+        """Validate keyword options, with the recipe's checks and API-worded messages."""
+        for key in raw:
+            if key in RECIPE_ONLY or key == "calibration":
+                fix = RECIPE_ONLY.get(key, "pass the batches as data=")
+                raise FWConfigError(
+                    f"frank_wolfe_merge() does not take '{key}' (a recipe option): {fix}."
+                )
+        try:
+            return cls.from_parameters(raw)
+        except FWConfigError as error:
+            message = error.message.replace(" under parameters: for merge_method frank_wolfe", "")
+            raise FWConfigError(
+                message.replace("parameters.", "option ").replace("Unknown key", "Unknown option")
+            ) from None

@@ -209,12 +209,14 @@ class SoftFrankWolfe(FrankWolfe):
                 out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
             return out
 
+        call = _ObjectiveCall(self.model, self.objective)
+
         def loss_of(w: torch.Tensor) -> float:
-            params = merged(w)
+            params = {f"model.{name}": value for name, value in merged(w).items()}
             total = 0.0
             for j, batch in enumerate(self.batches):
-                bound = _Bound(self.model, params)
-                value = self.objective.batch_loss_sum(bound, batch) * batch.scale
+                value = functional_call(call, params, (batch,), tie_weights=True, strict=False)
+                value = value * batch.scale
                 value.backward(retain_graph=j < len(self.batches) - 1)
                 total += value.item()
             return total
@@ -236,13 +238,15 @@ class SoftFrankWolfe(FrankWolfe):
         return weights
 
 
-class _Bound:
-    """Call a module with substituted parameters (torch.func), like the module itself."""
+class _ObjectiveCall(torch.nn.Module):
+    """The objective as a module around the model, so torch.func substitutes theta(w) for
+    the model's parameters while it runs: any objective, a user's loss that reaches into
+    submodules or calls the model positionally included, sees the real model object."""
 
-    def __init__(self, model: torch.nn.Module, params: dict[str, torch.Tensor]):
-        self.model, self.params = model, params
+    def __init__(self, model: torch.nn.Module, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
 
-    def __call__(self, **inputs):
-        return functional_call(
-            self.model, self.params, args=(), kwargs=inputs, tie_weights=True, strict=False
-        )
+    def forward(self, batch):
+        return self.objective.batch_loss_sum(self.model, batch)

@@ -27,8 +27,8 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from mergekit_fw.data.batches import make_batches
+from mergekit_fw.fw.driver import run_frank_wolfe
 from mergekit_fw.fw.loop import build_slots
-from mergekit_fw.fw.soft_task_vectors import loop_class
 from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
@@ -99,14 +99,10 @@ def compute_plan(
         pool, start_row, init_table = build_start(
             recipe, options, model, slots, pool, objective, batches, task_names, device, dtype
         )
-    loop = loop_class(settings)  # hard | soft over the hull | soft over box / simplex
-    runner = loop(
+    plan = run_frank_wolfe(
         model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
-    )  # fmt: skip
-    runner.start_row = start_row
-    if checkpoint is not None:
-        checkpoint.attach(runner)
-    plan = runner.run()
+        start_row=start_row, prepare=None if checkpoint is None else checkpoint.attach,
+    )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     plan.distances, plan.excluded = recipe.distances, recipe.excluded
     plan.init_table = init_table
@@ -116,10 +112,8 @@ def compute_plan(
             "label": recipe.start.label,
             "recipe": recipe.start.recipe,
         }
-    del runner, slots, model
+    del slots, model
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return plan
 
 
