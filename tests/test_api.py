@@ -137,7 +137,7 @@ def test_task_reaches_the_loss_and_soft_per_task_selection_works(vit):
 
     _, plan = frank_wolfe_merge(
         vit["base"], vit["experts"], loss, vit["data"],
-        iterations=2, variant="soft", select="per_task", inner_steps=3,
+        iterations=2, variant="soft", select="per_task", inner_steps=3, constraint="hull",
     )  # fmt: skip
     assert set(seen) == set(vit["data"])
     assert set(plan.iterations[0].task_wins) == set(vit["data"])

@@ -28,10 +28,10 @@ def _finite(value) -> bool:
 def check_vertex(tensor: torch.Tensor, label: str, name: str) -> None:
     """A streamed vertex tensor (used where the loop reads whole tensors anyway)."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise NonFiniteError(_vertex_message(label, name))
+        raise NonFiniteError(vertex_message(label, name))
 
 
-def _vertex_message(label: str, name: str) -> str:
+def vertex_message(label: str, name: str) -> str:
     return (
         f"Candidate {label} has NaN or Inf values in tensor {name}; a merge with it would be "
         "NaN. Remove it from the recipe or repair the checkpoint. Nothing was written."
@@ -49,7 +49,7 @@ def check_scores(scores, name: str, labels: list[str], with_norms: bool) -> None
     if with_norms:
         for label, norm in zip(labels, scores.norms):
             if not _finite(norm):
-                raise NonFiniteError(_vertex_message(label, name))
+                raise NonFiniteError(vertex_message(label, name))
     if not _finite(scores.current):
         raise NonFiniteError(
             f"The merge itself has NaN or Inf values in tensor {name}; stopping before any "

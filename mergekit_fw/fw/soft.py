@@ -209,17 +209,7 @@ class SoftFrankWolfe(FrankWolfe):
                 out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
             return out
 
-        call = _ObjectiveCall(self.model, self.objective)
-
-        def loss_of(w: torch.Tensor) -> float:
-            params = {f"model.{name}": value for name, value in merged(w).items()}
-            total = 0.0
-            for j, batch in enumerate(self.batches):
-                value = functional_call(call, params, (batch,), tie_weights=True, strict=False)
-                value = value * batch.scale
-                value.backward(retain_graph=j < len(self.batches) - 1)
-                total += value.item()
-            return total
+        loss_of = self.fit_loss(merged)
 
         weights, _ = fit_coefficients(
             loss_of, rows, k, simplex=s.coefficients == "simplex", steps=s.inner_steps,
@@ -236,6 +226,22 @@ class SoftFrankWolfe(FrankWolfe):
             self.coefficients.mul_(1.0 - weights.sum(dim=1, keepdim=True)).add_(vertex)
         directions.clear()  # free the k vertex copies now
         return weights
+
+    def fit_loss(self, merged):
+        """w -> the calibration loss at theta(w) = merged(w), its gradient left in w.grad."""
+        call = _ObjectiveCall(self.model, self.objective)
+
+        def loss_of(w: torch.Tensor) -> float:
+            params = {f"model.{name}": value for name, value in merged(w).items()}
+            total = 0.0
+            for j, batch in enumerate(self.batches):
+                value = functional_call(call, params, (batch,), tie_weights=True, strict=False)
+                value = value * batch.scale
+                value.backward(retain_graph=j < len(self.batches) - 1)
+                total += value.item()
+            return total
+
+        return loss_of
 
 
 class _ObjectiveCall(torch.nn.Module):

@@ -25,7 +25,7 @@ from mergekit_fw.fw.constraints import (
 )
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.oracles import ScoreTable
-from mergekit_fw.fw.soft import SoftFrankWolfe, _Bound, fit_coefficients
+from mergekit_fw.fw.soft import SoftFrankWolfe, fit_coefficients
 
 
 class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
@@ -85,15 +85,7 @@ class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
                 out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
             return out
 
-        def loss_of(w: torch.Tensor) -> float:
-            params = merged(w)
-            total = 0.0
-            for j, batch in enumerate(self.batches):
-                value = self.objective.batch_loss_sum(_Bound(self.model, params), batch)
-                value = value * batch.scale
-                value.backward(retain_graph=j < len(self.batches) - 1)
-                total += value.item()
-            return total
+        loss_of = self.fit_loss(merged)
 
         delta, _ = fit_coefficients(
             loss_of, rows, k, simplex=True, steps=s.inner_steps, lr=s.inner_lr or 1.0,

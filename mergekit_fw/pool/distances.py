@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from mergekit_fw.fw.finite import NonFiniteError, vertex_message
 from mergekit_fw.pool.lora_math import delta_norm_sq
 
 
@@ -25,14 +26,23 @@ def relative_distances(pool) -> list[float]:
         if not base.dtype.is_floating_point:
             continue
         base = base.double()
-        base_sq += float(torch.dot(base.reshape(-1), base.reshape(-1)))
+        base_sq += _finite(float(torch.dot(base.reshape(-1), base.reshape(-1))), pool, 0, name)
         for k in range(1, dense):
             if pool.has(k, name):
                 x = (pool.stored(k, name).double() - base).reshape(-1)
-                diff_sq[k - 1] += float(torch.dot(x, x))
+                diff_sq[k - 1] += _finite(float(torch.dot(x, x)), pool, k, name)
                 del x
         del base
         for j, adapter in enumerate(pool.adapters):
-            diff_sq[dense - 1 + j] += float(delta_norm_sq(adapter, name))
+            value = float(delta_norm_sq(adapter, name))
+            diff_sq[dense - 1 + j] += _finite(value, pool, dense + j, name)
     scale = math.sqrt(base_sq) if base_sq > 0 else 1.0
     return [math.sqrt(d) / scale for d in diff_sq]
+
+
+def _finite(value: float, pool, k: int, name: str) -> float:
+    """This pass reads every tensor first, so it is where a NaN or Inf is found: an Inf
+    would otherwise read as an infinitely foreign candidate and be screened out silently."""
+    if not math.isfinite(value):
+        raise NonFiniteError(vertex_message(pool.labels[k], name))
+    return value
