@@ -197,19 +197,9 @@ class SoftFrankWolfe(FrankWolfe):
                 torch.stack([self.pool.tensor(int(v), slot.name) - slot.param for v in row])
                 for slot, row in zip(self.slots, selected)
             ]
-        theta = {slot.name: slot.param.detach() for slot in self.slots}
         per_tensor = s.fit_granularity == "tensor"
         rows = len(self.slots) if per_tensor else 1
-
-        def merged(w: torch.Tensor) -> dict[str, torch.Tensor]:
-            out = {}
-            for i, slot in enumerate(self.slots):
-                wi = w[i if per_tensor else 0].to(slot.param.dtype)
-                shape = (k,) + (1,) * slot.param.dim()
-                out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
-            return out
-
-        loss_of = self.fit_loss(merged)
+        loss_of = self.fit_loss(directions, per_tensor)
 
         weights, _ = fit_coefficients(
             loss_of, rows, k, simplex=s.coefficients == "simplex", steps=s.inner_steps,
@@ -227,9 +217,19 @@ class SoftFrankWolfe(FrankWolfe):
         directions.clear()  # free the k vertex copies now
         return weights
 
-    def fit_loss(self, merged):
-        """w -> the calibration loss at theta(w) = merged(w), its gradient left in w.grad."""
+    def fit_loss(self, directions: list[torch.Tensor], per_tensor: bool):
+        """w -> the calibration loss at theta(w) = theta_t + sum_j w_j d_j (d_j: the k
+        stacked `directions` of each tensor), its gradient left in w.grad."""
+        theta = {slot.name: slot.param.detach() for slot in self.slots}
         call = _ObjectiveCall(self.model, self.objective)
+
+        def merged(w: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = {}
+            for i, slot in enumerate(self.slots):
+                wi = w[i if per_tensor else 0].to(slot.param.dtype)
+                shape = (len(wi),) + (1,) * slot.param.dim()
+                out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
+            return out
 
         def loss_of(w: torch.Tensor) -> float:
             params = {f"model.{name}": value for name, value in merged(w).items()}

@@ -73,19 +73,9 @@ class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
                 torch.stack([self.task_vector(int(v), slot.name) for v in row])
                 for slot, row in zip(self.slots, selected)
             ]
-        theta = {slot.name: slot.param.detach() for slot in self.slots}
         per_tensor = s.fit_granularity == "tensor"
         rows = len(self.slots) if per_tensor else 1
-
-        def merged(w: torch.Tensor) -> dict[str, torch.Tensor]:
-            out = {}
-            for i, slot in enumerate(self.slots):
-                wi = w[i if per_tensor else 0].to(slot.param.dtype)
-                shape = (k,) + (1,) * slot.param.dim()
-                out[slot.name] = theta[slot.name] + (wi.view(shape) * directions[i]).sum(dim=0)
-            return out
-
-        loss_of = self.fit_loss(merged)
+        loss_of = self.fit_loss(directions, per_tensor)
 
         delta, _ = fit_coefficients(
             loss_of, rows, k, simplex=True, steps=s.inner_steps, lr=s.inner_lr or 1.0,
