@@ -37,6 +37,13 @@ def run_merge(recipe: Path, out: Path):
 
 
 @pytest.fixture(scope="module")
+def other_size(zoo, tmp_path_factory) -> str:
+    """A candidate of another hidden size: another architecture, not a vocabulary issue."""
+    model = toy.make_model(seed=4, hidden=48)
+    return toy.save(model, toy.build_tokenizer(), tmp_path_factory.mktemp("size") / "size")
+
+
+@pytest.fixture(scope="module")
 def wide_vocab(zoo, tmp_path_factory) -> str:
     """A candidate whose vocabulary (and so embedding shape) differs from the base."""
     model = toy.make_model(seed=3, vocab=toy.make_model().config.vocab_size + 8)
@@ -119,6 +126,21 @@ def test_candidate_with_other_shapes(zoo, wide_vocab, tmp_path, no_gradients):
         match=r"tensor (lm_head|model.embed_tokens).weight has shape \[57, 32\], the base \[49, 32\]",
     ):
         run_merge(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_candidate_of_another_size_is_not_called_a_vocabulary_problem(
+    zoo, other_size, tmp_path, no_gradients
+):
+    recipe = write_recipe(
+        tmp_path / "r.yaml", zoo["base"], [zoo["add"], other_size],
+        calibration=f"{zoo['calib']}/add.jsonl", iterations=2,
+    )  # fmt: skip
+    with pytest.raises(FWConfigError) as error:
+        run_merge(recipe, tmp_path / "out")
+    assert f"model {other_size}" in str(error.value)
+    assert "another architecture or size" in str(error.value)
+    assert "vocabulary" not in str(error.value)
     assert not (tmp_path / "out").exists()
 
 

@@ -132,22 +132,33 @@ def check_compatible(base: ModelReference, candidates: list[ModelReference]) -> 
         for name, shape in base_shapes.items():
             if shapes and name not in shapes:
                 raise FWConfigError(
-                    f"Candidate {ref} has no tensor {name}, which the base has; candidates must "
+                    f"model {ref} has no tensor {name}, which the base has; candidates must "
                     "be fine-tunes of the base with the same architecture."
                 )
             if shapes and shapes[name] != shape:
                 raise FWConfigError(
-                    f"Candidate {ref}: tensor {name} has shape {list(shapes[name])}, the base "
-                    f"{list(shape)}. FW merges fine-tunes of one base; a different vocabulary "
-                    "size needs aligning first (e.g. mergekit-tokensurgeon)."
+                    f"model {ref}: tensor {name} has shape {list(shapes[name])}, the base "
+                    f"{list(shape)}. FW merges fine-tunes of one base; {_shape_hint(name, shapes[name], shape)}"
                 )
         vocab = _vocab(ref.model.path)
         if base_vocab is not None and vocab is not None and vocab != base_vocab:
             diff = sorted(set(vocab.items()) ^ set(base_vocab.items()))[:3]
             raise FWConfigError(
-                f"Candidate {ref} has a different tokenizer vocabulary from the base (e.g. "
+                f"model {ref} has a different tokenizer vocabulary from the base (e.g. "
                 f"{diff}); FW needs one shared vocabulary. Align it first (mergekit-tokensurgeon)."
             )
+
+
+def _shape_hint(name: str, got: tuple, want: tuple) -> str:
+    """Only the rows of an embedding or output head differ: a vocabulary to align; any
+    other difference (hidden size, layers): another architecture, not a fine-tune."""
+    vocab_tensor = any(part in name for part in ("embed", "lm_head", "wte", "word_embeddings"))
+    if vocab_tensor and len(got) == len(want) and tuple(got[1:]) == tuple(want[1:]):
+        return "a different vocabulary size needs aligning first (e.g. mergekit-tokensurgeon)."
+    return (
+        "this candidate has another architecture or size (e.g. hidden size), so it is not a "
+        "fine-tune of this base; remove it from `models:`."
+    )
 
 
 def _vocab(path: str) -> dict[str, int] | None:
