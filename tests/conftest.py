@@ -60,3 +60,18 @@ def noisy(zoo) -> str:
             p.add_(torch.randn(p.shape, generator=gen) * 0.5 * p.std())
     path = Path(zoo["root"]) / "noisy"
     return toy.save(model, toy.build_tokenizer(), path)
+
+
+def config(base, models, **params):
+    """A frank_wolfe MergeConfiguration over local models (for prepare / run_fw_merge)."""
+    from mergekit.config import MergeConfiguration
+
+    return MergeConfiguration.model_validate(
+        {
+            "merge_method": "frank_wolfe",
+            "base_model": base,
+            "models": [{"model": m} for m in models],
+            "dtype": "float32",
+            "parameters": params,
+        }
+    )

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from mergekit.config import MergeConfiguration
+from conftest import config
 from mergekit.options import MergeOptions
 
 from mergekit_fw.fw.constraints import (
@@ -157,18 +157,6 @@ def test_combinations_that_make_no_sense_are_rejected(options, fix):
     with pytest.raises(FWConfigError) as error:
         FWSettings.from_parameters({"calibration": "c.jsonl", "iterations": 1, **options})
     assert fix in str(error.value)
-
-
-def config(base, models, **params) -> MergeConfiguration:
-    return MergeConfiguration.model_validate(
-        {
-            "merge_method": "frank_wolfe",
-            "base_model": base,
-            "models": [{"model": m} for m in models],
-            "dtype": "float32",
-            "parameters": params,
-        }
-    )
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mergekit.config import MergeConfiguration
+from conftest import config
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
@@ -36,14 +36,6 @@ def dense_distance(base: str, model: str) -> float:
     a, b = load_file(Path(base) / "model.safetensors"), load_file(Path(model) / "model.safetensors")
     diff = sum(float(((b[k].double() - a[k].double()) ** 2).sum()) for k in a)
     return (diff / sum(float((a[k].double() ** 2).sum()) for k in a)) ** 0.5
-
-
-def config(base, models, **params) -> MergeConfiguration:
-    recipe = {
-        "merge_method": "frank_wolfe", "base_model": base, "dtype": "float32",
-        "models": [{"model": m} for m in models], "parameters": params,
-    }  # fmt: skip
-    return MergeConfiguration.model_validate(recipe)
 
 
 @pytest.fixture(scope="module")

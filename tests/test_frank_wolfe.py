@@ -7,23 +7,12 @@ import weakref
 import pytest
 import torch
 import yaml
+from conftest import config
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
 from mergekit_fw.mergekit.runner import prepare
 from mergekit_fw.pool.vertices import VertexPool
-
-
-def config(base, models, **params) -> MergeConfiguration:
-    return MergeConfiguration.model_validate(
-        {
-            "merge_method": "frank_wolfe",
-            "base_model": base,
-            "models": [{"model": m} for m in models],
-            "dtype": "float32",
-            "parameters": params,
-        }
-    )
 
 
 @pytest.fixture(scope="module")
