@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 
 import torch
@@ -98,6 +99,22 @@ class Encoded:
                 mask[i, : len(x)] = 1
             self.batches.append((ids, mask, labels))
         self.targets = sum(int((b[2][:, 1:] != IGNORE).sum()) for b in self.batches)
+
+
+def train_batches(rows, batch: int, steps: int, seed: int):
+    """`steps` random right-padded (ids, mask, labels) batches of (input, label) rows, seeded."""
+    rng = random.Random(seed)
+    for _ in range(steps):
+        chunk = [rows[rng.randrange(len(rows))] for _ in range(batch)]
+        width = max(len(r[0]) for r in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, (x, y) in enumerate(chunk):
+            ids[i, : len(x)] = torch.tensor(x)
+            labels[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+        yield ids, mask, labels
 
 
 def _forward(model, ids, mask, labels):

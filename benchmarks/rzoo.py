@@ -15,14 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 
 import torch
 
-from benchmarks.common import CACHE, IGNORE, ROOT, Encoded, encode, make_model, score, threads
+from benchmarks.common import (
+    CACHE,
+    ROOT,
+    Encoded,
+    encode,
+    make_model,
+    score,
+    threads,
+    train_batches,
+)
 from benchmarks.common import train_tokenizer as char_tokenizer
 from benchmarks.rzoo_tasks import ALL_TASKS, FOREIGN_TASKS, corpus, new_tag, record, tags, words
 
@@ -46,21 +54,6 @@ def tokenizer():
     return tok
 
 
-def _batches(rows, batch: int, steps: int, seed: int):
-    rng = random.Random(seed)
-    for _ in range(steps):
-        chunk = [rows[rng.randrange(len(rows))] for _ in range(batch)]
-        width = max(len(r[0]) for r in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, (x, y) in enumerate(chunk):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
-        yield ids, mask, labels
-
-
 def train(model, rows, steps, batch, lr, seed, fast_rows=None, mult=1.0) -> float:
     """AdamW (no weight decay), linear decay to 10%, loss on response tokens only.
 
@@ -72,7 +65,7 @@ def train(model, rows, steps, batch, lr, seed, fast_rows=None, mult=1.0) -> floa
     emb = model.get_input_embeddings().weight
     model.train()
     last = float("nan")
-    for ids, mask, labels in _batches(rows, batch, steps, seed):
+    for ids, mask, labels in train_batches(rows, batch, steps, seed):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ import torch
 
 from benchmarks.common import (
     CACHE,
-    IGNORE,
     ROOT,
     ZOO,
     Encoded,
@@ -30,6 +28,7 @@ from benchmarks.common import (
     score,
     threads,
     token_accuracy,
+    train_batches,
     train_tokenizer,
 )  # fmt: skip
 from benchmarks.tasks import ALL_TASKS, NOISY_TASKS, TOPICS, clean, kind, splits, text_splits
@@ -50,21 +49,6 @@ def fingerprint() -> str:
     return hashlib.sha1(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _batches(rows, batch: int, steps: int, seed: int):
-    rng = random.Random(seed)
-    for _ in range(steps):
-        chunk = [rows[rng.randrange(len(rows))] for _ in range(batch)]
-        width = max(len(r[0]) for r in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, (x, y) in enumerate(chunk):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
-        yield ids, mask, labels
-
-
 def train(model, rows, steps: int, batch: int, lr: float, seed: int, mix=None) -> float:
     """AdamW with linear decay to 10%; loss on labelled tokens only. Returns the last loss.
 
@@ -76,9 +60,9 @@ def train(model, rows, steps: int, batch: int, lr: float, seed: int, mix=None) -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(total, 1))
     model.train()
     last = float("nan")
-    stream = _batches(rows, batch, steps, seed)
+    stream = train_batches(rows, batch, steps, seed)
     if mix:
-        other = _batches(mix[0], mix[1], steps, seed + 1)
+        other = train_batches(mix[0], mix[1], steps, seed + 1)
         stream = (b for pair in zip(stream, other) for b in pair)
     for ids, mask, labels in stream:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
