@@ -74,7 +74,16 @@ def frank_wolfe_merge(
         for slot in slots:
             slot.param.requires_grad_(True)
         check_loss(model, objective, batches, task_names)
-        plan = run_frank_wolfe(model, slots, pool, objective, batches, task_names, settings, quiet)
+        start_row, table = None, []
+        if settings.init_kind == "auto":  # the base or task arithmetic, by calibration loss
+            start_row, table = auto_start(
+                model, slots, pool, objective, batches, task_names, settings
+            )
+        plan = run_frank_wolfe(
+            model, slots, pool, objective, batches, task_names, settings, quiet,
+            start_row=start_row,
+        )  # fmt: skip
+        plan.init_table = table
         plan.settings["objective"] = objective.name
         merged = {name: x.detach().clone() for name, x in model.state_dict().items()}
     finally:
@@ -87,6 +96,20 @@ def frank_wolfe_merge(
         model.train(training)
         pool.close()
     return merged, plan
+
+
+def auto_start(model, slots, pool, objective, batches, task_names, settings):
+    """`init: auto` without mergekit: (start row, table) over the base and task arithmetic."""
+    from mergekit_fw.fw.objectives import evaluate
+    from mergekit_fw.fw.start_grid import builtin_rows, log_table, mark_best, public, score_rows
+
+    def loss() -> float:
+        return evaluate(model, objective, batches, task_names, grad=False, quiet=True).total
+
+    table = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss)
+    chosen = mark_best(table)
+    log_table(table)
+    return chosen["row"], public(table)
 
 
 def select_slots(model: torch.nn.Module, include: Callable[[str], bool] | None) -> list:

@@ -55,8 +55,9 @@ class FWSettings(BaseModel):
         "exclude", description="what to do with a foreign candidate: exclude (warn) | error | keep"
     )
     init: str = Field(
-        "base",
-        description="starting point: base | task_arithmetic | auto | a mergekit method name "
+        "auto",
+        description="starting point: auto (the data-free merge with the lowest calibration "
+        "loss: base, task arithmetic, TIES) | base | task_arithmetic | a mergekit method name "
         "(its parameters as init_<name> keys) | path/to/recipe.yaml (mergekit recipe)",
     )
     init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
@@ -236,13 +237,14 @@ class FWSettings(BaseModel):
                 f"lambda = 1, outside scale {self.scale}. Use scale >= 1, constraint: hull, or "
                 "init: base / task_arithmetic."
             )
-        if self.init_kind in ("method", "recipe", "auto") and (
+        if self.init_kind in ("method", "recipe") and (
             self.lora_mode == "factors" or self.adapters
         ):
             raise ValueError(
                 f"init: {self.init} runs a mergekit merge over dense models; it does not apply "
                 "to LoRA adapter vertices (parameters.adapters / lora_mode: factors). Use "
-                "init: base or task_arithmetic there."
+                "init: auto (it then compares the base and task arithmetic), base or "
+                "task_arithmetic there."
             )
 
     @property
@@ -337,9 +339,17 @@ class APIOptions(FWSettings):
                     f"frank_wolfe_merge() does not take '{key}' (a recipe option): {fix}."
                 )
         try:
-            return cls.from_parameters(raw)
+            settings = cls.from_parameters(raw)
         except FWConfigError as error:
             message = error.message.replace(" under parameters: for merge_method frank_wolfe", "")
             raise FWConfigError(
                 message.replace("parameters.", "option ").replace("Unknown key", "Unknown option")
             ) from None
+        if settings.init_kind in ("method", "recipe"):
+            raise FWConfigError(
+                f"frank_wolfe_merge() cannot start from init={settings.init!r}: a mergekit merge "
+                "needs mergekit's loader (a recipe option). Use init='auto' (the base or task "
+                "arithmetic, by calibration loss), 'base' or 'task_arithmetic', or pass the "
+                "merge to start from as one more candidate."
+            )
+        return settings

@@ -159,7 +159,8 @@ def test_api_gives_the_recipe_plan_on_a_tiny_llama(zoo, variant):
 
     calib = f"{zoo['calib']}/two_tasks.yaml"
     experts = [zoo["reverse"], zoo["add"]]
-    options = dict(iterations=3, variant=variant, inner_steps=4)
+    # init: base on both paths (auto compares TIES only where mergekit is: the recipe path)
+    options = dict(iterations=3, variant=variant, inner_steps=4, init="base")
     cfg = MergeConfiguration.model_validate(
         {
             "merge_method": "frank_wolfe", "base_model": zoo["base"], "dtype": "float32",
@@ -185,6 +186,25 @@ def test_api_gives_the_recipe_plan_on_a_tiny_llama(zoo, variant):
     assert api_plan.final_loss == pytest.approx(recipe_plan.final_loss, rel=1e-5)
     for name, row in recipe_plan.coefficients.items():
         assert api_plan.coefficients[name] == pytest.approx(row, abs=1e-5), name
+
+
+def test_api_init_auto_starts_from_the_best_builtin_start(vit):
+    """The default init: auto compares the base and task arithmetic (no mergekit here) and
+    starts from the lowest calibration loss of its table."""
+    from mergekit_fw.fw.start_grid import TA_GRID
+
+    _, plan = frank_wolfe_merge(
+        vit["base"], vit["experts"], head_loss(vit["heads"]), vit["data"], iterations=1,
+        tolerance=1e9,
+    )  # fmt: skip
+    table = plan.init_table
+    assert [e["start"] for e in table] == ["base"] + [
+        f"task_arithmetic lambda={x}" for x in TA_GRID
+    ]
+    chosen = [e for e in table if e["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["loss"] == min(e["loss"] for e in table)
+    assert len({e["loss"] for e in table}) > 1
+    assert plan.iterations[0].loss == pytest.approx(chosen[0]["loss"], rel=1e-6)
 
 
 # --- bad inputs: clear errors before any iteration ---------------------------------------
@@ -236,6 +256,7 @@ def test_bad_inputs_fail_before_any_iteration(vit, tmp_path, no_loop):
     cases.append((lambda: call(), "option iterations is required"))
     cases.append((lambda: call(iterations=1, calibration="x.jsonl"), "does not take"))
     cases.append((lambda: call(loss="mse", iterations=1), "loss= must be a callable"))
+    cases.append((lambda: call(iterations=1, init="ties"), "cannot start from init='ties'"))
     cases.append(
         (lambda: call([str(tmp_path / "none.safetensors")], iterations=1), "does not exist")
     )

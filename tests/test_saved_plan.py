@@ -121,3 +121,42 @@ def test_a_plan_without_fingerprint_or_file_is_refused(planned, tmp_path, no_dat
         result = cli("run", str(planned["recipe"]), str(tmp_path / "out"), "--plan", str(path))
         assert result.exit_code == 1 and message in result.output, result.output
         assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def ties_planned(zoo, tmp_path_factory):
+    """A plan whose start is a TIES vertex (what `init: auto` may choose), and the same
+    recipe run in one go."""
+    root = tmp_path_factory.mktemp("ties_planned")
+    recipe = write_recipe(
+        root / "fw.yaml", zoo["base"], [zoo["reverse"], zoo["add"]],
+        calibration=f"{zoo['calib']}/add.jsonl", iterations=2,
+        init="ties", init_density=0.5, init_weight=1.0,
+    )  # fmt: skip
+    assert cli("plan", str(recipe), "-o", str(root / "plan.json"), "--quiet").exit_code == 0
+    assert cli("run", str(recipe), str(root / "full")).exit_code == 0
+    return {"recipe": recipe, "plan": root / "plan.json", "full": root / "full"}
+
+
+def test_a_plan_with_a_ties_start_vertex_writes_the_same_model(ties_planned, tmp_path, no_data):
+    """The start vertex only existed in memory: writing from the plan merges it again
+    through mergekit (TIES is deterministic) and writes the same bytes."""
+    assert FWPlan.load(ties_planned["plan"]).start["id"] == "init:ties"
+    out = tmp_path / "out"
+    result = cli("run", str(ties_planned["recipe"]), str(out), "--plan", str(ties_planned["plan"]))
+    assert result.exit_code == 0, result.output
+    expected = (ties_planned["full"] / "model.safetensors").read_bytes()
+    assert (out / "model.safetensors").read_bytes() == expected
+
+
+def test_a_plan_with_a_random_start_is_refused(ties_planned, tmp_path, no_data):
+    plan = FWPlan.load(ties_planned["plan"])
+    plan.start["recipe"]["merge_method"] = "dare_ties"
+    plan.save(tmp_path / "plan.json")
+    result = CliRunner().invoke(
+        main, ["run", str(ties_planned["recipe"]), str(tmp_path / "out"), "--plan",
+               str(tmp_path / "plan.json")],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "cannot be merged again identically" in result.output
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -12,6 +12,8 @@ from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
+from mergekit_fw.fw.start_grid import TA_GRID
+from mergekit_fw.mergekit.auto_start import TIES_GRID
 from mergekit_fw.mergekit.checks import check_recipe
 from mergekit_fw.mergekit.runner import run_fw_merge
 from mergekit_fw.plan import FWPlan
@@ -121,7 +123,8 @@ def test_auto_picks_the_argmin_of_its_table(zoo, tmp_path):
     )  # fmt: skip
     plan = FWPlan.load(fw / "fw_plan.json")
     table = plan.init_table
-    assert len(table) == 1 + 4 + 3  # base, 4 task-arithmetic lambdas, 3 TIES densities
+    # the base, every task-arithmetic lambda of the grid (all inside the box), 3 TIES densities
+    assert len(table) == 1 + len(TA_GRID) + len(TIES_GRID)
     losses = [entry["loss"] for entry in table]
     chosen = [entry for entry in table if entry["chosen"]]
     assert len(chosen) == 1 and chosen[0]["loss"] == min(losses)

@@ -67,11 +67,13 @@ def ties_recipe(density: float) -> dict:
 
 
 def hull_recipe() -> dict:
-    """fw_tiny.yaml over the paper's set, conv{base, experts} (`constraint: hull`)."""
+    """fw_tiny.yaml over the paper's set, conv{base, experts} (`constraint: hull`), from
+    the base (`init: base`)."""
     import yaml
 
     recipe = yaml.safe_load(Path("examples/yaml/fw_tiny.yaml").read_text())
     recipe["parameters"]["constraint"] = "hull"
+    recipe["parameters"]["init"] = "base"  # the paper's Algorithm 1 starts at the base
     return recipe
 
 

@@ -215,7 +215,7 @@ def run_fw_merge(
     """Check, pre-pass (resumable) or saved plan, stock mergekit write, FW artifacts."""
     from mergekit_fw.mergekit.method import registered
     from mergekit_fw.mergekit.resume import Checkpointer, OutputGuard, current_request
-    from mergekit_fw.mergekit.saved_plan import load_matching_plan, plan_file_of
+    from mergekit_fw.mergekit.saved_plan import load_matching_plan, plan_file_of, saved_start
 
     request = current_request()
     plan_file = request.plan or plan_file_of(config)
@@ -229,6 +229,8 @@ def run_fw_merge(
         if stale.exists():
             stale.unlink()
         if plan_file is not None:  # no data, no gradients
+            dtype = dtype_from_name(config.dtype) or torch.float32
+            recipe.start = saved_start(plan_file, options, dtype)
             ids = vertex_pool(recipe, config, options).ids
             plan = load_matching_plan(plan_file, recipe, config, math_device(options), ids)
         else:

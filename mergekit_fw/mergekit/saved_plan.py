@@ -29,18 +29,60 @@ def plan_file_of(config: MergeConfiguration) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def load_matching_plan(
-    path: str, recipe: Recipe, config: MergeConfiguration, device: torch.device, ids: list[str]
-) -> FWPlan:
-    """The saved plan at `path`, if it was computed from this recipe's inputs (`ids`: the
-    vertex pool's plan entries, in order)."""
+def read_plan(path: str) -> FWPlan:
     try:
-        plan = FWPlan.load(path)
+        return FWPlan.load(path)
     except FileNotFoundError:
         raise FWConfigError(f"No such plan file: {path}") from None
     except (OSError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise FWConfigError(f"{path} is not a readable mergekit-fw plan: {first}") from None
+
+
+RANDOM_METHODS = ("dare", "della", "breadcrumbs")  # merges that draw random masks
+
+
+def saved_start(path: str, options, dtype: torch.dtype):
+    """The plan's mergekit start vertex (e.g. the TIES start `init: auto` chose), merged
+    again by mergekit from the recipe the plan records, streamed into memory; None if the
+    plan has none. Only deterministic merges are re-done: a random one would not give the
+    start the pre-pass used."""
+    from mergekit_fw.mergekit.start import stream_merge
+    from mergekit_fw.pool.start_vertex import StartVertex
+
+    plan = read_plan(path)
+    if not plan.start:
+        return None
+    recipe = plan.start.get("recipe") or {}
+    method = str(recipe.get("merge_method", ""))
+    if not recipe or any(word in method for word in RANDOM_METHODS):
+        raise FWConfigError(
+            f"The plan {path} starts from {plan.start['id']} ({method or 'no recipe'}), which "
+            "cannot be merged again identically (random masks or no recorded recipe); run "
+            "without --plan, or plan with a deterministic init (auto, ties, base)."
+        )
+    config = MergeConfiguration.model_validate(recipe)
+    vertex = StartVertex(plan.start["id"], plan.start["label"], recipe)
+    vertex.aliases = dict(plan.aliases)
+    names = set(plan.tensors)
+    wanted = lambda name: name in names or name in vertex.aliases  # noqa: E731
+    for name, tensor in stream_merge(config, options, wanted):
+        vertex.put(vertex.aliases.get(name, name), tensor.to(dtype=dtype))
+    missing = sorted(names - set(vertex.tensors))
+    if missing:
+        raise FWConfigError(
+            f"The plan's start {plan.start['id']} merged again lacks {', '.join(missing[:3])}."
+        )
+    LOG.info("Start vertex %s merged again from the plan's recipe", plan.start["id"])
+    return vertex
+
+
+def load_matching_plan(
+    path: str, recipe: Recipe, config: MergeConfiguration, device: torch.device, ids: list[str]
+) -> FWPlan:
+    """The saved plan at `path`, if it was computed from this recipe's inputs (`ids`: the
+    vertex pool's plan entries, in order)."""
+    plan = read_plan(path)
     if not plan.fingerprint:
         raise FWConfigError(
             f"The plan {path} has no input fingerprint (written before mergekit-fw saved one); "

@@ -1,0 +1,83 @@
+"""The data-free starts `init: auto` compares that need no mergekit: the base and task
+arithmetic over a small lambda grid, each a combination of the pool's vertices.
+
+The recipe path (mergekit/auto_start.py) adds mergekit's TIES to this table; the Python API
+(mergekit_fw/api.py) uses it as it is. Each start is formed in the model itself, streamed
+one vertex tensor at a time, and scored with one calibration pass (`loss()`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+LOG = logging.getLogger("mergekit_fw")
+
+TA_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # lambda per task vector (outside the set: skipped)
+
+
+def inside(settings, lam: list[float]) -> bool:
+    """Whether task-vector weights lam lie in the run's constraint set (`init: auto` only
+    compares starts inside it; the authors' task-arithmetic start with n * lambda > 1 on the
+    hull stays available as `init: task_arithmetic`)."""
+    constraint = getattr(settings, "constraint", "hull")
+    scale = getattr(settings, "scale", 1.0)
+    if constraint == "box":
+        return all(0.0 <= x <= scale for x in lam)
+    if constraint == "simplex":
+        return all(x >= 0.0 for x in lam) and sum(lam) <= scale
+    return all(x >= 0.0 for x in lam) and sum(lam) <= 1.0 + 1e-12  # the hull
+
+
+def ta_row(lam: float, n: int) -> list[float]:
+    """Coefficients over [base, candidates] of base + lam * sum_i (theta_i - base)."""
+    return [1.0 - n * lam] + [lam] * n
+
+
+def builtin_rows(settings, n: int) -> list[tuple[str, list[float]]]:
+    """(name, coefficient row) of the base and of every task-arithmetic start in the set."""
+    rows = [("base", [1.0] + [0.0] * n)]
+    rows += [(f"task_arithmetic lambda={lam}", ta_row(lam, n)) for lam in TA_GRID
+             if inside(settings, [lam] * n)]  # fmt: skip
+    return rows
+
+
+@torch.no_grad()
+def set_combination(slots, pool, row: list[float]) -> None:
+    """theta = sum_k row_k v_k, every tensor alike, one vertex tensor in memory at a time."""
+    for slot in slots:
+        slot.param.zero_()
+        for k, c in enumerate(row):
+            if c != 0.0:
+                slot.param.add_(pool.tensor(k, slot.name), alpha=c)
+
+
+def score_rows(rows, slots, pool, loss: Callable[[], float]) -> list[dict]:
+    """The table entries {start, loss, row} of the given starts."""
+    table = []
+    for name, row in rows:
+        set_combination(slots, pool, row)
+        table.append({"start": name, "loss": loss(), "row": row})
+    return table
+
+
+def mark_best(table: list[dict]) -> dict:
+    """Flag the lowest-loss entry (the first of ties) as chosen; return it."""
+    best = min(range(len(table)), key=lambda i: table[i]["loss"])
+    for i, entry in enumerate(table):
+        entry["chosen"] = i == best
+    return table[best]
+
+
+def log_table(table: list[dict]) -> None:
+    LOG.info("init: auto, calibration loss of each data-free start:")
+    for entry in table:
+        mark = "  <- start" if entry.get("chosen") else ""
+        LOG.info("  %-32s %.5f%s", entry["start"], entry["loss"], mark)
+
+
+def public(table: list[dict]) -> list[dict]:
+    """The table as fw_plan.json records it (no coefficient rows)."""
+    return [{k: v for k, v in entry.items() if k != "row"} for entry in table]
