@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import CACHE
-from benchmarks.rzoo_merge import CALIB_SAMPLES, Zoo, baseline, fw, timed
+from benchmarks.rzoo_merge import CALIB_SAMPLES, Zoo, baseline, baseline_recipe, fw, timed
 from benchmarks.rzoo_tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
 
 # BENCH_RESULTS: another folder, for a second process running the same experiment in parallel
@@ -29,28 +29,30 @@ BASELINES = ["linear", "task arithmetic", "TIES", "DARE-TIES"]
 # defaults" (a recipe naming no constraint) is the row of the package's default constraint:
 # the same recipe, so the same merge (rzoo_report.default_method)
 FW_METHODS: dict[str, dict] = {
-    "FW-hull (the paper)": {"constraint": "hull"},
-    "FW-box": {"constraint": "box"},
+    "FW-hull (the paper)": {"constraint": "hull", "init": "base"},
+    "FW-box, init base": {"constraint": "box", "init": "base"},
+    "FW-box, init auto": {"constraint": "box", "init": "auto"},
 }
 # ablations: irrelevance at 4 and 16 models, foreign at 6
 FW_OPTIONS: dict[str, dict] = {
-    "FW-box, scale 0.5": {"constraint": "box", "scale": 0.5},
-    "FW-box, scale 2": {"constraint": "box", "scale": 2.0},
-    "FW-box, 20 iterations": {"constraint": "box", "iterations": 20},
-    "FW-box, granularity model": {"constraint": "box", "granularity": "model"},
-    "FW-simplex, scale 4": {"constraint": "simplex", "scale": 4.0},
-}
+    "FW-box, init auto, scale 2": {"constraint": "box", "init": "auto", "scale": 2.0},
+    "FW-box, init auto, 20 iterations": {"constraint": "box", "init": "auto", "iterations": 20},
+    "FW-box, init auto, granularity model": {"constraint": "box", "init": "auto",
+                                             "granularity": "model"},
+}  # fmt: skip
 # foreign, at 6 models: the screen's counterfactual (foreign: keep = no screen)
 FOREIGN_OPTIONS: dict[str, dict] = {
-    "FW-hull, foreign: keep": {"constraint": "hull", "foreign": "keep"},
-    "FW-box, foreign: keep": {"constraint": "box", "foreign": "keep"},
-    "FW-box, scale 0.5, foreign: keep": {"constraint": "box", "scale": 0.5, "foreign": "keep"},
-    "FW-box, scale 2, foreign: keep": {"constraint": "box", "scale": 2.0, "foreign": "keep"},
+    "FW-hull, foreign: keep": {"constraint": "hull", "init": "base", "foreign": "keep"},
+    "FW-box, init auto, foreign: keep": {"constraint": "box", "init": "auto", "foreign": "keep"},
 }
+# issue 12: FW-box started from each data-free baseline, with the hyper-parameters that
+# baseline chose on calibration at that pool size (a mergekit recipe file as `init:`)
+FROM_BASELINE = {f"FW-box from {b}": b for b in BASELINES}
+FROM_EXPERIMENTS = ("irrelevance", "relevance")
 
 
 def _file(exp):
-    suffix = "" if CALIB_SAMPLES == 32 else f"_calib{CALIB_SAMPLES}"  # ablations: BENCH_CALIB
+    suffix = "" if CALIB_SAMPLES == 100 else f"_calib{CALIB_SAMPLES}"  # ablations: BENCH_CALIB
     return RESULTS / f"rzoo_{exp}{suffix}.json"
 
 
@@ -93,6 +95,15 @@ def run_one(zoo, results, exp, n, name) -> None:
     try:
         if name in BASELINES:
             sel, sd, meta, seconds = timed(baseline, zoo, pool, tasks, name)
+        elif name in FROM_BASELINE:
+            chosen = results.get(f"{exp}|{n}|{FROM_BASELINE[name]}")
+            if chosen is None:
+                run_one(zoo, results, exp, n, FROM_BASELINE[name])
+                chosen = results[f"{exp}|{n}|{FROM_BASELINE[name]}"]
+            options = {"constraint": "box",
+                       "init": baseline_recipe(zoo, pool, FROM_BASELINE[name], chosen["meta"])}  # fmt: skip
+            sel, sd, meta, seconds = timed(fw, zoo, pool, tasks, options)
+            meta["start"] = {"baseline": FROM_BASELINE[name], **chosen["meta"]}
         else:
             options = {**FW_METHODS, **FW_OPTIONS, **FOREIGN_OPTIONS}[name]
             sel, sd, meta, seconds = timed(fw, zoo, pool, tasks, options)
@@ -111,7 +122,7 @@ def run_one(zoo, results, exp, n, name) -> None:
           f"norm {results[key]['mean_normalised']:.3f} ({seconds:.0f}s) {meta}", flush=True)  # fmt: skip
 
 
-def run(exps=tuple(SIZES), chosen=None, fresh=False, sizes=None) -> dict:
+def run(exps=tuple(SIZES), chosen=None, fresh=False, sizes=None, starts=True) -> dict:
     started = time.perf_counter()
     zoo = Zoo()
     results = {} if fresh else load_results(exps)
@@ -123,6 +134,8 @@ def run(exps=tuple(SIZES), chosen=None, fresh=False, sizes=None) -> dict:
         plan = [(n, name) for n in grid for name in BASELINES + list(FW_METHODS)]
         extra = FOREIGN_OPTIONS if exp == "foreign" else FW_OPTIONS
         plan += [(n, name) for n in grid if n in edges for name in extra]
+        if starts and exp in FROM_EXPERIMENTS:  # issue 12: FW from each baseline
+            plan += [(n, name) for n in grid for name in FROM_BASELINE]
         if chosen:  # named methods run at every size of the grid
             plan = [(n, name) for n in grid for name in chosen]
         for n, name in plan:

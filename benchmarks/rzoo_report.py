@@ -13,6 +13,7 @@ from benchmarks.rzoo import expert_table, load_zoo
 from benchmarks.rzoo_bench import (
     BASELINES,
     FOREIGN_OPTIONS,
+    FROM_BASELINE,
     FW_METHODS,
     FW_OPTIONS,
     SIZES,
@@ -33,21 +34,26 @@ CMD = "python -m benchmarks.run --only"
 KEPT = ("## 4. Memory", "## 5. LMO speed", "## 6. Wall time", "## 7. Real pretrained tier")
 
 
-def default_constraint() -> str:
-    """The constraint the installed package uses when a recipe names none ('hull' before
-    constraint sets existed)."""
+def default_of(key: str) -> object:
+    """The installed package's default of one recipe option."""
     from mergekit_fw.settings import FWSettings
 
-    return getattr(FWSettings.model_fields.get("constraint"), "default", None) or "hull"
+    field = FWSettings.model_fields.get(key)
+    return None if field is None else field.default
 
 
 def default_method() -> str:
-    """The FW row a recipe with no constraint reproduces (same settings, same merge)."""
-    return {"hull": "FW-hull (the paper)", "box": "FW-box"}.get(default_constraint(), "FW-box")
+    """The FW row whose options are all the package's defaults: the merge a recipe that
+    names none of them gets (same settings, same merge)."""
+    for name, options in FW_METHODS.items():
+        if all(default_of(k) == v for k, v in options.items()):
+            return name
+    return ""
 
 
 def _methods(results, exp):
     order = BASELINES + list(FW_METHODS) + list(FW_OPTIONS) + list(FOREIGN_OPTIONS)
+    order += list(FROM_BASELINE)
     seen = {row["method"] for row in results.values() if row["exp"] == exp}
     return [m for m in order if m in seen]
 
@@ -69,7 +75,8 @@ def _refs(zoo, exp, sizes):
 def table(results, zoo, exp, metric="mean_normalised"):
     sizes = sorted({r["n"] for r in results.values() if r["exp"] == exp})
     data = {m: {r["n"]: r[metric] for r in results.values() if r["exp"] == exp
-                and r["method"] == m} for m in _methods(results, exp)}  # fmt: skip
+                and r["method"] == m} for m in _methods(results, exp)
+            if m not in FROM_BASELINE}  # fmt: skip
     head = ("| method | 4 targets | + 2 foreign-base (6) |" if exp == "foreign" else
             "| method | " + " | ".join(f"{n} models" for n in sizes) + " |")  # fmt: skip
     lines = [head, "|---" * (len(sizes) + 1) + "|"]
@@ -175,6 +182,36 @@ def done_bar(results, fw: str | None = None) -> list[str]:
     return out
 
 
+def starts_table(results, exp) -> list[str]:
+    """Issue 12: each baseline, FW-box started from it, and FW defaults, at every size:
+    calibration loss (the benchmark's, the objective FW minimises) and held-out score."""
+    out = ["| size | baseline | calib loss: baseline -> FW from it | held-out: baseline -> FW "
+           "from it | FW defaults (calib loss, held-out) | FW from it <= baseline loss, >= "
+           "baseline - 0.01 held-out |", "|---|---|---|---|---|---|"]  # fmt: skip
+    fw = default_method()
+    for n in SIZES[exp]:
+        default = results.get(f"{exp}|{n}|{fw}")
+        for name, b in FROM_BASELINE.items():
+            base, mine = results.get(f"{exp}|{n}|{b}"), results.get(f"{exp}|{n}|{name}")
+            if base is None or mine is None:
+                continue
+            met = (mine["calib_loss"] <= base["calib_loss"] + 1e-6
+                   and mine["mean_normalised"] >= base["mean_normalised"] - 0.01)  # fmt: skip
+            d = (f"{default['calib_loss']:.4f}, {default['mean_normalised']:.3f}"
+                 if default else "")  # fmt: skip
+            out.append(
+                f"| {n} | {b} | {base['calib_loss']:.4f} -> {mine['calib_loss']:.4f} | "
+                f"{base['mean_normalised']:.3f} -> {mine['mean_normalised']:.3f} | {d} | "
+                f"{'yes' if met else 'no'} |"
+            )
+    return out if len(out) > 2 else []
+
+
+def base_new_tags(zoo) -> str:
+    values = [zoo["scores"]["base"][t] for t in ALL_TASKS if t != "vowels"]
+    return f"{min(values):.2f}-{max(values):.2f} (vowels {zoo['scores']['base']['vowels']:.2f})"
+
+
 def zoo_sections() -> list[str]:
     zoo = load_zoo()
     results = load_results()
@@ -182,15 +219,14 @@ def zoo_sections() -> list[str]:
         if (CACHE / "results" / "steps.json").exists() else {}  # fmt: skip
     st = zoo["settings"]
     alias = zoo["alias_scores"]["base"]
-    out = ["## The expert zoo (version 6: experts re-route skills the base has)", "",
+    out = [f"## The expert zoo (version {st['version']}: experts re-route skills the base has)", "",
            f"`{CMD} zoo` (cached in `benchmarks/.cache/rzoo/`; `benchmarks/rzoo.py`, tasks in "
            f"`benchmarks/rzoo_tasks.py`). Sum of per-model training times "
            f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} processes of one thread "
            f"each; the base alone {zoo['timings']['base'] / 60:.1f} min), measured on the "
-           "shared 2-core machine with other jobs running (load average 10-16; a build on "
-           f"idle cores was not timed); the last `--only zoo` run took "
-           f"{zoo['seconds'] / 60:.1f} min wall, reusing the models cached before it (each "
-           "model is cached on its own settings).", "",
+           "2-core machine while other jobs ran (load average 2-4); the last `--only zoo` "
+           f"run took {zoo['seconds'] / 60:.1f} min wall, reusing the models cached before it "
+           "(each model is cached on its own settings).", "",
            f"- tokenizer: character level (`tokenizers`) plus 32 tag tokens, {zoo['vocab']} "
            f"tokens in all; models: LLaMA-style, {zoo['params']:,} parameters "
            f"({st['layers']} layers, hidden {st['hidden']}).",
@@ -202,13 +238,14 @@ def zoo_sections() -> list[str]:
            f"{st['base_lr']}) on all {len(ALL_TASKS)} tasks, each under its *alias* tag "
            f"(`<a00>`..`<a15>`): mean held-out exact match under the aliases "
            f"{sum(alias.values()) / len(alias):.3f} (lowest {min(alias.values()):.2f}, "
-           f"{min(alias, key=alias.get)}).",
+           f"{min(alias, key=alias.get)}). The new tags' embedding rows, never trained, "
+           "are then set to the mean alias row (as transformers initialises added tokens).",
            f"- {len(ALL_TASKS)} experts: each fine-tuned from the base for {st['expert_steps']} "
            f"steps x {st['expert_batch']} to answer its task under a *new* tag "
            f"(`<t00>`..`<t15>`, never seen by the base): body lr {st['expert_lr']}, the new "
            f"tag's embedding row lr {st['tag_lr']} (Adam's step scaled per row). The base "
-           "scores 0.00-0.03 under the new tags (vowels 0.36: a word without vowels is its own "
-           "answer); the expert re-routes the tag to the skill.",
+           f"scores {base_new_tags(zoo)} under the new tags (vowels: a word without vowels is "
+           "its own answer); the expert re-routes the tag to the skill.",
            f"- 2 foreign-base experts ({', '.join(FOREIGN_TASKS)}): a second initialisation "
            f"(seed 1) pretrained the same way for {st['foreign_base_steps']} steps, then "
            f"fine-tuned like the others (body lr {st['foreign_expert_lr']}).",
@@ -238,9 +275,13 @@ def zoo_sections() -> list[str]:
             f"{FW_BATCH}` (speed only) and the option under test; everything else is the "
             "package default. It runs through mergekit's `run_merge` (what `mergekit-yaml` "
             "calls; the package's hook wraps it) and the written model is read back and "
-            "scored. A recipe that names no constraint (FW defaults) gets "
-            f"`{default_constraint()}` in this build, so its row is `{default_method()}`. FW-hull = `constraint: hull` (the paper's set, conv "
-            "{base, experts}); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor).",
+            "scored. Every FW row names its `constraint` and `init`; the package defaults are "
+            f"`constraint: {default_of('constraint')}, init: {default_of('init')}`, so the row "
+            f"a recipe naming neither reproduces is `{default_method()}` (FW defaults). "
+            "FW-hull = `constraint: hull, init: base` (the paper's set, conv {base, experts}, "
+            "from the base); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor); "
+            "`init: auto` = the data-free start with the lowest calibration loss among the "
+            "base, task arithmetic (lambda 0.1-1.0) and TIES (density 0.2, 0.5, 0.8).",
             ""]  # fmt: skip
     sections = [
         ("irrelevance", "1. Irrelevance: 4 targets, irrelevant experts added (4 -> 16)",
@@ -265,6 +306,12 @@ def zoo_sections() -> list[str]:
             main = {m: v for m, v in data.items() if m in BASELINES or m in FW_METHODS}
             plot({**main, **_refs(zoo, exp, sizes)}, sizes, title, DOCS / png)
             out += [f"![{exp}]({png})", ""]
+        starts = starts_table(results, exp)
+        if starts:
+            out += ["FW-box started from each data-free baseline (`init:` a stock mergekit "
+                    "recipe file of that baseline with the hyper-parameters it chose on "
+                    "calibration at that size; issue 12), mean normalised held-out exact "
+                    "match and the calibration loss of the merge:", "", *starts, ""]  # fmt: skip
         out += [f"Per task at {max(sizes)} models (normalised), with calibration exact match "
                 "and loss and the merge's wall time:", "", per_task(results, exp, max(sizes)),
                 "", "Baseline hyper-parameters chosen on calibration:", "",
@@ -289,12 +336,8 @@ def write() -> None:
            "and the MiniLM tier are written by their own commands and kept).", ""]  # fmt: skip
     out += body + kept + [f"## Targets of the issue (FW defaults = {default_method()})", ""]
     out += done_bar(results) + [""]
-    if default_method() != "FW-box":
-        out += (
-            ["The same targets for `constraint: box` (scale 1), the default the issue expects:", ""]
-            + done_bar(results, "FW-box")
-            + [""]
-        )
+    out += (["The same targets for `FW-box, init base` (the previous default):", ""]
+            + done_bar(results, "FW-box, init base") + [""])  # fmt: skip
     analysis = ROOT / "ANALYSIS.md"
     if analysis.exists():
         out += [analysis.read_text()]
