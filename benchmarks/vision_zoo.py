@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import CACHE
 from mergekit_fw.cli import toy_vit as tv
 
-VERSION = 1
+VERSION = 2  # 2: prototype (zero-shot-like) heads instead of fitted probes, lr 1e-3
 PATH = CACHE / "vision" / "zoo.pt"
 
 
