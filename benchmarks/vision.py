@@ -231,6 +231,7 @@ def run(fresh: bool = False) -> dict:
     zoo = build_zoo()
     results = {
         "zoo_seconds": zoo["seconds"], "zoo_version": zoo["version"], "params": zoo["params"],
+        "zoo_built": zoo.get("built_now", False),  # in this run (not read from the cache)
         "threads": torch.get_num_threads(), "calib_per_task": CALIB, "ada_steps": ADA_STEPS,
     }  # fmt: skip
     results["experts"] = {t: zoo["expert_acc"][t] for t in zoo["expert_acc"]}

@@ -72,8 +72,11 @@ def section(r: dict) -> str:
         "",
         f"`python -m benchmarks.run --only vision` (results: `benchmarks/.cache/results/"
         f"vision.json`, copy in `docs/bench_vision.json`): {r['seconds'] / 60:.1f} min on "
-        f"{r.get('threads', 1)} thread(s), the zoo's build included when it was not cached "
-        f"(zoo build alone: {r['zoo_seconds'] / 60:.1f} min, zoo version {r.get('zoo_version')}).",
+        f"{r.get('threads', 1)} thread{'s' if r.get('threads', 1) != 1 else ''}, "
+        + {True: "the zoo's build included", False: "with the zoo cached"}.get(
+            r.get("zoo_built"), "the zoo's build included if it was not cached"
+        )
+        + f" (zoo version {r.get('zoo_version')}, its build {r['zoo_seconds'] / 60:.1f} min).",
         "",
         f"Setting (`mergekit_fw/cli/toy_vit.py`, `benchmarks/vision_zoo.py`): a ViT of "
         f"{r['params']:,} parameters (4x4 patches of scikit-learn's 8x8 `load_digits`, width "
@@ -300,7 +303,7 @@ def plot(r: dict) -> None:
 
     t3 = r["table3"]
     sizes = [int(s) for s in t3]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.8))
     values = [r["table2"][m]["mean"] for m in METHODS]
     left.bar(range(len(METHODS)), values, color="C0")
     left.set_xticks(range(len(METHODS)), METHODS, rotation=25, ha="right")
@@ -315,7 +318,7 @@ def plot(r: dict) -> None:
     right.axhline(t3[str(sizes[0])]["base"]["mean"], color="grey", ls="--", label="base + heads")
     right.set_xlabel("experts in the pool (4 relevant)")
     right.set_title("4 targets, irrelevant experts added")
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(DOCS / "bench_vision.png", dpi=110)
     plt.close(fig)

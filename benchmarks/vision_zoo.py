@@ -65,4 +65,4 @@ def build(force: bool = False) -> dict:
     }
     PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.save(zoo, PATH)
-    return zoo
+    return {**zoo, "built_now": True}
