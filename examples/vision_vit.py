@@ -3,80 +3,117 @@
 The CLIP setting at laptop scale: one ViT encoder pretrained on scikit-learn's digits,
 experts fine-tuned on different tasks (each under its own frozen head), merged into one
 encoder with `mergekit_fw.frank_wolfe_merge`. The loss takes the task name, so each
-calibration batch is scored with its task's head. Runs offline, on CPU:
+calibration batch is scored with its task's head. The script prints held-out accuracy per
+task of the base encoder, task arithmetic (lambda picked on the calibration images) and the
+FW merge. Runs offline, on CPU, in about 1.5 min on one thread (measured on the shared
+2-core development machine under load):
 
     python examples/vision_vit.py
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mergekit_fw import frank_wolfe_merge
 from mergekit_fw.cli import toy_vit as tv
 
 TASKS = ["rot90", "invert", "hflip", "parity", "mod3", "noise_prime"]
+# The best FW variant of the vision tier (docs/benchmarks.md): FW-soft with the authors'
+# unconstrained coefficients, one vertex per task each iteration.
+FW_OPTIONS = dict(
+    iterations=5,
+    variant="soft",
+    select="per_task",
+    constraint="hull",
+    coefficients="free",
+    inner_steps=30,
+)
+TA_GRID = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    splits = tv.digits_splits()  # disjoint train / calibration / test images
-    print("pretraining the base ViT ...")
-    base = tv.pretrain(splits)
-    folder = Path(tempfile.mkdtemp(prefix="vit_experts_"))
+def make_experts(base, splits, tasks, folder: Path, steps: int = 200):
+    """Fine-tune one expert per task under its frozen head; save each to a safetensors file."""
     files, heads = [], {}
-    for i, name in enumerate(TASKS):  # experts on disk: the merge streams them
-        print(f"fine-tuning expert {name} ...")
-        state, heads[name] = tv.finetune(base, tv.TASK[name], splits, seed=100 + i)
+    for i, name in enumerate(tasks):
+        print(f"fine-tuning expert {name} ...", flush=True)
+        state, heads[name] = tv.finetune(base, tv.TASK[name], splits, steps=steps, seed=100 + i)
         files.append(str(folder / f"{name}.safetensors"))
-        save_file(state, files[-1])
+        save_file(state, files[-1])  # on disk: the merge streams them
+    return files, heads
+
+
+def split_of(splits, task: str, part: str):
+    return tv.TASK[task].apply(*splits[part])
+
+
+def fw_merge(base, files, heads, splits, tasks, **options):
+    """The FW merge of the experts' encoders on the labelled calibration images."""
 
     def loss(model, batch, task):  # batch from `data`, task = its key there
         images, labels = batch
         return F.cross_entropy(heads[task](model(images)), labels)
 
-    calibration = {t: [tuple(x[:64] for x in tv.TASK[t].apply(*splits["calib"]))] for t in TASKS}
-    merged, plan = frank_wolfe_merge(
-        model=base,
-        candidates=files,
-        loss=loss,
-        data=calibration,
-        iterations=3,
-        variant="soft",
-        select="per_task",
-        quiet=False,
+    calibration = {t: [split_of(splits, t, "calib")] for t in tasks}
+    return frank_wolfe_merge(
+        model=base, candidates=files, loss=loss, data=calibration, **(options or FW_OPTIONS)
     )
+
+
+def accuracy(base, state, heads, splits, task: str, part: str = "test") -> float:
+    encoder = copy.deepcopy(base)
+    encoder.load_state_dict(state)
+    return tv.accuracy(encoder, heads[task], *split_of(splits, task, part))
+
+
+def task_arithmetic(base, files, heads, splits, tasks):
+    """base + lambda * sum of task vectors, lambda with the best calibration accuracy."""
+    start = base.state_dict()
+    vectors = [{k: v - start[k] for k, v in load_file(f).items()} for f in files]
+    best = None
+    for lam in TA_GRID:
+        state = {k: b + lam * sum(tau[k] for tau in vectors) for k, b in start.items()}
+        score = sum(accuracy(base, state, heads, splits, t, "calib") for t in tasks)
+        if best is None or score > best[0]:
+            best = (score, lam, state)
+    return best[2], best[1]
+
+
+def main() -> None:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    splits = tv.digits_splits()  # disjoint train / calibration / test images
+    print("pretraining the base ViT ...", flush=True)
+    base = tv.pretrain(splits)
+    folder = Path(tempfile.mkdtemp(prefix="vit_experts_"))
+    files, heads = make_experts(base, splits, TASKS, folder)
+    print("merging with Frank-Wolfe ...", flush=True)
+    merged, plan = fw_merge(base, files, heads, splits, TASKS)
     plan.save(folder / "fw_plan.json")
+    arithmetic, lam = task_arithmetic(base, files, heads, splits, TASKS)
 
-    def accuracy(state, task):
-        encoder = tv.TinyViT()
-        encoder.load_state_dict(state)
-        return tv.accuracy(encoder, heads[task], *tv.TASK[task].apply(*splits["test"]))
-
-    arithmetic = {  # task arithmetic, lambda 0.3, for comparison
-        k: v + 0.3 * sum(tv_state[k] - v for tv_state in map(_load, files))
-        for k, v in base.state_dict().items()
-    }
-    print(f"\n{'task':12} {'base':>6} {'TA 0.3':>7} {'FW-soft':>8}")
-    for t in TASKS:
-        print(
-            f"{t:12} {accuracy(base.state_dict(), t):6.3f} {accuracy(arithmetic, t):7.3f} "
-            f"{accuracy(merged, t):8.3f}"
-        )
-    print(f"\nplan: {folder / 'fw_plan.json'}; total weight per expert:")
+    columns = {"base": base.state_dict(), f"TA {lam}": arithmetic, "FW": merged}
+    print(
+        f"\nheld-out test accuracy\n{'task':12} {'expert':>7}" + "".join(f"{c:>8}" for c in columns)
+    )
+    means = dict.fromkeys(columns, 0.0)
+    for t, path in zip(TASKS, files):
+        row = f"{t:12} {accuracy(base, load_file(path), heads, splits, t):7.3f}"
+        for c, state in columns.items():
+            value = accuracy(base, state, heads, splits, t)
+            means[c] += value / len(TASKS)
+            row += f"{value:8.3f}"
+        print(row)
+    print(f"{'mean':12} {'':7}" + "".join(f"{means[c]:8.3f}" for c in columns))
+    print(f"\nplan: {folder / 'fw_plan.json'}; mean coefficient of each model over the tensors")
+    print("(free coefficients: any sign; every tensor's coefficients sum to 1):")
     for label, total in plan.total_coefficients().items():
         print(f"  {label:12} {total / len(plan.tensors):.3f}")
-
-
-def _load(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 scikit-learn's `load_digits` (1797 images, 8x8) is split once, seeded, into disjoint train /
 calibration / test images. A base ViT is pretrained on the train images (digit classes),
 then each expert gets its own task (digits under a transform, or a relabelling such as
-parity) and its own head: a linear probe on the base's features, frozen, then the encoder
-fine-tuned under it (as CLIP experts are fine-tuned under frozen zero-shot text heads).
-Merging then combines encoders; every task keeps its head.
+parity) and its own head, fixed before fine-tuning as CLIP's zero-shot text heads are: a
+class-prototype head, the base's mean feature of 5 train images per class (centred,
+normalised), not fitted to the base's features. The base scores well below the experts with
+these heads (as CLIP zero-shot does); each expert's encoder is fine-tuned under its frozen
+head. Merging then combines encoders; every task keeps its head.
 """
 
 from __future__ import annotations
@@ -189,8 +191,35 @@ def pretrain(splits, seed: int = 0, steps: int = 800, **shape) -> TinyViT:
     return encoder
 
 
+SHOTS = 5  # images per class behind a prototype head
+SCALE = 10.0  # logit scale of a prototype head (CLIP's temperature, at this feature scale)
+
+
+@torch.no_grad()
+def prototype_head(encoder: nn.Module, classes: int, images, labels, seed: int, shots=SHOTS):
+    """A frozen linear head from class prototypes, as a zero-shot head: row c is the base's
+    mean feature of `shots` seeded images of class c, centred on the mean feature of all the
+    images and normalised, scaled so that a typical centred feature gives logits of ~SCALE."""
+    gen = torch.Generator().manual_seed(seed)
+    features = encoder.eval()(images)
+    centre = features.mean(dim=0)
+    rows = []
+    for c in range(classes):
+        members = (labels == c).nonzero()[:, 0]
+        members = members[torch.randperm(len(members), generator=gen)[:shots]]
+        row = features[members].mean(dim=0) - centre
+        rows.append(row / row.norm())
+    weight = torch.stack(rows) * (SCALE / (features - centre).norm(dim=1).median())
+    head = nn.Linear(features.shape[1], classes)
+    head.weight.copy_(weight)
+    head.bias.copy_(-(weight @ centre))
+    return head.requires_grad_(False)
+
+
 def probe(encoder: nn.Module, classes: int, images, labels, seed: int, steps: int = 300):
-    """A linear head on the encoder's frozen features (full batch: features computed once)."""
+    """A linear head fitted on the encoder's frozen features (full batch, Adam): zoo version
+    1's heads, kept for benchmarks/vision_heads.py. Fitted to convergence on the base's
+    features, it lets the base score close to the experts."""
     torch.manual_seed(seed)
     with torch.no_grad():
         features = encoder.eval()(images)
@@ -204,12 +233,19 @@ def probe(encoder: nn.Module, classes: int, images, labels, seed: int, steps: in
     return head.requires_grad_(False)
 
 
-def finetune(base: TinyViT, task: Task, splits, steps: int = 200, seed: int = 0):
-    """(expert encoder state dict, frozen head): probe the base, then fine-tune under it."""
+HEADS = {"prototype": prototype_head, "probe": probe}
+
+
+def finetune(
+    base: TinyViT, task: Task, splits, steps: int = 200, lr: float = 1e-3, seed: int = 0,
+    head: str = "prototype",
+):  # fmt: skip
+    """(expert encoder state dict, frozen head): the base's head for the task (a prototype
+    head by default), then the encoder fine-tuned under it on the task's train images."""
     import copy
 
     encoder = copy.deepcopy(base)
     images, labels = task.apply(*splits["train"])
-    head = probe(encoder, task.classes, images, labels, seed)
-    train(encoder, head, images, labels, steps, 3e-3, seed + 1, batch=32, train_head=False)
-    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}, head
+    frozen = HEADS[head](encoder, task.classes, images, labels, seed)
+    train(encoder, frozen, images, labels, steps, lr, seed + 1, batch=32, train_head=False)
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}, frozen
