@@ -327,6 +327,9 @@ def write() -> None:
         m = re.search(rf"^{re.escape(head)}.*?(?=^## )", page, flags=re.S | re.M)
         if m:
             kept.append(m.group(0).rstrip() + "\n")
+    from benchmarks.vision_report import END, START  # the vision tier's block: its own
+
+    vision = page[page.index(START) : page.index(END) + len(END)] if START in page else ""
     body, results = zoo_sections()
     out = ["# Benchmarks: FW-Merging on an offline expert zoo", "",
            "All numbers below are produced by `make bench` (= `python -m benchmarks.run`) on "
@@ -341,6 +344,8 @@ def write() -> None:
     analysis = ROOT / "ANALYSIS.md"
     if analysis.exists():
         out += [analysis.read_text()]
+    if vision:
+        out += ["", vision]
     (DOCS / "benchmarks.md").write_text("\n".join(out).rstrip() + "\n")
     print(f"wrote {DOCS / 'benchmarks.md'}")
 

@@ -100,8 +100,9 @@ def section(r: dict) -> str:
         "`mergekit_fw.frank_wolfe_merge` on the calibration images with a loss that takes the "
         "task name (`loss(model, batch, task)`: cross-entropy of that task's head); its options "
         "are fixed a priori: FW-hard = the paper's hull (conv{base, experts}), 10 iterations, "
-        "layer-wise LMO, line search; FW-box = the package defaults (`constraint: box`, "
-        "0 <= lambda_i <= 1 per tensor over task vectors), 10 iterations; FW-soft = the "
+        "layer-wise LMO, line search; FW-box = `constraint: box` (the package default: "
+        "0 <= lambda_i <= 1 per tensor over task vectors), 10 iterations; every FW row "
+        "starts at the base (`init: base`; measured before `init: auto` became the default); FW-soft = the "
         "paper's soft variant (hull, per-task selection, coefficients projected on the "
         "simplex), 5 iterations of 30 fit steps; FW-soft free = the same with `coefficients: "
         "free` (the authors' code: unconstrained Adam coefficients). No method sees a test "
@@ -166,7 +167,7 @@ def section(r: dict) -> str:
         "",
         "### The issue's done-bar",
         "",
-        f"For {fw} (the best FW variant on calibration) and FW-box (the package defaults):",
+        f"For {fw} (the best FW variant on calibration) and FW-box (the package's default constraint):",
         "",
         "| target | measured | met |",
         "|---|---|---|",
