@@ -70,8 +70,16 @@ FW_COMMON = {
     "seed": 0,
 }
 FW_VARIANTS = {
-    # paper defaults (inner-product LMO, per-tensor, line search from the base), 8 iterations
-    "FW-hard": {"variant": "hard", "iterations": 8, "line_search_evals": 6},
+    # the package defaults (box over task vectors, init: auto), 8 iterations
+    "FW defaults": {"variant": "hard", "iterations": 8, "line_search_evals": 6},
+    # paper defaults (inner-product LMO, per-tensor, the hull, line search from the base)
+    "FW-hard": {
+        "variant": "hard",
+        "iterations": 8,
+        "line_search_evals": 6,
+        "constraint": "hull",
+        "init": "base",
+    },  # fmt: skip
     # one vertex per task's gradient (authors' selection); coefficients per tensor fitted by
     # projected gradient descent on the simplex (paper) or by unconstrained Adam (authors)
     "FW-soft-simplex": {

@@ -158,12 +158,12 @@ def done_bar(results, fw: str | None = None) -> list[str]:
                 other = get(exp, n, rival)
                 if mine is None or other is None:
                     continue
-                out.append(f"| {exp}, {n} models: {fw} >= {rival} | {mine:.3f} vs "
-                           f"{other:.3f} | {'yes' if mine >= other - 1e-9 else 'no'} |")  # fmt: skip
+                out.append(f"| {exp}, {n} models: {fw} >= {rival} | {mine:.4f} vs "
+                           f"{other:.4f} | {'yes' if mine >= other - 1e-9 else 'no'} |")  # fmt: skip
         lo, hi = get(exp, 4, fw), get(exp, 16, fw)
         if lo is not None and hi is not None:
             out.append(f"| {exp}: 16-model score within 0.02 of the 4-model score | "
-                       f"{lo:.3f} -> {hi:.3f} | {'yes' if hi >= lo - 0.02 else 'no'} |")  # fmt: skip
+                       f"{lo:.4f} -> {hi:.4f} | {'yes' if hi >= lo - 0.02 else 'no'} |")  # fmt: skip
     f6 = get("foreign", 6, fw)
     if f6 is not None:
         out.append(f"| 4 targets + 2 foreign-base experts: >= 0.9 | {f6:.3f} | "

@@ -95,7 +95,7 @@ def main() -> None:
     try:
         for size, experts in POOLS.items():
             models = [str(demo.ROOT / f"expert_{e}") for e in experts]
-            default = fw(models, work / f"fw_base_{size}")
+            default = fw(models, work / f"fw_base_{size}", init="base")
             default_held = held_out(work / f"fw_base_{size}")
             auto = fw(models, work / f"fw_auto_{size}", init="auto")
             auto_held = held_out(work / f"fw_auto_{size}")
@@ -127,7 +127,7 @@ def main() -> None:
         "(mean response-token cross-entropy, lower is better).",
         "",
         "| pool | baseline | baseline calib | FW from it calib | baseline held-out | "
-        "FW from it held-out | FW default (base) calib / held-out | FW auto calib / held-out (start) |",
+        "FW from it held-out | FW init: base calib / held-out | FW auto calib / held-out (start) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -231,7 +231,7 @@ def test_soft_over_task_vectors_stays_in_the_set_and_descends(zoo, kind, granula
         zoo["base"], [zoo["reverse"], zoo["add"], zoo["count"]],
         calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=2, constraint=kind,
         scale=kappa, variant="soft", topk=2, inner_steps=4, granularity=granularity,
-        fit_granularity=granularity,
+        fit_granularity=granularity, init="base",  # the fit's own descent, from the base
     )  # fmt: skip
     plan = prepare(cfg, MergeOptions(quiet=True))
     losses = [r.loss for r in plan.iterations] + [plan.final_loss]

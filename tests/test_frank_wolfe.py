@@ -72,7 +72,7 @@ def test_task_arithmetic_start_and_authors_settings(zoo):
 def test_tolerance_stops_early(zoo):
     cfg = config(
         zoo["base"], [zoo["reverse"]],
-        calibration=f"{zoo['calib']}/reverse.jsonl", iterations=5, tolerance=1e9,
+        calibration=f"{zoo['calib']}/reverse.jsonl", iterations=5, tolerance=1e9, init="base",
     )  # fmt: skip
     plan = prepare(cfg, MergeOptions(quiet=True))
     assert plan.stopped == "tolerance" and len(plan.iterations) == 1

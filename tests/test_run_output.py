@@ -39,7 +39,7 @@ def test_a_logged_run_has_one_line_per_pass_and_no_deprecations(zoo, tmp_path, m
     monkeypatch.delenv("MERGEKIT_FW_PROGRESS", raising=False)
     recipe = write_recipe(
         tmp_path / "r.yaml", zoo["base"], [zoo["reverse"], zoo["add"]],
-        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=2, line_search_evals=3,
+        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=2, line_search_evals=3, init="base",
     )  # fmt: skip
     config = MergeConfiguration.model_validate(yaml.safe_load(recipe.read_text()))
     logged: list[str] = []
