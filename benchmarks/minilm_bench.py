@@ -413,7 +413,9 @@ def single_models(bench: Bench, setting: str) -> None:
     bench.save()
 
 
-def run_setting(bench: Bench, setting: str, fw: bool, threads: int) -> None:
+def run_setting(
+    bench: Bench, setting: str, fw: bool, threads: int, variants: list[str] | None = None
+) -> None:
     spec = SETTINGS[setting]
     print(f"[{setting}] {spec['about']}", flush=True)
     single_models(bench, setting)
@@ -425,7 +427,8 @@ def run_setting(bench: Bench, setting: str, fw: bool, threads: int) -> None:
         _print(setting, record)
     if fw:
         for name, options in FW_VARIANTS.items():
-            _print(setting, run_fw(bench, setting, name, options, threads))
+            if variants is None or name in variants:
+                _print(setting, run_fw(bench, setting, name, options, threads))
 
 
 def _print(setting: str, record: dict) -> None:
@@ -593,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--no-fw", action="store_true", help="baselines only")
+    parser.add_argument("--variants", nargs="*", choices=list(FW_VARIANTS), help="FW rows to run")
     parser.add_argument("--check-cli", action="store_true", help="mergekit-yaml vs in-memory TA")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
@@ -603,7 +607,7 @@ def main(argv: list[str] | None = None) -> None:
         bench.runs["cli_check"] = cli_check(bench, args.threads)
         bench.save()
     for setting in args.settings:
-        run_setting(bench, setting, fw=not args.no_fw, threads=args.threads)
+        run_setting(bench, setting, fw=not args.no_fw, threads=args.threads, variants=args.variants)
     text = report(bench)
     print(text)
     if args.write_docs:
