@@ -222,7 +222,7 @@ def zoo_sections() -> list[str]:
     out = [f"## The expert zoo (version {st['version']}: experts re-route skills the base has)", "",
            f"`{CMD} zoo` (cached in `benchmarks/.cache/rzoo/`; `benchmarks/rzoo.py`, tasks in "
            f"`benchmarks/rzoo_tasks.py`). Sum of per-model training times "
-           f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} processes of one thread "
+           f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} process(es) of one thread "
            f"each; the base alone {zoo['timings']['base'] / 60:.1f} min), measured on the "
            "2-core machine while other jobs ran (load average 2-4); the last `--only zoo` "
            f"run took {zoo['seconds'] / 60:.1f} min wall, reusing the models cached before it "
