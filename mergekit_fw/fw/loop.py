@@ -26,6 +26,7 @@ from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
+from mergekit_fw.fw.start_grid import set_combination
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord
 from mergekit_fw.settings import FWConfigError, FWSettings
@@ -133,11 +134,7 @@ class FrankWolfe:
     @torch.no_grad()
     def init_combination(self, row: list[float]) -> None:
         """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time."""
-        for slot in self._bar(self.slots, "start"):
-            slot.param.zero_()
-            for k, c in enumerate(row):
-                if c != 0.0:
-                    slot.param.add_(self.pool.tensor(k, slot.name), alpha=c)
+        set_combination(self._bar(self.slots, "start"), self.pool, row)
         self.coefficients[:] = torch.tensor(row, dtype=torch.float64)
 
     @torch.no_grad()
