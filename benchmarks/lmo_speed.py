@@ -57,7 +57,7 @@ def fw_runner(info: dict, n: int):
         "merge_method": "frank_wolfe", "base_model": info["base"], "dtype": "float32",
         "models": [{"model": p} for p in info["cands"][:n]],
         "parameters": {"calibration": info["calibration"], "iterations": 1,
-                       "batch_size": 4, "max_length": 64},
+                       "batch_size": 4, "max_length": 64, "init": "base"},
     })  # fmt: skip
     options = MergeOptions(quiet=True)
     recipe = check_recipe(config)
