@@ -336,7 +336,9 @@ def write() -> None:
            "a 2-core CPU; each table names the sub-command that reproduces it. Results are "
            "cached in `benchmarks/.cache/results/`; `python -m benchmarks.run --only report` "
            "rewrites the zoo sections of this page from them (memory, LMO speed, wall time "
-           "and the MiniLM tier are written by their own commands and kept).", ""]  # fmt: skip
+           "and the MiniLM tier are written by their own commands and kept). Memory, LMO speed and "
+           "wall time were measured with `init: base` and their commands pin it; the package "
+           "default is now `init: auto`, whose cost is not in those tables.", ""]  # fmt: skip
     out += body + kept + [f"## Targets of the issue (FW defaults = {default_method()})", ""]
     out += done_bar(results) + [""]
     out += (["The same targets for `FW-box, init base` (the previous default):", ""]
