@@ -76,6 +76,10 @@ class Hull:
     def start_problem(self, init_scale: float, n: int) -> str | None:
         return None  # the authors' task-arithmetic start may lie outside the hull
 
+    def contains(self, lam: torch.Tensor) -> bool:
+        """Task-vector weights [L, n-1] inside the hull: lambda >= 0, sum lambda <= 1."""
+        return bool((lam >= 0).all() and (lam.sum(dim=-1) <= 1 + 1e-9).all())
+
     def direction_(self, pool, i: int, name: str, vertex: Vertex, theta, out) -> None:
         (pick,) = vertex.members[i]
         if pick == ZERO:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from mergekit_fw.fw.constraints import make_constraint
+
 LOG = logging.getLogger("mergekit_fw")
 
 TA_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # lambda per task vector (outside the set: skipped)
@@ -22,13 +24,7 @@ def inside(settings, lam: list[float]) -> bool:
     """Whether task-vector weights lam lie in the run's constraint set (`init: auto` only
     compares starts inside it; the authors' task-arithmetic start with n * lambda > 1 on the
     hull stays available as `init: task_arithmetic`)."""
-    constraint = getattr(settings, "constraint", "hull")
-    scale = getattr(settings, "scale", 1.0)
-    if constraint == "box":
-        return all(0.0 <= x <= scale for x in lam)
-    if constraint == "simplex":
-        return all(x >= 0.0 for x in lam) and sum(lam) <= scale
-    return all(x >= 0.0 for x in lam) and sum(lam) <= 1.0 + 1e-12  # the hull
+    return make_constraint(settings).contains(torch.tensor([lam], dtype=torch.float64))
 
 
 def ta_row(lam: float, n: int) -> list[float]:

@@ -47,7 +47,7 @@ def saved_start(path: str, options, dtype: torch.dtype):
     again by mergekit from the recipe the plan records, streamed into memory; None if the
     plan has none. Only deterministic merges are re-done: a random one would not give the
     start the pre-pass used."""
-    from mergekit_fw.mergekit.start import stream_merge
+    from mergekit_fw.mergekit.start import merged_tensors
     from mergekit_fw.pool.start_vertex import StartVertex
 
     plan = read_plan(path)
@@ -64,15 +64,10 @@ def saved_start(path: str, options, dtype: torch.dtype):
     config = MergeConfiguration.model_validate(recipe)
     vertex = StartVertex(plan.start["id"], plan.start["label"], recipe)
     vertex.aliases = dict(plan.aliases)
-    names = set(plan.tensors)
-    wanted = lambda name: name in names or name in vertex.aliases  # noqa: E731
-    for name, tensor in stream_merge(config, options, wanted):
-        vertex.put(vertex.aliases.get(name, name), tensor.to(dtype=dtype))
-    missing = sorted(names - set(vertex.tensors))
-    if missing:
-        raise FWConfigError(
-            f"The plan's start {plan.start['id']} merged again lacks {', '.join(missing[:3])}."
-        )
+    what = f"The plan's start {plan.start['id']} merged again"
+    for name, tensor in merged_tensors(config, options, set(plan.tensors), vertex.aliases,
+                                       dtype, what):  # fmt: skip
+        vertex.put(name, tensor)
     LOG.info("Start vertex %s merged again from the plan's recipe", plan.start["id"])
     return vertex
 

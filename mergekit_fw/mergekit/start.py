@@ -203,6 +203,33 @@ def start_id(settings: FWSettings) -> str:
     return f"init:{settings.init}"
 
 
+def merged_tensors(
+    config: MergeConfiguration,
+    options: MergeOptions,
+    names: set[str],
+    aliases: dict[str, str],
+    dtype: torch.dtype,
+    what: str,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor in dtype) of each of `names` in mergekit's merge of `config`, once each
+    (a tied alias is read under its primary name); raises, naming `what`, if any is missing."""
+    wanted = lambda name: name in names or name in aliases  # noqa: E731
+    done: set[str] = set()
+    for name, tensor in stream_merge(config, options, wanted, device):
+        primary = aliases.get(name, name)
+        if primary not in done:
+            done.add(primary)
+            yield primary, tensor.to(dtype=dtype)
+    missing = sorted(names - done)
+    if missing:
+        raise FWConfigError(
+            f"{what} produced no tensor for {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; the start must cover every tensor of the "
+            "base model."
+        )
+
+
 def compute_start_vertex(
     config: MergeConfiguration,
     options: MergeOptions,
@@ -216,29 +243,17 @@ def compute_start_vertex(
     """The merge of `config`, streamed by mergekit's executor into the slots' parameters
     and (with `keep`) into an in-memory vertex."""
     by_name = {slot.name: slot for slot in slots}
-    aliases = {alias: slot.name for slot in slots for alias in slot.aliases}
     vertex = StartVertex(vertex_id, label, describe(config))
-    vertex.aliases = aliases
-    wanted = lambda name: name in by_name or name in aliases  # noqa: E731
-    done: set[str] = set()
-    for name, tensor in stream_merge(config, options, wanted, device):
-        primary = aliases.get(name, name)
-        if primary in done:
-            continue
-        done.add(primary)
-        tensor = tensor.to(dtype=dtype)
+    vertex.aliases = {alias: slot.name for slot in slots for alias in slot.aliases}
+    what = f"init: mergekit's {config.merge_method} merge"
+    for name, tensor in merged_tensors(
+        config, options, set(by_name), vertex.aliases, dtype, what, device
+    ):
         if keep:
-            vertex.put(primary, tensor)
+            vertex.put(name, tensor)
         with torch.no_grad():
-            by_name[primary].param.copy_(tensor)
+            by_name[name].param.copy_(tensor)
         del tensor
-    missing = sorted(set(by_name) - done)
-    if missing:
-        raise FWConfigError(
-            f"init: mergekit's {config.merge_method} merge produced no tensor for "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; the start must "
-            "cover every tensor of the base model."
-        )
     return vertex if keep else None
 
 
