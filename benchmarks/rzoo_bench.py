@@ -27,12 +27,16 @@ SIZES = {"irrelevance": [4, 8, 12, 16], "relevance": [4, 8, 12, 16], "foreign": 
 BASELINES = ["linear", "task arithmetic", "TIES", "DARE-TIES"]
 # name -> the recipe options under test (everything else is the recipe default). "FW
 # defaults" (a recipe naming no constraint) is the row of the package's default constraint:
-# the same recipe, so the same merge (rzoo_report.default_method)
+# the same recipe, so the same merge (rzoo_report.default_method). The paper's row keeps
+# its per-token cross-entropy (reduction: token); "reduction token" is the default recipe
+# before reduction: sequence became the default
 FW_METHODS: dict[str, dict] = {
-    "FW-hull (the paper)": {"constraint": "hull", "init": "base"},
+    "FW-hull (the paper)": {"constraint": "hull", "init": "base", "reduction": "token"},
     "FW-box, init base": {"constraint": "box", "init": "base"},
     "FW-box, init auto": {"constraint": "box", "init": "auto"},
-}
+    "FW-box, init auto, reduction token": {"constraint": "box", "init": "auto",
+                                           "reduction": "token"},
+}  # fmt: skip
 # ablations: irrelevance at 4 and 16 models, foreign at 6
 FW_OPTIONS: dict[str, dict] = {
     "FW-box, init auto, scale 2": {"constraint": "box", "init": "auto", "scale": 2.0},
@@ -42,7 +46,12 @@ FW_OPTIONS: dict[str, dict] = {
 }  # fmt: skip
 # foreign, at 6 models: the screen's counterfactual (foreign: keep = no screen)
 FOREIGN_OPTIONS: dict[str, dict] = {
-    "FW-hull, foreign: keep": {"constraint": "hull", "init": "base", "foreign": "keep"},
+    "FW-hull, foreign: keep": {
+        "constraint": "hull",
+        "init": "base",
+        "reduction": "token",
+        "foreign": "keep",
+    },
     "FW-box, init auto, foreign: keep": {"constraint": "box", "init": "auto", "foreign": "keep"},
 }
 # issue 12: FW-box started from each data-free baseline, with the hyper-parameters that

@@ -278,10 +278,13 @@ def zoo_sections() -> list[str]:
             "scored. Every FW row names its `constraint` and `init`; the package defaults are "
             f"`constraint: {default_of('constraint')}, init: {default_of('init')}`, so the row "
             f"a recipe naming neither reproduces is `{default_method()}` (FW defaults). "
-            "FW-hull = `constraint: hull, init: base` (the paper's set, conv {base, experts}, "
-            "from the base); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor); "
+            "FW-hull = `constraint: hull, init: base, reduction: token` (the paper: its set, "
+            "conv {base, experts}, from the base, per-token cross-entropy); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor); "
             "`init: auto` = the data-free start with the lowest calibration loss among the "
-            "base, task arithmetic (lambda 0.1-1.0) and TIES (density 0.2, 0.5, 0.8).",
+            "base, task arithmetic (lambda 0.1-1.0) and TIES (density 0.2, 0.5, 0.8); "
+            f"`reduction: {default_of('reduction')}` (the default) = each task's loss is the "
+            "mean over its samples of their summed answer NLL, `reduction: token` = the mean "
+            "over its answer tokens (the default before; README, Objectives).",
             ""]  # fmt: skip
     sections = [
         ("irrelevance", "1. Irrelevance: 4 targets, irrelevant experts added (4 -> 16)",

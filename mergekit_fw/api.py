@@ -63,7 +63,9 @@ def frank_wolfe_merge(
     slots = select_slots(model, include)
     tasks = task_batches(data)
     task_names = list(tasks)
-    objective, batches = make_objective(model, loss, tasks, callable_batches, named_batches)
+    objective, batches = make_objective(
+        model, loss, tasks, callable_batches, named_batches, settings.reduction
+    )
     base = {slot.name: slot.param.detach().clone() for slot in slots}
     pool = StateDictPool(base, list(candidates), labels=labels)
     flags = {id(p): (p, p.requires_grad) for p in model.parameters()}
@@ -135,7 +137,9 @@ def select_slots(model: torch.nn.Module, include: Callable[[str], bool] | None) 
     return slots
 
 
-def make_objective(model, loss, tasks: dict[str, list], callable_batches, named_batches):
+def make_objective(
+    model, loss, tasks: dict[str, list], callable_batches, named_batches, reduction: str
+):
     """(objective, batches) for a callable loss or a named one."""
     from mergekit_fw.fw.objectives import make_objective as named_objective
     from mergekit_fw.fw.user_loss import CallableObjective
@@ -146,7 +150,8 @@ def make_objective(model, loss, tasks: dict[str, list], callable_batches, named_
         architecture = getattr(getattr(model, "config", None), "architectures", None)
         objective = named_objective(loss, architecture or [type(model).__name__])
         device = next(model.parameters()).device
-        return objective, named_batches(tasks, objective.sequence_level, device)
+        per_sample = objective.sequence_level or reduction == "sequence"
+        return objective, named_batches(tasks, objective.sequence_level, device, per_sample)
     raise FWConfigError(
         f"loss= must be a callable (model, batch[, task]) -> scalar or one of "
         f"{', '.join(NAMED_LOSSES)}; got {loss!r}."

@@ -108,7 +108,7 @@ def held_out_loss(path: str, task: str, split: str = "test") -> float:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     calib = load_calibration(str(ROOT / f"{split}_{task}.jsonl"), tok, 64)
-    batches = make_batches(calib, 50, tok.pad_token_id, "cpu")
+    batches = make_batches(calib, 50, tok.pad_token_id, "cpu", reduction="token")
     return evaluate(model, CausalLMObjective(), batches, [task], grad=False, quiet=True).total
 
 

@@ -8,12 +8,25 @@ from mergekit_fw.data.calibration import CalibrationSet
 from mergekit_fw.fw.objectives import IGNORE_INDEX, Batch
 
 
-def make_batches(calib: CalibrationSet, batch_size: int, pad_id: int, device) -> list[Batch]:
-    """Right-padded batches that never mix tasks, in file order (deterministic)."""
+def make_batches(
+    calib: CalibrationSet, batch_size: int, pad_id: int, device, reduction: str = "sequence"
+) -> list[Batch]:
+    """Right-padded batches that never mix tasks, in file order (deterministic).
+
+    `reduction` (settings.reduction, whose default this is) sets what a task's loss is a mean over: its target
+    tokens, or its samples (each sample's summed NLL: -log P(response), whose size decides
+    exact match). Within a task the two differ by a constant; across tasks, "sequence"
+    weighs a task by its mean target length.
+    """
+    if reduction not in ("token", "sequence"):
+        raise ValueError(f"reduction must be token or sequence, not {reduction!r}")
     total_weight = sum(task.weight for task in calib.tasks)
     batches = []
     for index, task in enumerate(calib.tasks):
-        scale = task.weight / (task.n_targets * total_weight)
+        targets = (
+            task.n_targets if reduction == "token" else sum(1 for s in task.samples if s.n_targets)
+        )
+        scale = task.weight / (targets * total_weight)
         for start in range(0, len(task.samples), batch_size):
             chunk = task.samples[start : start + batch_size]
             width = max(len(s.input_ids) for s in chunk)
@@ -38,7 +51,7 @@ def make_batches(calib: CalibrationSet, batch_size: int, pad_id: int, device) ->
                     mask.to(device),
                     labels.to(device),
                     scale,
-                    task.n_targets,
+                    targets,
                     None if types is None else types.to(device),
                 )  # fmt: skip
             )

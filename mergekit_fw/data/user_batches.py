@@ -64,12 +64,17 @@ def callable_batches(tasks: dict[str, list]) -> list[UserBatch]:
     return out
 
 
-def named_batches(tasks: dict[str, list], sequence_level: bool, device) -> list[Batch]:
-    """Dict batches (input_ids, attention_mask, labels, token_type_ids) as recipe Batches."""
+def named_batches(
+    tasks: dict[str, list], sequence_level: bool, device, per_sample: bool | None = None
+) -> list[Batch]:
+    """Dict batches (input_ids, attention_mask, labels, token_type_ids) as recipe Batches;
+    `per_sample`: a task's loss is a mean over its samples (reduction: sequence), not over
+    its target tokens (default: only for sequence-level objectives)."""
+    per_sample = sequence_level if per_sample is None else per_sample
     out: list[Batch] = []
     for index, (name, batches) in enumerate(tasks.items()):
         converted = [_as_batch(b, index, sequence_level, device, name) for b in batches]
-        targets = sum(_targets(b, sequence_level) for b in converted)
+        targets = sum(_targets(b, sequence_level, per_sample) for b in converted)
         if targets == 0:
             raise FWConfigError(f"task {name!r} has no target tokens (all labels are -100).")
         for batch in converted:
@@ -79,10 +84,12 @@ def named_batches(tasks: dict[str, list], sequence_level: bool, device) -> list[
     return out
 
 
-def _targets(batch: Batch, sequence_level: bool) -> int:
+def _targets(batch: Batch, sequence_level: bool, per_sample: bool) -> int:
+    """Target tokens of a batch, or (per_sample) its samples that have a target."""
     if sequence_level:
         return int(batch.labels.shape[0])
-    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+    has_target = batch.labels[:, 1:] != IGNORE_INDEX
+    return int(has_target.any(dim=1).sum() if per_sample else has_target.sum())
 
 
 def _as_batch(raw, index: int, sequence_level: bool, device, task: str) -> Batch:

@@ -48,7 +48,9 @@ def _auto(name: str):
 
 
 class CausalLMObjective:
-    """Next-token cross-entropy, mean over target tokens (per task, then task-weighted)."""
+    """Next-token cross-entropy of the target tokens, summed per batch; the batches' scale
+    makes it a mean per target token or per sample (settings.reduction), per task, then
+    task-weighted."""
 
     name = "causal_lm"
     sequence_level = False

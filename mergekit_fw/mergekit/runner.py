@@ -88,7 +88,9 @@ def compute_plan(
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    batches = make_batches(recipe.calibration, settings.batch_size, pad_id, device)
+    batches = make_batches(
+        recipe.calibration, settings.batch_size, pad_id, device, settings.reduction
+    )
     LOG.info(
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
