@@ -314,7 +314,10 @@ def zoo_sections() -> list[str]:
             out += ["FW-box started from each data-free baseline (`init:` a stock mergekit "
                     "recipe file of that baseline with the hyper-parameters it chose on "
                     "calibration at that size; issue 12), mean normalised held-out exact "
-                    "match and the calibration loss of the merge:", "", *starts, ""]  # fmt: skip
+                    "match and the calibration loss of the merge. These rows keep "
+                    "`reduction: token`, the objective they were measured with before "
+                    "`reduction: sequence` became the default; the FW defaults column is the "
+                    "current default:", "", *starts, ""]  # fmt: skip
         out += [f"Per task at {max(sizes)} models (normalised), with calibration exact match "
                 "and loss and the merge's wall time:", "", per_task(results, exp, max(sizes)),
                 "", "Baseline hyper-parameters chosen on calibration:", "",
