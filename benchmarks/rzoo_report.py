@@ -344,7 +344,8 @@ def write() -> None:
            "rewrites the zoo sections of this page from them (memory, LMO speed, wall time "
            "and the MiniLM tier are written by their own commands and kept). Memory, LMO speed and "
            "wall time were measured with `init: base` and their commands pin it; the package "
-           "default is now `init: auto`, whose cost is not in those tables.", ""]  # fmt: skip
+           "default is now `init: auto`, whose cost is measured apart (docs/starts.md, "
+           "`benchmarks/start_cost.py`).", ""]  # fmt: skip
     out += body + kept + [f"## Targets of the issue (FW defaults = {default_method()})", ""]
     out += done_bar(results) + [""]
     out += (["The same targets for `FW-box, init base` (the previous default):", ""]

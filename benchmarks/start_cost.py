@@ -1,6 +1,9 @@
-"""Cost of a mergekit start on the demo zoo (4 experts): the start vertex's bytes in memory
-and the time to compute it, vs the model's own bytes; and the same run's total time from
-init: base. FW takes no step (tolerance above any gap), so the difference is the start.
+"""Cost of the start: `init: ties` and `init: auto` (the default) against `init: base`, side
+by side in one process, on two pools: the demo zoo (4 experts, ~24k parameters) and the
+re-routing zoo at 16 experts (0.68M parameters, 4 x 100 calibration samples; built by
+`python -m benchmarks.run --only zoo`, skipped if absent). Per run: the start vertex's bytes
+in memory and the seconds to choose and compute it, and the whole run's seconds. FW takes
+no step (tolerance above any gap), so the difference between runs is the start.
 
     PYTHONPATH=. python -m benchmarks.start_cost    # writes benchmarks/results/start_cost.json
 """
@@ -24,57 +27,95 @@ from mergekit_fw.cli import demo  # noqa: E402
 from mergekit_fw.mergekit import runner  # noqa: E402
 
 EXPERTS = ["reverse", "add", "count", "sort"]
+RUNS = {  # name -> the recipe's init keys; the ratios are to base
+    "base": {"init": "base"},
+    "ties": {"init": "ties", "init_density": 0.5, "init_weight": 1.0},
+    "auto": {"init": "auto"},  # the default: base, 6 task-arithmetic starts, 3 TIES merges
+}
+NO_STEP = {"iterations": 1, "tolerance": 1e9}
 
 
-def run(init: dict, out: Path) -> float:
-    recipe = {
-        "merge_method": "frank_wolfe",
-        "base_model": str(demo.ROOT / "base"),
+def demo_recipe() -> dict:
+    demo.build()
+    return {
+        "merge_method": "frank_wolfe", "base_model": str(demo.ROOT / "base"), "dtype": "float32",
         "models": [{"model": str(demo.ROOT / f"expert_{e}")} for e in EXPERTS],
-        "dtype": "float32",
-        "parameters": {
-            "calibration": str(demo.ROOT / "calib.yaml"), "iterations": 1, "tolerance": 1e9,
-            **init,
-        },
+        "parameters": {"calibration": str(demo.ROOT / "calib.yaml"), **NO_STEP},
     }  # fmt: skip
+
+
+def rzoo_recipe() -> dict | None:
+    from benchmarks.rzoo import ZOO
+
+    if not (ZOO / "zoo.json").exists():
+        return None
+    from benchmarks.rzoo_bench import pools
+    from benchmarks.rzoo_merge import Zoo, fw_recipe
+
+    pool, tasks = pools("irrelevance", 16)
+    return fw_recipe(Zoo(), pool, tasks, NO_STEP)
+
+
+def run(recipe: dict, init: dict, out: Path) -> tuple[float, str | None]:
+    """(seconds of the whole run, the start init: auto chose)."""
+    recipe = {**recipe, "parameters": {**recipe["parameters"], **init}}
     started = time.perf_counter()
     runner.run_fw_merge(
         MergeConfiguration.model_validate(recipe), str(out), MergeOptions(quiet=True)
     )
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    table = json.loads((out / "fw_plan.json").read_text()).get("init_table") or []
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, next((row["start"] for row in table if row.get("chosen")), None)
 
 
-def main() -> None:
-    demo.build()
-    captured: dict = {}
+def measure(recipe: dict, work: Path) -> dict:
+    starts: dict = {}
+    current = {"name": ""}
     original = runner.build_start
 
-    def timed(recipe, *args, **kwargs):
+    def timed(fw_recipe, *args, **kwargs):
         started = time.perf_counter()
-        result = original(recipe, *args, **kwargs)
-        captured["start_seconds"] = time.perf_counter() - started
-        captured["start_bytes"] = recipe.start.nbytes() if recipe.start is not None else 0
+        result = original(fw_recipe, *args, **kwargs)
+        starts[current["name"]] = {
+            "start_seconds": time.perf_counter() - started,
+            "start_bytes": fw_recipe.start.nbytes() if fw_recipe.start is not None else 0,
+        }
         return result
 
     runner.build_start = timed
+    try:
+        run(recipe, RUNS["base"], work / "warm-up")  # first-run costs (imports, caches)
+        seconds, chosen = {}, {}
+        for name, init in RUNS.items():
+            current["name"] = name
+            seconds[name], chosen[name] = run(recipe, init, work / name)
+    finally:
+        runner.build_start = original
+    base = Path(recipe["base_model"])
+    return {
+        "candidates": len(recipe["models"]),
+        "run_seconds": seconds,
+        "run_ratio_to_base": {name: s / seconds["base"] for name, s in seconds.items()},
+        "starts": starts,  # init: base builds no start (no entry)
+        "auto_chose": chosen["auto"],
+        "base_safetensors_bytes": sum(p.stat().st_size for p in base.glob("*.safetensors")),
+    }
+
+
+def main() -> None:
     logging.getLogger("mergekit_fw").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="fw_start_cost_"))
+    result = {}
     try:
-        base_seconds = run({}, work / "base")
-        ties_seconds = run({"init": "ties", "init_density": 0.5, "init_weight": 1.0}, work / "ties")
-        model_bytes = sum(p.stat().st_size for p in (demo.ROOT / "base").glob("*.safetensors"))
+        for name, recipe in (("demo zoo", demo_recipe()), ("re-routing zoo", rzoo_recipe())):
+            if recipe is not None:
+                result[name] = measure(recipe, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {
-        "candidates": len(EXPERTS),
-        "base_run_seconds": base_seconds,
-        "ties_run_seconds": ties_seconds,
-        **captured,
-        "base_safetensors_bytes": model_bytes,
-    }
     Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
     Path("benchmarks/results/start_cost.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
