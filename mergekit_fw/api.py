@@ -150,8 +150,7 @@ def make_objective(
         architecture = getattr(getattr(model, "config", None), "architectures", None)
         objective = named_objective(loss, architecture or [type(model).__name__])
         device = next(model.parameters()).device
-        per_sample = objective.sequence_level or reduction == "sequence"
-        return objective, named_batches(tasks, objective.sequence_level, device, per_sample)
+        return objective, named_batches(tasks, objective.sequence_level, device, reduction)
     raise FWConfigError(
         f"loss= must be a callable (model, batch[, task]) -> scalar or one of "
         f"{', '.join(NAMED_LOSSES)}; got {loss!r}."

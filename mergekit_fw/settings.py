@@ -96,11 +96,13 @@ class FWSettings(BaseModel):
     objective: Literal["causal_lm", "classification", "entropy"] = Field(
         "causal_lm", description="causal_lm | classification (sequence classifiers) | entropy"
     )
-    reduction: Literal["sequence", "token"] = Field(
+    reduction: Literal["sequence", "token", "sample_mean"] = Field(
         "sequence",
         description="a task's loss: sequence: mean over samples of the summed target NLL "
-        "(-log P(response)) | token: mean over target tokens. One task: the same merge; "
-        "several: sequence weighs each task by its mean target length",
+        "(-log P(response)) | token: mean over target tokens | sample_mean: mean over "
+        "samples of each one's mean token NLL (the authors' code). One task: sequence and "
+        "token give the same merge; several: sequence weighs each task by its mean target "
+        "length",
     )
     variant: Literal["hard", "soft"] = Field(
         "hard", description="hard: step to one vertex; soft: fit coefficients of k vertices"

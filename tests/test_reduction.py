@@ -1,4 +1,5 @@
-"""reduction: a task's loss as a mean per sample (sequence, the default) or per target token."""
+"""reduction: a task's loss as a mean per sample of its summed NLL (sequence, the default),
+per target token (token) or per sample of its mean token NLL (sample_mean, the authors' code)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,62 @@ def test_task_losses_are_means_per_token_or_per_sample(reduction, short, long):
     assert report.total == pytest.approx((short + long) / 2 * unit)  # tasks weigh the same
 
 
+class Ramp(torch.nn.Module):
+    """The target token's logit grows along the sequence: each position costs differently."""
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, V)
+        logits[..., 1] = 0.5 * torch.arange(input_ids.shape[1], dtype=torch.float32)
+        return SimpleNamespace(logits=logits)
+
+
+def ramp_nll(position: int) -> float:
+    """NLL of the target predicted at `position` (logit 0.5 * position against 3 zeros)."""
+    return math.log(3 + math.exp(0.5 * position)) - 0.5 * position
+
+
+def brute_force(calib: CalibrationSet, reduction: str) -> float:
+    task_losses = []
+    for task in calib.tasks:
+        per_sample = []  # (summed NLL, targets) of each sample
+        for s in task.samples:
+            nll = [ramp_nll(i - 1) for i, label in enumerate(s.labels) if i and label >= 0]
+            per_sample.append((sum(nll), len(nll)))
+        if reduction == "token":
+            task_losses.append(sum(a for a, _ in per_sample) / sum(n for _, n in per_sample))
+        elif reduction == "sequence":
+            task_losses.append(sum(a for a, _ in per_sample) / len(per_sample))
+        else:  # sample_mean: the authors' code
+            task_losses.append(sum(a / n for a, n in per_sample) / len(per_sample))
+    return sum(task_losses) / len(task_losses)
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence", "sample_mean"])
+def test_every_reduction_matches_brute_force_on_the_recipe_and_the_api_path(reduction):
+    from mergekit_fw.data.user_batches import named_batches
+
+    calib = calibration()
+    expected = brute_force(calib, reduction)
+    batches = make_batches(calib, 8, 0, "cpu", reduction)
+    names = ["short", "long"]
+    recipe = evaluate(Ramp(), CausalLMObjective(), batches, names, grad=False, quiet=True)
+    assert recipe.total == pytest.approx(expected)
+    data = {name: [] for name in names}  # the same padded batches as a user's dict batches
+    for b in batches:
+        data[names[b.task]].append({"input_ids": b.input_ids, "attention_mask": b.attention_mask,
+                                    "labels": b.labels})  # fmt: skip
+    api = named_batches(data, False, "cpu", reduction)
+    report = evaluate(Ramp(), CausalLMObjective(), api, names, grad=False, quiet=True)
+    assert report.total == pytest.approx(expected)
+    if reduction != "token":  # the three differ on this data
+        other = brute_force(calib, "token")
+        assert abs(expected - other) > 1e-3
+
+
 def test_unknown_reduction_is_refused():
-    with pytest.raises(ValueError, match="token or sequence"):
+    with pytest.raises(ValueError, match="reduction must be one of"):
         make_batches(calibration(), 8, 0, "cpu", "mean")
 
 

@@ -7,19 +7,22 @@ import torch
 from mergekit_fw.data.calibration import CalibrationSet
 from mergekit_fw.fw.objectives import IGNORE_INDEX, Batch
 
+REDUCTIONS = ("sequence", "token", "sample_mean")
+
 
 def make_batches(
     calib: CalibrationSet, batch_size: int, pad_id: int, device, reduction: str = "sequence"
 ) -> list[Batch]:
     """Right-padded batches that never mix tasks, in file order (deterministic).
 
-    `reduction` (settings.reduction, whose default this is) sets what a task's loss is a mean over: its target
-    tokens, or its samples (each sample's summed NLL: -log P(response), whose size decides
-    exact match). Within a task the two differ by a constant; across tasks, "sequence"
-    weighs a task by its mean target length.
+    `reduction` (settings.reduction, whose default this is) sets what a task's loss is a
+    mean over: its target tokens (token), or its samples, each counted by its summed NLL
+    (sequence: -log P(response), whose size decides exact match) or by its mean token NLL
+    (sample_mean, the authors' code). Within a task, token and sequence differ by a
+    constant; across tasks, sequence weighs a task by its mean target length.
     """
-    if reduction not in ("token", "sequence"):
-        raise ValueError(f"reduction must be token or sequence, not {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}")
     total_weight = sum(task.weight for task in calib.tasks)
     batches = []
     for index, task in enumerate(calib.tasks):
@@ -44,6 +47,9 @@ def make_batches(
                 labels[row, : len(sample.labels)] = torch.tensor(sample.labels)
                 if types is not None:
                     types[row, :n] = torch.tensor(sample.token_type_ids)
+            weights = None
+            if reduction == "sample_mean" and not chunk[0].sequence_level:
+                weights = torch.tensor([1.0 / max(s.n_targets, 1) for s in chunk])
             batches.append(
                 Batch(
                     index,
@@ -53,6 +59,7 @@ def make_batches(
                     scale,
                     targets,
                     None if types is None else types.to(device),
+                    None if weights is None else weights.to(device),
                 )  # fmt: skip
             )
     return batches

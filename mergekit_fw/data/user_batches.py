@@ -65,21 +65,23 @@ def callable_batches(tasks: dict[str, list]) -> list[UserBatch]:
 
 
 def named_batches(
-    tasks: dict[str, list], sequence_level: bool, device, per_sample: bool | None = None
+    tasks: dict[str, list], sequence_level: bool, device, reduction: str = "token"
 ) -> list[Batch]:
-    """Dict batches (input_ids, attention_mask, labels, token_type_ids) as recipe Batches;
-    `per_sample`: a task's loss is a mean over its samples (reduction: sequence), not over
-    its target tokens (default: only for sequence-level objectives)."""
-    per_sample = sequence_level if per_sample is None else per_sample
+    """Dict batches (input_ids, attention_mask, labels, token_type_ids) as recipe Batches,
+    weighted as data/batches.py weighs a calibration set for this `reduction`."""
+    per_sample = reduction != "token"
     out: list[Batch] = []
     for index, (name, batches) in enumerate(tasks.items()):
         converted = [_as_batch(b, index, sequence_level, device, name) for b in batches]
-        targets = sum(_targets(b, sequence_level, per_sample) for b in converted)
-        if targets == 0:
+        if sum(_targets(b, sequence_level, False) for b in converted) == 0:
             raise FWConfigError(f"task {name!r} has no target tokens (all labels are -100).")
+        targets = sum(_targets(b, sequence_level, per_sample) for b in converted)
         for batch in converted:
             batch.scale = 1.0 / (targets * len(tasks))
             batch.task_targets = targets
+            if reduction == "sample_mean" and not sequence_level:
+                counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+                batch.row_weights = torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0)
         out.extend(converted)
     return out
 

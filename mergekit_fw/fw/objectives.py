@@ -27,6 +27,8 @@ class Batch:
     scale: float  # task weight / (task targets * total weight)
     task_targets: int  # targets in this batch's whole task
     token_type_ids: torch.Tensor | None = None
+    # [B] per-sample factor of its summed loss (reduction: sample_mean: 1 / its targets)
+    row_weights: torch.Tensor | None = None
 
     def inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -48,9 +50,9 @@ def _auto(name: str):
 
 
 class CausalLMObjective:
-    """Next-token cross-entropy of the target tokens, summed per batch; the batches' scale
-    makes it a mean per target token or per sample (settings.reduction), per task, then
-    task-weighted."""
+    """Next-token cross-entropy of the target tokens, summed per batch (each sample's sum
+    times its row weight, if any); the batches' scale makes it a mean per target token or
+    per sample (settings.reduction), per task, then task-weighted."""
 
     name = "causal_lm"
     sequence_level = False
@@ -63,12 +65,17 @@ class CausalLMObjective:
     def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
         logits = model(**batch.inputs()).logits[:, :-1].float()
         targets = batch.labels[:, 1:]
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
+        if batch.row_weights is None:
+            return F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        per_token = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
+        return _weighted_rows(per_token.sum(dim=1), batch)
 
 
 class ClassificationObjective:
@@ -85,6 +92,13 @@ class ClassificationObjective:
     def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
         logits = model(**batch.inputs()).logits.float()
         return F.cross_entropy(logits, batch.labels[:, 0], reduction="sum")
+
+
+def _weighted_rows(per_sample: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Sum of per-sample losses, each times its row weight (when the batch has them)."""
+    if batch.row_weights is None:
+        return per_sample.sum()
+    return (per_sample * batch.row_weights.to(per_sample.dtype)).sum()
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +130,7 @@ class EntropyObjective:
         if self.sequence_level:
             return _entropy(logits).sum()
         mask = batch.labels[:, 1:] != IGNORE_INDEX
-        return (_entropy(logits[:, :-1]) * mask).sum()
+        return _weighted_rows((_entropy(logits[:, :-1]) * mask).sum(dim=1), batch)
 
 
 def make_objective(name: str, architectures: list[str] | None):
