@@ -36,12 +36,14 @@ ADA_LR = [1e-3, 3e-3, 1e-2]
 ADA_INIT = ["paper", "ta"]  # lambda starts at 0.3 (its paper) or at TA's calibration lambda
 ADA_STEPS, ADA_BATCH = 100, 16
 # FW options, fixed a priori (10 iterations: the budget; 5 for the soft variants,
-# whose iterations each fit coefficients for 30 steps). Every row starts at the base
-# (`init="base"`, the package default when these rows were measured; the default is now
-# `init="auto"`, which in the API compares the base with task arithmetic):
+# whose iterations each fit coefficients for 30 steps). The rows start at the base
+# (`init="base"`, the package default when they were first measured), except "FW defaults":
+# every option the API's default (box, `init="auto"`: the base or task arithmetic,
+# whichever has the lower calibration loss):
 FW = {
     "FW-hard": dict(iterations=10, constraint="hull", init="base"),  # the paper's set
     "FW-box": dict(iterations=10, init="base"),  # constraint box, scale 1 (the defaults)
+    "FW defaults": dict(iterations=10),  # box, init auto
     "FW-soft": dict(  # the paper's FW-soft: hull, simplex-projected coefficients
         iterations=5,
         variant="soft",
