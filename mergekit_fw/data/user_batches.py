@@ -65,7 +65,7 @@ def callable_batches(tasks: dict[str, list]) -> list[UserBatch]:
 
 
 def named_batches(
-    tasks: dict[str, list], sequence_level: bool, device, reduction: str = "token"
+    tasks: dict[str, list], sequence_level: bool, device, reduction: str = "sequence"
 ) -> list[Batch]:
     """Dict batches (input_ids, attention_mask, labels, token_type_ids) as recipe Batches,
     weighted as data/batches.py weighs a calibration set for this `reduction`."""
