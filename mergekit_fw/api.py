@@ -102,16 +102,11 @@ def frank_wolfe_merge(
 
 def auto_start(model, slots, pool, objective, batches, task_names, settings):
     """`init: auto` without mergekit: (start row, table) over the base and task arithmetic."""
-    from mergekit_fw.fw.objectives import evaluate
-    from mergekit_fw.fw.start_grid import builtin_rows, log_table, mark_best, public, score_rows
+    from mergekit_fw.fw.start_grid import builtin_rows, calibration_loss, choose, score_rows
 
-    def loss() -> float:
-        return evaluate(model, objective, batches, task_names, grad=False, quiet=True).total
-
-    table = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss)
-    chosen = mark_best(table)
-    log_table(table)
-    return chosen["row"], public(table)
+    loss = calibration_loss(model, objective, batches, task_names)
+    chosen, table = choose(score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss))
+    return chosen["row"], table
 
 
 def select_slots(model: torch.nn.Module, include: Callable[[str], bool] | None) -> list:

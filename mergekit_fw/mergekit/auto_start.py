@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-from mergekit_fw.fw.objectives import evaluate
-from mergekit_fw.fw.start_grid import (
-    builtin_rows,
-    inside,
-    log_table,
-    mark_best,
-    public,
-    score_rows,
+from mergekit_fw.fw.start_grid import builtin_rows, calibration_loss, choose, inside, score_rows
+from mergekit_fw.mergekit.start import (
+    compute_start_vertex,
+    describe,
+    dtype_name,
+    method_config,
+    snapshot,
 )
-from mergekit_fw.mergekit.start import compute_start_vertex, describe, method_config, snapshot
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -40,10 +36,7 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
     n = len(pool) - 1
     dtype = pool.dtype
 
-    def loss() -> float:
-        report = evaluate(model, objective, batches, task_names, grad=False, quiet=True)
-        return report.total
-
+    loss = calibration_loss(model, objective, batches, task_names)
     best_ties, best_ties_loss = None, float("inf")
     settings = recipe.settings
     table = score_rows(builtin_rows(settings, n), slots, pool, loss)
@@ -55,7 +48,7 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
     for density in ties_grid:
         config = method_config(
             "ties", {"density": density, "weight": 1.0}, recipe.base, recipe.candidates,
-            _dtype_name(dtype),
+            dtype_name(dtype),
         )  # fmt: skip
         vertex_id = f"init:ties(density={density},weight=1.0)"
         compute_start_vertex(config, options, slots, vertex_id, "", device, dtype, keep=False)
@@ -65,14 +58,9 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
             best_ties = None
             best_ties = snapshot(slots, vertex_id, "init_ties", describe(config))
             best_ties_loss = value
-    chosen = mark_best(table)
-    log_table(table)
+    chosen, table = choose(table)
     if chosen["row"] is not None:
         start, row = None, chosen["row"]
     else:
         start, row = best_ties, [0.0] * (n + 1) + [1.0]
-    return start, row, public(table)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return start, row, table

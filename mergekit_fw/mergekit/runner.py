@@ -35,7 +35,7 @@ from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
 from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
 from mergekit_fw.mergekit.resume import run_fingerprint
-from mergekit_fw.mergekit.start import compute_start_vertex, start_config, start_id
+from mergekit_fw.mergekit.start import compute_start_vertex, dtype_name, start_config, start_id
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
@@ -117,10 +117,6 @@ def compute_plan(
     del slots, model
     gc.collect()
     return plan
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):

@@ -198,6 +198,11 @@ def stream_merge(
         yield names[task], value
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.float32 -> "float32", the form a mergekit recipe's `dtype:` takes."""
+    return str(dtype).removeprefix("torch.")
+
+
 def start_id(settings: FWSettings) -> str:
     """The plan's entry for a mergekit start vertex."""
     return f"init:{settings.init}"
