@@ -40,27 +40,15 @@ ADA_STEPS, ADA_BATCH = 100, 16
 # (`init="base"`, the package default when they were first measured), except "FW defaults":
 # every option the API's default (box, `init="auto"`: the base or task arithmetic,
 # whichever has the lower calibration loss):
+# the soft variants' shared options: per-task selection, 30 coefficient-fit steps, the hull
+SOFT = dict(iterations=5, variant="soft", select="per_task", inner_steps=30, constraint="hull")
 FW = {
     "FW-hard": dict(iterations=10, constraint="hull", init="base"),  # the paper's set
     "FW-box": dict(iterations=10, init="base"),  # constraint box, scale 1 (the defaults)
     "FW defaults": dict(iterations=10),  # box, init auto
-    "FW-soft": dict(  # the paper's FW-soft: hull, simplex-projected coefficients
-        iterations=5,
-        variant="soft",
-        select="per_task",
-        inner_steps=30,
-        constraint="hull",
-        init="base",
-    ),
-    "FW-soft free": dict(  # the authors' code: unconstrained Adam coefficients
-        iterations=5,
-        variant="soft",
-        select="per_task",
-        inner_steps=30,
-        constraint="hull",
-        coefficients="free",
-        init="base",
-    ),  # fmt: skip
+    "FW-soft": dict(SOFT, init="base"),  # the paper's FW-soft: simplex-projected coefficients
+    # the authors' code: unconstrained Adam coefficients
+    "FW-soft free": dict(SOFT, coefficients="free", init="base"),
 }
 TARGETS = ["rot90", "invert", "parity", "mod3"]  # Table 3's four target tasks
 SIZES = [4, 8, 12, 16]
