@@ -33,11 +33,17 @@ def _one_line(error: Exception) -> str:
 def _load_config(path: str):
     from mergekit.config import MergeConfiguration
 
+    from mergekit_fw.mergekit.checks import check_source, load_yaml_unique
+
     try:
         with open(path, encoding="utf-8") as handle:
-            return MergeConfiguration.model_validate(yaml.safe_load(handle))
+            text = handle.read()
+        check_source(text, path)
+        return MergeConfiguration.model_validate(load_yaml_unique(text, path))
     except FileNotFoundError:
         raise click.ClickException(f"No such recipe: {path}") from None
+    except FWConfigError:
+        raise
     except Exception as error:
         raise click.ClickException(
             f"{path} is not a valid mergekit recipe: {_one_line(error)}"
@@ -149,6 +155,7 @@ def check(config_file: str, calibration: bool, distances: bool) -> None:
     config = _load_config(config_file)
     try:
         recipe = check_recipe(config, with_calibration=calibration)
+        measured = _distances(recipe) if distances else None  # may fail: before "OK:"
     except FWConfigError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"OK: {config_file}")
@@ -165,18 +172,28 @@ def check(config_file: str, calibration: bool, distances: bool) -> None:
         click.echo(f"  calibration: {recipe.calibration.describe()}")
     settings = recipe.settings.public_dict()
     click.echo(
-        "  options: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "calibration")
+        "  options: "
+        + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in settings.items() if k != "calibration")
     )
-    if distances:
-        _print_distances(recipe)
+    if measured is not None:
+        _print_distances(recipe, measured)
 
 
-def _print_distances(recipe) -> None:
+def _yaml_value(value) -> str:
+    """A value as the recipe would spell it (null, false, 0.5), not as Python prints it."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _distances(recipe) -> list:
     from mergekit_fw.mergekit.foreign import candidate_distances
 
+    return list(candidate_distances(recipe))
+
+
+def _print_distances(recipe, measured: list) -> None:
     s = recipe.settings
     click.echo(f"  distances ||theta - base|| / ||base|| (max_distance {s.max_distance}):")
-    for entry, label, d in candidate_distances(recipe):
+    for entry, label, d in measured:
         verdict = "ok"
         if d > s.max_distance:
             verdict = {"exclude": "FOREIGN: left out", "error": "FOREIGN: error"}.get(

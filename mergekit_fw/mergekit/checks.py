@@ -6,11 +6,13 @@ mid-merge. Everything here reads configs, tokenizers and safetensors headers onl
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
 
-from mergekit.common import ModelReference
+import yaml
+from mergekit.common import ModelReference, dtype_from_name
 from mergekit.config import MergeConfiguration
 
 from mergekit_fw.data.calibration import CalibrationSet, load_calibration
@@ -37,6 +39,111 @@ class Recipe:
     excluded: list = field(default_factory=list)  # plan.ExcludedCandidate of the screen
     init_config: object = None  # mergekit recipe of a mergekit start (start.py), checked here
     start: object = None  # its StartVertex once the pre-pass computed it (write phase reads it)
+
+
+# dtypes the pre-pass can take gradients in and mergekit can write (mergekit.common.dtype_from_name)
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise _DuplicateKey(
+                    f"key '{key}' appears twice (lines {first} and "
+                    f"{key_node.start_mark.line + 1}); YAML would silently keep only the last "
+                    "value. Remove one of them."
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_unique(text: str, where: str):
+    """Parse recipe YAML like mergekit does, but refuse duplicated keys (FWConfigError)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as error:
+        raise FWConfigError(f"{where}: {error}") from None
+
+
+def check_source(text: str | None, where: str = "recipe") -> None:
+    """What mergekit's parser drops without a word: a key given twice, and a top-level key
+    that mergekit does not know (a typo such as `parameter:` or `dtpye:`)."""
+    if not text:
+        return
+    try:
+        document = load_yaml_unique(text, where)
+    except yaml.YAMLError:
+        return  # mergekit reports its own syntax errors
+    if not isinstance(document, dict):
+        return
+    known = list(MergeConfiguration.model_fields)
+    for key in document:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FWConfigError(
+                f"{where}: unknown top-level key '{key}' (mergekit would silently ignore "
+                f"it).{hint} Top-level keys: {', '.join(known)}."
+            )
+
+
+def check_host_options(config: MergeConfiguration) -> None:
+    """The top-level keys mergekit owns, checked as the run would use them, so that `check`
+    rejects what the run would reject (mergekit only finds a bad dtype mid-run)."""
+    for key in ("dtype", "out_dtype"):
+        value = getattr(config, key)
+        if value is None:
+            continue
+        try:
+            dtype = dtype_from_name(value)
+        except RuntimeError:
+            dtype = None
+        if dtype is None or not dtype.is_floating_point:
+            close = difflib.get_close_matches(str(value), DTYPES, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FWConfigError(
+                f"{key}: {value!r} is not a dtype a frank_wolfe merge can use.{hint} Use one "
+                f"of {', '.join(DTYPES)}."
+            )
+    template = config.chat_template
+    if template and template != "auto" and not _named_template(template):
+        if len(template) < 20 or "{" not in template:
+            names = ", ".join(sorted(_template_names()))
+            raise FWConfigError(
+                f"chat_template: {template!r} is neither a template mergekit ships ({names}), "
+                "nor 'auto', nor a Jinja template; mergekit would stop at the end of the merge."
+            )
+
+
+def _template_names() -> list[str]:
+    import importlib.resources
+
+    from mergekit._data import chat_templates
+
+    files = importlib.resources.files(chat_templates).iterdir()
+    return [f.name.removesuffix(".jinja") for f in files if f.name.endswith(".jinja")]
+
+
+def _named_template(template: str) -> bool:
+    return (
+        len(template) < 256
+        and "\n" not in template
+        and "{" not in template
+        and template in _template_names()
+    )
 
 
 def raw_parameters(config: MergeConfiguration) -> dict:
@@ -206,6 +313,7 @@ def check_recipe(
 ) -> Recipe:
     """All recipe problems, in the order a user would want to fix them."""
     base, candidates = _structure(config)
+    check_host_options(config)
     settings = FWSettings.from_parameters(raw_parameters(config))
     check_model_path(base, "base_model")
     for ref in candidates:

@@ -30,7 +30,7 @@ from mergekit_fw.data.batches import make_batches
 from mergekit_fw.fw.driver import run_frank_wolfe
 from mergekit_fw.fw.loop import build_slots
 from mergekit_fw.mergekit.auto_start import choose_start
-from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe
+from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe, check_source
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
 from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
@@ -221,6 +221,7 @@ def run_fw_merge(
         import transformers
 
         transformers.trainer_utils.set_seed(options.random_seed)
+    check_source(config_source)  # what mergekit's parser drops: unknown or repeated keys
     recipe = checked_recipe(config, options, with_calibration=plan_file is None)
     with OutputGuard(out_path) as guard, registered():
         stale = Path(out_path) / PLAN_FILE

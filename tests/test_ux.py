@@ -1,0 +1,78 @@
+"""A new user's first hour (issue 23): `check` rejects what the run would reject, and what
+the tools print is worded for the command that was run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mergekit_fw.cli.main import main
+from mergekit_fw.settings import FWConfigError
+from tests.helpers import write_recipe
+
+
+def _recipe(zoo, tmp_path: Path, **top) -> Path:
+    path = write_recipe(
+        tmp_path / "r.yaml", zoo["base"], [zoo["add"]],
+        calibration=f"{zoo['calib']}/add.jsonl", iterations=2,
+    )  # fmt: skip
+    recipe = yaml.safe_load(path.read_text())
+    recipe.update(top)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _run(recipe: Path, out: Path) -> None:
+    """What mergekit-yaml does: the parsed recipe, and its text as config_source."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    text = recipe.read_text()
+    parsed = MergeConfiguration.model_validate(yaml.safe_load(text))
+    run_merge(parsed, str(out), MergeOptions(quiet=True), config_source=text)
+
+
+def _check(*args: str):
+    return CliRunner().invoke(main, ["check", *args])
+
+
+@pytest.mark.parametrize(
+    "top, message",
+    [
+        ({"dtype": "float33"}, r"dtype: 'float33' is not a dtype.*Did you mean 'float32'"),
+        ({"dtype": "int64"}, r"dtype: 'int64' is not a dtype"),
+        ({"out_dtype": "bf16"}, r"out_dtype: 'bf16' is not a dtype"),
+        ({"chat_template": "chatmlx"}, r"chat_template: 'chatmlx' is neither"),
+        ({"dtpye": "float16"}, r"unknown top-level key 'dtpye'.*Did you mean 'dtype'"),
+    ],
+)
+def test_check_rejects_what_the_run_rejects(zoo, tmp_path, top, message):
+    recipe = _recipe(zoo, tmp_path, **top)
+    result = _check(str(recipe), "--no-calibration")
+    assert result.exit_code == 1, result.output
+    assert "OK:" not in result.output
+    assert re.search(message, result.output), result.output
+    with pytest.raises(FWConfigError, match=message):  # the run stops at the same line
+        _run(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_duplicated_key_is_an_error(zoo, tmp_path):
+    recipe = _recipe(zoo, tmp_path)
+    text = recipe.read_text().replace("  iterations: 2\n", "  iterations: 2\n  iterations: 5\n")
+    recipe.write_text(text)
+    result = _check(str(recipe), "--no-calibration")
+    assert result.exit_code == 1
+    assert "key 'iterations' appears twice" in result.output
+
+
+def test_check_prints_options_as_yaml(zoo, tmp_path):
+    result = _check(str(_recipe(zoo, tmp_path)), "--no-calibration")
+    assert result.exit_code == 0, result.output
+    assert "adapters: null" in result.output and "zero_vertex: false" in result.output
+    assert "=None" not in result.output
