@@ -197,8 +197,9 @@ class FWSettings(BaseModel):
             )
         if self.lora_mode == "factors":
             raise ValueError(
-                f"lora_mode: factors runs FW on the LoRA factors, whose set is the hull of the "
-                f"adapters; {where} applies to lora_mode: weights. Use one of the two"
+                f"lora_mode: factors runs FW on the LoRA factors, whose set is the hull of "
+                f"the adapters; {where} applies to lora_mode: weights only. Add constraint: "
+                "hull (the authors' settings), or use lora_mode: weights."
             )
         if self.variant == "soft" and self.coefficients == "free":
             raise ValueError(

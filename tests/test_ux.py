@@ -71,6 +71,16 @@ def test_a_duplicated_key_is_an_error(zoo, tmp_path):
     assert "key 'iterations' appears twice" in result.output
 
 
+def test_a_null_option_says_to_leave_it_out(zoo, tmp_path):
+    recipe = _recipe(zoo, tmp_path)
+    recipe.write_text(
+        recipe.read_text().replace("  iterations: 2\n", "  iterations: 2\n  adapters:\n")
+    )
+    result = _check(str(recipe), "--no-calibration")
+    assert result.exit_code == 1
+    assert "parameters.adapters is empty (null)" in result.output, result.output
+
+
 def test_check_prints_options_as_yaml(zoo, tmp_path):
     result = _check(str(_recipe(zoo, tmp_path)), "--no-calibration")
     assert result.exit_code == 0, result.output

@@ -90,6 +90,13 @@ def check_source(text: str | None, where: str = "recipe") -> None:
     if not isinstance(document, dict):
         return
     known = list(MergeConfiguration.model_fields)
+    parameters = document.get("parameters")
+    for key, value in (parameters or {}).items() if isinstance(parameters, dict) else ():
+        if value is None:
+            raise FWConfigError(
+                f"{where}: parameters.{key} is empty (null), which mergekit refuses; leave "
+                "the key out to get its default."
+            )
     for key in document:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
