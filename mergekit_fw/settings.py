@@ -24,6 +24,19 @@ class FWConfigError(click.ClickException, ValueError):
     """
 
 
+def out_of_core_clash(settings) -> str | None:
+    """The option that keeps a run from the out-of-core pre-pass, if any."""
+    if settings.variant == "soft":
+        return "variant: soft"
+    if settings.fw_steps != "vanilla":
+        return f"fw_steps: {settings.fw_steps}"
+    if settings.merge_fn != "linear":
+        return f"merge_fn: {settings.merge_fn}"
+    if settings.lora_mode == "factors":
+        return "lora_mode: factors"
+    return None
+
+
 class FWSettings(BaseModel):
     """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
 
@@ -74,14 +87,23 @@ class FWSettings(BaseModel):
     merge_density: float = Field(
         0.2, gt=0.0, le=1.0, description="ties: fraction of d kept; dare: keep probability"
     )
-    step: Literal["line_search", "schedule", "constant"] = Field(
-        "line_search", description="line_search | schedule: step_size*2/(t+2) | constant"
+    step: Literal["line_search", "quadratic", "schedule", "constant"] = Field(
+        "line_search",
+        description="line_search: halving + golden section (up to line_search_evals forward "
+        "passes) | quadratic: fit from the loss, the slope (-FW gap) and 1-2 forward passes, "
+        "line search as fallback | schedule: step_size*2/(t+2) | constant",
     )
     step_size: float = Field(1.0, gt=0.0, le=1.0, description="scale of schedule/constant steps")
     line_search_evals: int = Field(
-        10, ge=3, le=64, description="loss evaluations per golden-section line search"
+        10, ge=3, le=64, description="loss evaluations per line search (quadratic: fallback)"
     )
     tolerance: float = Field(0.0, description="stop when the FW gap falls to this (-.inf: never)")
+    prepass: Literal["auto", "in_memory", "out_of_core"] = Field(
+        "auto",
+        description="where the pre-pass holds the model: in_memory (model + gradient on the "
+        "math device) | out_of_core (block by block from disk; memory flat in depth) | auto: "
+        "in memory when `mergekit-fw check --estimate` says it fits, else out of core",
+    )
     max_length: int = Field(512, ge=2, description="tokens per calibration sample")
     batch_size: int = Field(8, ge=1, description="calibration samples per forward pass")
     seed: int = Field(0, description="torch seed for the pre-pass")
@@ -151,6 +173,14 @@ class FWSettings(BaseModel):
                     f"merge_fn: {self.merge_fn} is a hard-variant step over dense tensors, "
                     f"replayed per tensor at write time; it does not apply with {clash}. "
                     "Use merge_fn: linear there."
+                )
+        if self.prepass == "out_of_core":
+            clash = out_of_core_clash(self)
+            if clash:
+                raise ValueError(
+                    f"prepass: out_of_core runs the hard variant with vanilla linear steps "
+                    f"over dense weights; it does not apply with {clash}. Use prepass: "
+                    "in_memory (or auto) there."
                 )
         if self.fw_steps != "vanilla":
             if self.variant == "soft":

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from mergekit_fw.fw.loop import FrankWolfe, Slot
+from mergekit_fw.fw.out_of_core import OutOfCoreFrankWolfe
 from mergekit_fw.fw.scores import VertexSource
 from mergekit_fw.fw.soft_task_vectors import loop_class
 from mergekit_fw.plan import FWPlan
@@ -30,15 +31,24 @@ def run_frank_wolfe(
     quiet: bool = False,
     start_row: list[float] | None = None,
     prepare: Callable[[FrankWolfe], None] | None = None,
+    out_of_core: bool = False,
+    scratch: str | None = None,
 ) -> FWPlan:
     """Run the variant the settings name; theta (the slots' parameters) ends at the merge.
 
     `start_row`: the first iterate as coefficients over the pool (a mergekit start vertex);
     `prepare`: called with the loop before it runs (the resume checkpoint attaches there).
+    `out_of_core`: `model` is a meta-device skeleton; theta and its gradient live in
+    `scratch` on disk (fw/out_of_core.py; a temporary folder if None).
     """
-    loop = loop_class(settings)(  # hard | soft over the hull | soft over box / simplex
-        model, slots, pool, objective, batches, task_names, settings, quiet=quiet
-    )
+    if out_of_core:
+        loop = OutOfCoreFrankWolfe(
+            model, slots, pool, objective, batches, task_names, settings, quiet, scratch
+        )
+    else:  # hard | soft over the hull | soft over box / simplex
+        loop = loop_class(settings)(
+            model, slots, pool, objective, batches, task_names, settings, quiet=quiet
+        )
     loop.start_row = start_row
     if prepare is not None:
         prepare(loop)

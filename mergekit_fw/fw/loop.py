@@ -28,7 +28,7 @@ from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.start_grid import set_combination
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
-from mergekit_fw.plan import FWPlan, IterationRecord
+from mergekit_fw.plan import FWPlan, IterationRecord, loss_unit
 from mergekit_fw.settings import FWConfigError, FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
@@ -93,6 +93,7 @@ class FrankWolfe:
         self.start_row: list[float] | None = None
         self._moves: list[float] | None = None  # the current iteration's moves of theta
         self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
+        self._previous_gamma: float | None = None  # the quadratic step's first trial
         # resume hooks (mergekit/resume.py): called after every finished iteration with the
         # records so far and the stop reason; a saved state to continue from
         self.on_iteration: Callable[[FrankWolfe, list[IterationRecord], str | None], None] | None
@@ -103,11 +104,33 @@ class FrankWolfe:
         """Continue from a saved state instead of theta_0 (run() restores it)."""
         self.resume_state = state
 
+    # -- where theta and its gradient live (fw/out_of_core.py keeps them on disk) ---------
+    def theta_of(self, slot: Slot) -> torch.Tensor:
+        """The iterate's tensor; changes to it count once `store_theta` is called."""
+        return slot.param
+
+    def store_theta(self, slot: Slot, x: torch.Tensor) -> None:
+        """Make `x` the iterate's tensor (in memory it already is: updates are in place)."""
+
+    def gradient_of(self, slot: Slot) -> torch.Tensor:
+        """The gradient of the last `loss(grad=True)`, later overwritten by the direction."""
+        return slot.param.grad
+
+    def direction_buffer(self, slot: Slot) -> torch.Tensor:
+        """Where d is formed: the spent gradient's buffer (no third model copy)."""
+        return slot.param.grad
+
+    def store_direction(self, slot: Slot, d: torch.Tensor) -> None:
+        """Keep d (in memory it already is: it was formed in the gradient's buffer)."""
+
+    def zero_gradient(self) -> None:
+        self.model.zero_grad(set_to_none=False)
+
     # -- helpers -------------------------------------------------------------------------
-    def loss(self, grad: bool, desc: str) -> LossReport:
+    def loss(self, grad: bool, desc: str, batches: list[Batch] | None = None) -> LossReport:
         return evaluate(
-            self.model, self.objective, self.batches, self.task_names,
-            grad=grad, desc=desc, quiet=self.quiet,
+            self.model, self.objective, self.batches if batches is None else batches,
+            self.task_names, grad=grad, desc=desc, quiet=self.quiet,
         )  # fmt: skip
 
     def _bar(self, items, desc: str):
@@ -122,19 +145,23 @@ class FrankWolfe:
         if problem:
             raise FWConfigError(problem)
         for slot in self._bar(self.slots, "task-arithmetic start"):
-            slot.param.mul_(1.0 - n * lam)
+            theta = self.theta_of(slot).mul_(1.0 - n * lam)
             for k in range(1, len(self.pool)):
                 vertex = self.pool.tensor(k, slot.name)
                 check_vertex(vertex, self.pool.labels[k], slot.name)
-                slot.param.add_(vertex, alpha=lam)
+                theta.add_(vertex, alpha=lam)
                 del vertex  # one vertex tensor alive at a time
+            self.store_theta(slot, theta)
         self.coefficients[:, 0] = 1.0 - n * lam
         self.coefficients[:, 1:] = lam
 
     @torch.no_grad()
     def init_combination(self, row: list[float]) -> None:
         """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time."""
-        set_combination(self._bar(self.slots, "start"), self.pool, row)
+        for slot in self.slots:
+            theta = self.theta_of(slot)
+            set_combination(theta, self.pool, slot.name, row)
+            self.store_theta(slot, theta)
         self.coefficients[:] = torch.tensor(row, dtype=torch.float64)
 
     @torch.no_grad()
@@ -147,7 +174,9 @@ class FrankWolfe:
         grad_norms = torch.zeros(rows, dtype=torch.float64)
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
-            scores = score_tensor(self.pool, slot.name, slot.param.grad, slot.param, need_norms)
+            g, theta = self.gradient_of(slot), self.theta_of(slot)
+            scores = score_tensor(self.pool, slot.name, g, theta, need_norms)
+            del g, theta
             check_scores(scores, slot.name, self.pool.labels, need_norms)
             dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
             if need_norms:
@@ -158,9 +187,11 @@ class FrankWolfe:
 
     @torch.no_grad()
     def direction_pass(self, vertex: Vertex) -> None:
-        """Overwrite each gradient buffer with d = s - theta (the gradient is spent)."""
+        """d = s - theta per tensor, formed where the spent gradient was."""
         for i, slot in enumerate(self.slots):
-            self.constraint.direction_(self.pool, i, slot.name, vertex, slot.param, slot.param.grad)
+            d = self.direction_buffer(slot)
+            self.constraint.direction_(self.pool, i, slot.name, vertex, self.theta_of(slot), d)
+            self.store_direction(slot, d)
 
     @torch.no_grad()
     def step_direction_pass(self, vertex: Vertex, steps: list[BlockStep]) -> None:
@@ -187,7 +218,8 @@ class FrankWolfe:
             if self._moves is not None:
                 self._moves.append(delta)
             for slot in self.slots:
-                slot.param.add_(slot.param.grad, alpha=delta)
+                theta = self.theta_of(slot).add_(self.direction_buffer(slot), alpha=delta)
+                self.store_theta(slot, theta)
 
     def line_loss(self, position: list[float]):
         def loss_at(gamma: float) -> float:
@@ -225,7 +257,7 @@ class FrankWolfe:
     def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
         """One pass of Algorithm 1; returns its record and why to stop, if the run should."""
         # 1. gradient at the current merge
-        self.model.zero_grad(set_to_none=False)
+        self.zero_gradient()
         report = self.loss(grad=True, desc=f"gradient t={t}")
         check_loss(report, t)
         # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
@@ -255,7 +287,10 @@ class FrankWolfe:
                 apply_merge_fn_(slot.param.grad, fn, density, seed, t, slot.name)
         position = [0.0]
         self._moves = record.moves  # every in-place move of theta, for the write's replay
-        gamma = self.step_rule.choose(t, report.total, self.line_loss(position))
+        previous = self._previous_gamma
+        gamma = self.step_rule.choose(
+            t, report.total, self.line_loss(position), self.slope(table, vertex, steps), previous
+        )
         self.move(gamma - position[0])
         self._moves = None
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
@@ -265,16 +300,32 @@ class FrankWolfe:
         else:
             self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
         record.gamma = gamma
+        self._previous_gamma = gamma
         return record, None
 
+    def slope(self, table: ScoreTable, vertex: Vertex, steps) -> float | None:
+        """<g, d> at gamma = 0 from the score table (no extra pass); None when d is not the
+        linear direction the table describes (merge_fn ties / dare)."""
+        if self.settings.merge_fn != "linear":
+            return None
+        s_dots, cur = vertex.dots(table), table.current_dots
+        if steps is None:
+            return float((s_dots - cur).sum())
+        a_dots = self.active.away_vertex(vertex, steps).dots(table)
+        total = 0.0
+        for i, st in enumerate(steps):
+            if st.kind == AWAY:  # d = scale (theta - a)
+                total += st.scale * float(cur[i] - a_dots[i])
+            elif st.kind == PAIRWISE:  # d = scale (s - a)
+                total += st.scale * float(s_dots[i] - a_dots[i])
+            else:
+                total += float(s_dots[i] - cur[i])
+        return total
+
     def task_gradient(self, index: int, desc: str) -> LossReport:
-        """The gradient of task `index`'s own weighted loss, left in the parameters' .grad."""
-        self.model.zero_grad(set_to_none=False)
-        batches = [b for b in self.batches if b.task == index]
-        return evaluate(
-            self.model, self.objective, batches, self.task_names,
-            grad=True, desc=desc, quiet=self.quiet,
-        )  # fmt: skip
+        """The gradient of task `index`'s own weighted loss (`gradient_of` gives it)."""
+        self.zero_gradient()
+        return self.loss(True, desc, [b for b in self.batches if b.task == index])
 
     def task_preferences(self) -> dict[str, dict[str, int]]:
         """Which vertex each task's own gradient prefers at the final merge (tensors won)."""
@@ -297,6 +348,7 @@ class FrankWolfe:
             loop_state.restore(self, self.resume_state)
             history, stop = list(self.resume_state.history), self.resume_state.stopped
             first, stopped = self.resume_state.next_t, stop or stopped
+            self._previous_gamma = history[-1].gamma if history and history[-1].gamma else None
         elif self.start_row is not None:
             self.init_combination(self.start_row)
         elif s.init == "task_arithmetic":
@@ -315,16 +367,22 @@ class FrankWolfe:
         final = self.loss(grad=False, desc="final loss")
         check_loss(final, len(history), "final")
         if not self.quiet:
-            LOG.info("final calibration loss %.5f", final.total)
+            LOG.info("final calibration loss %.5f %s", final.total, self.loss_unit)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)
         plan.task_preferences = preferences
         plan.start_row = list(self.start_row) if self.start_row is not None else None
         return plan
 
+    @property
+    def loss_unit(self) -> str:
+        """plan.loss_unit: what the logged losses are (nats/sample, nats/token, ...)."""
+        return loss_unit(self.settings, getattr(self.objective, "name", None))
+
     def _log(self, r: IterationRecord) -> None:
         wins = ", ".join(f"{k} {v}" for k, v in sorted(r.wins.items(), key=lambda kv: -kv[1]))
         message = (
-            f"FW t={r.t}: loss {r.loss:.5f}  gap {r.gap:.4g}  gamma {r.gamma:.4g}  wins: {wins}"
+            f"FW t={r.t}: loss {r.loss:.5f} {self.loss_unit}".rstrip()
+            + f"  gap {r.gap:.4g}  gamma {r.gamma:.4g}  wins: {wins}"
         )
         progress_message(message, LOG.info if self.quiet else None)
 

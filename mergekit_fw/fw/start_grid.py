@@ -41,20 +41,28 @@ def builtin_rows(settings, n: int) -> list[tuple[str, list[float]]]:
 
 
 @torch.no_grad()
-def set_combination(slots, pool, row: list[float]) -> None:
-    """theta = sum_k row_k v_k, every tensor alike, one vertex tensor in memory at a time."""
+def set_combination(out: torch.Tensor, pool, name: str, row: list[float]) -> torch.Tensor:
+    """out = sum_k row_k v_k for one tensor, one vertex tensor in memory at a time: the one
+    place an iterate is built from the pool and its coefficients."""
+    out.zero_()
+    for k, c in enumerate(row):
+        if c != 0.0:
+            out.add_(pool.tensor(k, name), alpha=c)
+    return out
+
+
+@torch.no_grad()
+def set_combinations(slots, pool, row: list[float]) -> None:
+    """Every slot's parameter set to sum_k row_k v_k (the same row for every tensor)."""
     for slot in slots:
-        slot.param.zero_()
-        for k, c in enumerate(row):
-            if c != 0.0:
-                slot.param.add_(pool.tensor(k, slot.name), alpha=c)
+        set_combination(slot.param, pool, slot.name, row)
 
 
 def score_rows(rows, slots, pool, loss: Callable[[], float]) -> list[dict]:
     """The table entries {start, loss, row} of the given starts."""
     table = []
     for name, row in rows:
-        set_combination(slots, pool, row)
+        set_combinations(slots, pool, row)
         table.append({"start": name, "loss": loss(), "row": row})
     return table
 
@@ -69,10 +77,11 @@ def calibration_loss(model, objective, batches, task_names) -> Callable[[], floa
     return loss
 
 
-def choose(table: list[dict]) -> tuple[dict, list[dict]]:
-    """(chosen entry, table as the plan records it): the lowest loss wins; the table is logged."""
+def choose(table: list[dict], unit: str = "") -> tuple[dict, list[dict]]:
+    """(chosen entry, table as the plan records it): the lowest loss wins; the table is logged
+    (`unit`: plan.loss_unit of the run)."""
     chosen = mark_best(table)
-    log_table(table)
+    log_table(table, unit)
     return chosen, public(table)
 
 
@@ -84,8 +93,8 @@ def mark_best(table: list[dict]) -> dict:
     return table[best]
 
 
-def log_table(table: list[dict]) -> None:
-    LOG.info("init: auto, calibration loss of each data-free start:")
+def log_table(table: list[dict], unit: str = "") -> None:
+    LOG.info("init: auto, calibration loss%s of each data-free start:", f" ({unit})" * bool(unit))
     for entry in table:
         mark = "  <- start" if entry.get("chosen") else ""
         LOG.info("  %-32s %.5f%s", entry["start"], entry["loss"], mark)

@@ -1,13 +1,19 @@
 """Step rules and the Frank-Wolfe gap.
 
-A rule returns gamma in [0, 1] for the step theta + gamma (s - theta). Line search gets a
-callable that evaluates the calibration loss at a given gamma (no gradient needed).
+A rule returns gamma in [0, 1] for the step theta + gamma (s - theta). Rules get a
+callable that evaluates the calibration loss at a given gamma (one forward pass over the
+calibration set, no gradient), the loss f0 at gamma = 0, and what the gradient already says
+about the line: its slope <g, d> at gamma = 0 (minus the FW gap for a vanilla step; None
+where the step is not linear in gamma's direction, e.g. merge_fn ties / dare) and the
+previous iteration's gamma.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+
+LossAt = Callable[[float], float]
 
 
 def fw_gap(current_dot: float, picked_dot: float) -> float:
@@ -21,7 +27,7 @@ class ScheduleStep:
     def __init__(self, step_size: float):
         self.step_size = step_size
 
-    def choose(self, t: int, f0: float, loss_at: Callable[[float], float]) -> float:
+    def choose(self, t: int, f0: float, loss_at: LossAt, slope=None, previous=None) -> float:
         return min(1.0, self.step_size * 2.0 / (t + 2))
 
 
@@ -29,7 +35,7 @@ class ConstantStep:
     def __init__(self, step_size: float):
         self.step_size = step_size
 
-    def choose(self, t: int, f0: float, loss_at: Callable[[float], float]) -> float:
+    def choose(self, t: int, f0: float, loss_at: LossAt, slope=None, previous=None) -> float:
         return min(1.0, self.step_size)
 
 
@@ -46,15 +52,19 @@ class LineSearch:
     def __init__(self, evals: int = 10):
         self.evals = evals
 
-    def choose(self, t: int, f0: float, loss_at: Callable[[float], float]) -> float:
-        seen = {0.0: f0}
+    def choose(self, t: int, f0: float, loss_at: LossAt, slope=None, previous=None) -> float:
+        return self.search(f0, loss_at, {0.0: f0}, 1.0)
+
+    def search(self, f0: float, loss_at: LossAt, seen: dict[float, float], gamma: float):
+        """Halve from `gamma` until bracketed, then golden section; `seen` holds losses
+        already known (shared with QuadraticStep's fallback, so none is evaluated twice)."""
 
         def f(gamma: float) -> float:
             if gamma not in seen:
                 seen[gamma] = loss_at(gamma)
             return seen[gamma]
 
-        best, gamma = None, 1.0
+        best = None
         while len(seen) <= self.evals:
             value = f(gamma)
             if value < f0 and (best is None or value < seen[best]):
@@ -76,7 +86,51 @@ class LineSearch:
         return min(seen, key=lambda g: (seen[g], g))
 
 
+class QuadraticStep:
+    """A safeguarded quadratic fit of the loss along d: two forward passes, usually.
+
+    f(0) and its slope f'(0) = <g, d> come free with the gradient, so one more loss f(g1)
+    at a trial step g1 (twice the previous step, capped at 1; 1 at first) fits
+    q(gamma) = f0 + slope gamma + a gamma^2. If f(g1) < f0, q's minimiser is evaluated too
+    and the lower of the two wins. If not, the step backtracks to q's minimiser, kept
+    within [0.1, 0.5] of the last step (Armijo backtracking with quadratic interpolation,
+    Nocedal & Wright 3.5), until a step lowers the loss or `evals` passes are spent, so the
+    loss never rises. Without a descent slope (merge_fn ties / dare) it is `LineSearch`.
+    """
+
+    def __init__(self, evals: int = 10):
+        self.evals = evals
+        self.fallback = LineSearch(evals)
+
+    def choose(self, t: int, f0: float, loss_at: LossAt, slope=None, previous=None) -> float:
+        seen = {0.0: f0}
+        if slope is None or not slope < 0.0 or not math.isfinite(slope):
+            return self.fallback.search(f0, loss_at, seen, 1.0)
+        gamma = min(1.0, 2.0 * previous) if previous else 1.0
+        while len(seen) <= self.evals:
+            seen[gamma] = value = loss_at(gamma)
+            if not math.isfinite(value):
+                gamma *= 0.5
+                continue
+            fitted = minimiser(f0, slope, gamma, value)
+            if value < f0:
+                if len(seen) == 2 and fitted not in seen:  # the first trial: refine once
+                    seen[fitted] = loss_at(fitted)
+                break
+            gamma = min(max(fitted, 0.1 * gamma), 0.5 * gamma)
+        return min(seen, key=lambda g: (seen[g], g))
+
+
+def minimiser(f0: float, slope: float, gamma: float, value: float) -> float:
+    """argmin over [0, 1] of the parabola through (0, f0) with slope `slope` and through
+    (gamma, value); 1 where it is not convex (the loss falls at least linearly)."""
+    curvature = (value - f0 - slope * gamma) / (gamma * gamma)
+    return 1.0 if curvature <= 0.0 else min(1.0, -slope / (2.0 * curvature))
+
+
 def make_step_rule(name: str, step_size: float, line_search_evals: int):
+    if name == "quadratic":
+        return QuadraticStep(line_search_evals)
     if name == "line_search":
         return LineSearch(line_search_evals)
     if name == "schedule":

@@ -47,6 +47,19 @@ class RunRequest:
 
     resume: bool = True
     plan: str | None = None
+    cli: bool = False  # set by `mergekit-fw run` / `plan`, whose --no-resume exists
+
+
+def start_over_hint() -> str:
+    """How to start over, in terms the command that is running accepts: `--no-resume` for
+    `mergekit-fw run` / `plan`; the environment variable for stock `mergekit-yaml`, which
+    rejects unknown options."""
+    if getattr(_request, "value", None) is not None and _request.value.cli:
+        return "add --no-resume to start over"
+    return (
+        f"to start over, run it with {NO_RESUME_ENV}=1 in front (e.g. `{NO_RESUME_ENV}=1 "
+        "mergekit-yaml CONFIG OUT`)"
+    )
 
 
 _request = threading.local()
@@ -55,14 +68,14 @@ _request = threading.local()
 def current_request() -> RunRequest:
     request = getattr(_request, "value", None) or RunRequest()
     if os.environ.get(NO_RESUME_ENV, "").strip() not in ("", "0"):
-        request = RunRequest(resume=False, plan=request.plan)
+        request = RunRequest(resume=False, plan=request.plan, cli=request.cli)
     return request
 
 
 @contextlib.contextmanager
 def requested(resume: bool = True, plan: str | None = None) -> Iterator[None]:
     previous = getattr(_request, "value", None)
-    _request.value = RunRequest(resume, plan)
+    _request.value = RunRequest(resume, plan, cli=True)
     try:
         yield
     finally:
@@ -100,6 +113,7 @@ def run_fingerprint(recipe, config, device: torch.device, with_calibration: bool
 
     settings = recipe.settings.public_dict()
     settings.pop("plan", None)  # how to run, not what
+    settings.pop("prepass", None)
     found: dict[str, Any] = {
         "format": FINGERPRINT_FORMAT,
         "settings": settings,
@@ -205,9 +219,8 @@ class OutputGuard:
             shutil.rmtree(self.folder, ignore_errors=True)
         elif kept:
             LOG.warning(
-                "The pre-pass state is kept in %s: re-run the same command to resume "
-                "(--no-resume or %s=1 to start over).",
-                self.folder, NO_RESUME_ENV,
+                "The pre-pass state is kept in %s: re-run the same command to resume; %s.",
+                self.folder, start_over_hint(),
             )  # fmt: skip
         if self._handle is not None:
             self._handle.close()  # releases the lock
@@ -224,7 +237,9 @@ class Checkpointer:
     def attach(self, loop) -> None:
         saved = loop_state.load(self.folder) if self.resume else None
         if not self.resume and (self.folder / loop_state.STATE_FILE).exists():
-            LOG.info("--no-resume: ignoring the saved pre-pass state in %s", self.folder)
+            LOG.info(
+                "Not resuming (as asked): ignoring the saved pre-pass state in %s", self.folder
+            )
         if saved is not None:
             state, old = saved
             changed = differences(old, self.fingerprint)

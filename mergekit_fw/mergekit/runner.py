@@ -14,7 +14,6 @@ import functools
 import gc
 import importlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
 from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
 from mergekit_fw.mergekit.resume import run_fingerprint
 from mergekit_fw.mergekit.start import compute_start_vertex, dtype_name, start_config, start_id
+from mergekit_fw.mergekit.summary import plain_messages, summary
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
@@ -73,15 +73,21 @@ def compute_plan(
         trust_remote_code=options.trust_remote_code,
         lora_merge_dtype=options.lora_merge_dtype,
     ).local_path(cache_dir=options.transformers_cache)
-    with host_bars(options.quiet):  # transformers' "Loading weights" bar, only on a terminal
-        model = objective.auto_class().from_pretrained(
-            base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
-        )
-    model.to(device)
-    slots = build_slots(model, set(pool.tensor_names(0)))
-    with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
-        for slot in slots:
-            slot.param.copy_(pool.tensor(0, slot.name))
+    out_of_core, why = choose_prepass(settings, pool, device, dtype, recipe)
+    LOG.info("pre-pass %s: %s", "out of core" if out_of_core else "in memory", why)
+    if out_of_core:  # a weightless skeleton; blocks read theta from disk (fw/out_of_core.py)
+        model = skeleton(objective, base_path, dtype, device, options.trust_remote_code)
+        slots = build_slots(model, set(pool.tensor_names(0)))
+    else:
+        with host_bars(options.quiet):  # transformers' "Loading weights" bar, on a terminal
+            model = objective.auto_class().from_pretrained(
+                base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+            )
+        model.to(device)
+        slots = build_slots(model, set(pool.tensor_names(0)))
+        with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
+            for slot in slots:
+                slot.param.copy_(pool.tensor(0, slot.name))
     if settings.lora_mode == "factors":  # authors' G-hard: theta = LoRA factors (adapters.py)
         model, slots, pool = factor_problem(model, recipe, device)
     tokenizer = recipe.tokenizer
@@ -97,13 +103,18 @@ def compute_plan(
     )  # fmt: skip
     task_names = [t.name for t in recipe.calibration.tasks]
     start_row, init_table = None, []
-    if settings.init_kind != "builtin":  # a mergekit start, or init: auto
+    prepare = None if checkpoint is None else checkpoint.attach
+    if out_of_core:
+        if checkpoint is not None:
+            LOG.info("prepass: out_of_core keeps no resumable state (a re-run starts over)")
+        prepare = out_of_core_start(settings, len(pool) - 1, init_table)
+    elif settings.init_kind != "builtin":  # a mergekit start, or init: auto
         pool, start_row, init_table = build_start(
             recipe, options, model, slots, pool, objective, batches, task_names, device, dtype
         )
     plan = run_frank_wolfe(
         model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
-        start_row=start_row, prepare=None if checkpoint is None else checkpoint.attach,
+        start_row=start_row, prepare=prepare, out_of_core=out_of_core,
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     plan.distances, plan.excluded = recipe.distances, recipe.excluded
@@ -117,6 +128,69 @@ def compute_plan(
     del slots, model
     gc.collect()
     return plan
+
+
+def choose_prepass(settings, pool, device, dtype, recipe) -> tuple[bool, str]:
+    """(out of core?, why): the recipe's `prepass`, or for `auto` the estimate against the
+    math device's free memory (mergekit/estimate.py)."""
+    from mergekit_fw.mergekit.estimate import device_free_bytes, estimate_pool
+    from mergekit_fw.settings import out_of_core_clash
+
+    if settings.prepass != "auto":
+        return settings.prepass == "out_of_core", f"prepass: {settings.prepass}"
+    clash = out_of_core_clash(settings) or (f"a mergekit start (init: {settings.init})"
+          if settings.init_kind in ("method", "recipe") else None)  # fmt: skip
+    need = estimate_pool(pool, settings, dtype).in_memory_peak
+    free = device_free_bytes(device)
+    if free is None or need <= 0.8 * free:
+        return False, f"prepass: auto, about {need / 2**30:.2f} GiB needed, fits {device}"
+    if clash:
+        return False, (
+            f"prepass: auto, about {need / 2**30:.2f} GiB needed, more than 80% of the "
+            f"{free / 2**30:.2f} GiB free on {device}, but {clash} needs the in-memory pre-pass"
+        )
+    return True, (
+        f"prepass: auto, about {need / 2**30:.2f} GiB needed in memory, more than 80% of "
+        f"the {free / 2**30:.2f} GiB free on {device}"
+    )
+
+
+def skeleton(objective, base_path: str, dtype, device, trust_remote_code: bool):
+    """The base architecture with its parameters on the meta device (no weights held);
+    buffers (e.g. rotary frequencies) are real and on the math device."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        model = objective.auto_class().from_config(
+            model_config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    model.tie_weights()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+    return model
+
+
+def out_of_core_start(settings, n: int, init_table: list):
+    """The loop's `prepare` out of core: `init: auto` compares the base and the
+    task-arithmetic grid, formed block by block from the pool (TIES starts need a
+    mergekit merge held in memory and are left out)."""
+    from mergekit_fw.fw.start_grid import builtin_rows
+
+    def prepare(loop) -> None:
+        if settings.init_kind == "auto":
+            LOG.info("init: auto out of core: base and task-arithmetic starts (no TIES)")
+            init_table.extend(loop.choose_start(builtin_rows(settings, n)))
+        elif settings.init_kind in ("method", "recipe"):
+            raise FWConfigError(
+                f"init: {settings.init} (a mergekit merge as the start) needs the in-memory "
+                "pre-pass; use prepass: in_memory, or init: auto | base | task_arithmetic"
+            )
+
+    return prepare
 
 
 def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):
@@ -215,6 +289,7 @@ def run_fw_merge(
     from mergekit_fw.mergekit.resume import Checkpointer, OutputGuard, current_request
     from mergekit_fw.mergekit.saved_plan import load_matching_plan, plan_file_of, saved_start
 
+    started = time.perf_counter()
     request = current_request()
     plan_file = request.plan or plan_file_of(config)
     if options.random_seed is not None:
@@ -238,9 +313,8 @@ def run_fw_merge(
             plan = compute_plan(recipe, config, options, checkpoint)
             plan.fingerprint = fingerprint
         write_merge(plan, recipe, config, out_path, options, config_source, run_merge)
-    LOG.info(
-        "Frank-Wolfe merge written to %s (plan: %s)", out_path, os.path.join(out_path, PLAN_FILE)
-    )
+    for line in summary(plan, out_path, time.perf_counter() - started, plan_file):
+        LOG.info("%s", line)
     return plan
 
 
@@ -304,7 +378,8 @@ def patch_run_merge() -> None:
     def run_merge(merge_config, out_path, options, config_source=None):
         if merge_config.merge_method != METHOD_NAME:
             return original(merge_config, out_path, options, config_source=config_source)
-        run_fw_merge(merge_config, out_path, options, config_source, run_merge=original)
+        with quiet_host_deprecations(), plain_messages(options.quiet):  # init: auto's merges too
+            run_fw_merge(merge_config, out_path, options, config_source, run_merge=original)
 
     run_merge._mergekit_fw = True  # type: ignore[attr-defined]
     module.run_merge = run_merge

@@ -1,0 +1,108 @@
+"""The hard FW loop out of core: theta and its gradient on disk, the model a skeleton.
+
+Same algorithm, same plan as fw/loop.py; only where the iterate lives changes. theta and
+the gradient (then the direction d, as in memory) are `TensorStore`s on disk; the model's
+parameters are on the meta device and each block materialises its weights when it runs
+(fw/offload.py): theta for the gradient pass, theta + gamma d for a line-search pass
+(formed block by block, so the search never moves theta on disk), and the gradient of each
+tensor goes straight to the store as its block finishes backward. Memory: one block's
+weights and gradients, one batch's boundary activations, one streamed vertex tensor.
+
+Not here (refused by settings): FW-soft, away / pairwise steps, merge_fn ties / dare,
+lora_mode: factors; a saved state to resume from.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mergekit_fw.fw.loop import FrankWolfe, Slot
+from mergekit_fw.fw.offload import Offloaded, TensorStore
+from mergekit_fw.fw.start_grid import choose, set_combination
+
+
+class OutOfCoreFrankWolfe(FrankWolfe):
+    """`FrankWolfe` with theta and its gradient / direction in `TensorStore`s."""
+
+    def __init__(self, model, slots, pool, objective, batches, task_names, settings,
+                 quiet: bool = False, scratch: str | Path | None = None):  # fmt: skip
+        super().__init__(model, slots, pool, objective, batches, task_names, settings, quiet)
+        device = batches[0].input_ids.device if batches else torch.device("cpu")
+        self._own_scratch = scratch is None
+        self.scratch = Path(scratch or tempfile.mkdtemp(prefix="mergekit_fw_scratch_"))
+        self.theta = TensorStore(self.scratch / "theta", device)
+        self.grad = TensorStore(self.scratch / "grad", device)
+        self.engine = Offloaded(model, {id(s.param): s.name for s in slots}, device)
+        with torch.no_grad():  # theta_0 = the base, as the in-memory path starts
+            for slot in self._bar(slots, "base to scratch"):
+                self.theta.put(slot.name, pool.tensor(0, slot.name))
+
+    # -- storage ---------------------------------------------------------------------------
+    def theta_of(self, slot: Slot) -> torch.Tensor:
+        return self.theta.get(slot.name)
+
+    def store_theta(self, slot: Slot, x: torch.Tensor) -> None:
+        self.theta.put(slot.name, x)
+
+    def gradient_of(self, slot: Slot) -> torch.Tensor:
+        return self.grad.get(slot.name)
+
+    def direction_buffer(self, slot: Slot) -> torch.Tensor:
+        return self.grad.get(slot.name)
+
+    def store_direction(self, slot: Slot, d: torch.Tensor) -> None:
+        self.grad.put(slot.name, d)
+
+    def zero_gradient(self) -> None:
+        self.grad.clear()
+
+    # -- passes ----------------------------------------------------------------------------
+    def loss(self, grad: bool, desc: str, batches=None):
+        with self.engine.use(self.theta.get, self.grad.add_ if grad else None):
+            return super().loss(grad, desc, batches)
+
+    def line_loss(self, position: list[float]):
+        """Loss at theta + gamma d, formed per block; theta on disk does not move (the
+        loop's final `move(gamma)` is the one write)."""
+
+        def loss_at(gamma: float) -> float:
+            def weights(name: str) -> torch.Tensor:
+                return self.theta.get(name).add_(self.grad.get(name), alpha=gamma)
+
+            with self.engine.use(weights):
+                return FrankWolfe.loss(self, False, f"line search g={gamma:.3f}").total
+
+        return loss_at
+
+    def row_loss(self, row: list[float]) -> float:
+        """Calibration loss of sum_k row_k v_k (every tensor alike), formed block by block
+        from the pool: how `init: auto` scores its starts out of core."""
+
+        def weights(name: str) -> torch.Tensor:
+            stored = self.theta.get(name)  # shape and dtype of the iterate's tensor
+            return set_combination(stored, self.pool, name, row)
+
+        with self.engine.use(weights):
+            return FrankWolfe.loss(self, False, "start").total
+
+    def choose_start(self, rows: list[tuple[str, list[float]]]) -> list[dict]:
+        """`init: auto` over the given coefficient rows; the winner becomes the start."""
+        table = [{"start": name, "loss": self.row_loss(row), "row": row} for name, row in rows]
+        chosen, public = choose(table)
+        self.start_row = list(chosen["row"])
+        return public
+
+    def run(self):
+        if self.resume_state is not None:
+            raise ValueError("the out-of-core pre-pass cannot resume a saved state")
+        try:
+            return super().run()
+        finally:
+            self.theta.remove()
+            self.grad.remove()
+            if self._own_scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
