@@ -1,4 +1,5 @@
 # Two commands matter: `make demo` and `make test`. Both work on a fresh machine.
+# `make test-fast` runs the unit tier only (tests/conftest.py: unit / e2e / slow), under a minute.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH_INDEX ?=
 # pytest progress ([count/total] per line), slowest tests and a summary of non-passes
 PYTEST_ARGS ?= -o console_output_style=count --durations=10 -ra
 
-.PHONY: install demo test lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report readme-tables clean
+.PHONY: install demo test test-fast lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report readme-tables clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +29,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# the inner loop: no trained model, no subprocess merge (markers in pyproject.toml)
+test-fast: install
+	$(BIN)/python -m pytest tests -m unit -o console_output_style=count --durations=5
 
 # copy the tables of the last `make demo` (.demo/demo_tables.md) into README.md
 readme-tables:

@@ -1,4 +1,14 @@
-"""Shared fixtures: a tiny seeded expert zoo and calibration files, built once per session."""
+"""Shared fixtures (a tiny seeded expert zoo and calibration files, built once per session;
+LoRA adapters of its base) and the test tiers. Plain helpers are in tests/helpers.py.
+
+Tiers (pyproject.toml registers the markers; no test is left without one, and none is both
+unit and something else):
+- slow: marked by hand; over ~10 s on the 2-core machine (subprocess merges, installs, the
+  classifier zoo). `make test` only.
+- e2e: marked by hand, or any test that needs a model-zoo fixture (MODEL_FIXTURES: the tiny
+  LLaMA zoo here, test_api's toy ViT zoo): trained models, real merges. `make test` only.
+- unit: everything else (toys, pure functions, parsing); `make test-fast` runs these.
+"""
 
 from __future__ import annotations
 
@@ -32,21 +42,6 @@ def zoo(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
-def write_recipe(path: Path, base: str, models: list[str], **parameters) -> Path:
-    """A frank_wolfe recipe as a user would write it."""
-    import yaml
-
-    recipe = {
-        "merge_method": "frank_wolfe",
-        "base_model": base,
-        "models": [{"model": m} for m in models],
-        "dtype": "float32",
-        "parameters": parameters,
-    }
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="session")
 def noisy(zoo) -> str:
     """A candidate that only hurts: the base plus Gaussian noise on every tensor."""
@@ -62,16 +57,29 @@ def noisy(zoo) -> str:
     return toy.save(model, toy.build_tokenizer(), path)
 
 
-def config(base, models, **params):
-    """A frank_wolfe MergeConfiguration over local models (for prepare / run_fw_merge)."""
-    from mergekit.config import MergeConfiguration
+@pytest.fixture(scope="module")
+def loras(zoo, tmp_path_factory) -> dict[str, str]:
+    """The three adapters of helpers.ADAPTERS, trained briefly, and a manifest of them."""
+    from tests.helpers import ADAPTERS, make_adapter, write_manifest
 
-    return MergeConfiguration.model_validate(
-        {
-            "merge_method": "frank_wolfe",
-            "base_model": base,
-            "models": [{"model": m} for m in models],
-            "dtype": "float32",
-            "parameters": params,
-        }
-    )
+    root = tmp_path_factory.mktemp("loras")
+    paths = {
+        task: make_adapter(zoo["base"], root / f"lora_{task}", seed=i, task=task, **options)
+        for i, (task, options) in enumerate(ADAPTERS.items())
+    }
+    paths["manifest"] = write_manifest(root / "adapters.yaml", [paths[t] for t in ADAPTERS])
+    paths["root"] = str(root)
+    return paths
+
+
+MODEL_FIXTURES = {"zoo", "vit"}  # fixtures that train models: their tests are e2e
+
+
+def pytest_collection_modifyitems(items):
+    """Give every test one tier: its own `slow` or `e2e` mark, else e2e if it needs a model zoo
+    (directly or through another fixture), else unit."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("e2e"):
+            continue
+        e2e = MODEL_FIXTURES & set(item.fixturenames)
+        item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from mergekit_fw.cli import toy
@@ -22,40 +20,16 @@ from mergekit_fw.pool.lora_factors import factor_layout
 from mergekit_fw.pool.lora_files import read_adapter
 from mergekit_fw.pool.lora_math import add_delta_, factor_dot, factor_norm_sq
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe as recipe
+from tests.helpers import (
+    ADAPTERS,
+    check,
+    densified,
+    make_adapter,
+    run_in_process,
+)
+from tests.helpers import write_recipe as recipe
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
-ADAPTERS = {  # task -> LoraConfig options (one rsLoRA of another rank, one with o_proj too)
-    "reverse": dict(r=4, lora_alpha=8),
-    "add": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]),
-    "count": dict(r=8, lora_alpha=16, use_rslora=True),
-}
-
-
-def make_adapter(base: str, out: Path, seed: int, task: str | None = None, **options) -> str:
-    """A PEFT LoRA of `base`: random non-zero lora_B, then a few steps on `task`."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    options.setdefault("target_modules", ["q_proj", "v_proj"])
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **options))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
-    if task:
-        records = toy.task_records(task, 200, seed=seed)
-        toy.train(peft, toy.build_tokenizer(), records, steps=20, lr=3e-3, seed=seed)
-    peft.save_pretrained(str(out))
-    return str(out)
-
-
-def write_manifest(path: Path, adapters: list[str]) -> str:
-    entries = [{"path": os.path.relpath(a, path.parent)} for a in adapters]
-    path.write_text(yaml.safe_dump({"adapters": entries}))
-    return str(path)
 
 
 def mergekit_yaml(config: Path, out: Path, *extra: str):
@@ -65,33 +39,6 @@ def mergekit_yaml(config: Path, out: Path, *extra: str):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def run_in_process(config: Path, out: Path, cache: Path | None = None) -> FWPlan:
-    from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
-
-    from mergekit_fw.mergekit.runner import run_fw_merge
-
-    parsed = MergeConfiguration.model_validate(yaml.safe_load(config.read_text()))
-    options = MergeOptions(quiet=True, lora_merge_cache=str(cache) if cache else None)
-    return run_fw_merge(parsed, str(out), options)
-
-
-@pytest.fixture(scope="module")
-def loras(zoo, tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("loras")
-    paths = {
-        task: make_adapter(zoo["base"], root / f"lora_{task}", seed=i, task=task, **options)
-        for i, (task, options) in enumerate(ADAPTERS.items())
-    }
-    paths["manifest"] = write_manifest(root / "adapters.yaml", [paths[t] for t in ADAPTERS])
-    paths["root"] = str(root)
-    return paths
-
-
-def densified(base: str, loras: dict[str, str]) -> list[str]:
-    return [f"{base}+{loras[t]}" for t in ADAPTERS]
 
 
 def assert_same_run(a: FWPlan, b: FWPlan, out_a: Path, out_b: Path) -> float:
@@ -168,6 +115,7 @@ def test_factor_layout_keeps_or_folds_ranks(loras):
 
 
 # -- equivalence with mergekit's densified base+adapter pool --------------------------------
+@pytest.mark.slow
 def test_adapter_pool_equals_densified_pool_stock_mergekit(zoo, loras, tmp_path):
     """Adapters only, paper settings, both through stock mergekit-yaml."""
     calib = f"{zoo['calib']}/two_tasks.yaml"
@@ -190,6 +138,7 @@ def test_adapter_pool_equals_densified_pool_stock_mergekit(zoo, loras, tmp_path)
         a.linear_recipe()
 
 
+@pytest.mark.slow
 def test_mixed_pool_authors_settings_equals_densified(zoo, loras, tmp_path):
     """A dense expert next to adapters; cosine LMO (factor norms), origin vertex, TA start."""
     common = dict(
@@ -212,21 +161,6 @@ def test_mixed_pool_authors_settings_equals_densified(zoo, loras, tmp_path):
 
 
 # -- rejections -----------------------------------------------------------------------------
-def check(zoo, tmp_path, adapter_dirs: list[str] | None, models=None, **parameters):
-    from mergekit.config import MergeConfiguration
-
-    from mergekit_fw.mergekit.checks import check_recipe
-
-    if adapter_dirs is not None:
-        parameters["adapters"] = write_manifest(tmp_path / "m.yaml", adapter_dirs)
-    path = recipe(
-        tmp_path / "r.yaml", zoo["base"], models or [zoo["base"]],
-        calibration=f"{zoo['calib']}/two_tasks.yaml", iterations=1, **parameters,
-    )  # fmt: skip
-    config = MergeConfiguration.model_validate(yaml.safe_load(path.read_text()))
-    return check_recipe(config, with_calibration=False)
-
-
 def test_adapter_of_another_base_is_rejected(zoo, tmp_path):
     other = toy.save(toy.make_model(seed=3, hidden=48), toy.build_tokenizer(), tmp_path / "other")
     adapter = make_adapter(other, tmp_path / "lora_other", seed=0)
@@ -293,11 +227,12 @@ def test_cli_check_lists_adapters_and_rejects_cleanly(zoo, loras, tmp_path):
 
 
 # -- lora_mode: factors (the authors' G-hard) -----------------------------------------------
+@pytest.mark.slow
 def test_lora_mode_factors_writes_a_loadable_peft_adapter(zoo, loras, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tests.test_mergekit_e2e import calibration_loss
+    from tests.helpers import calibration_loss
 
     calib = f"{zoo['calib']}/two_tasks.yaml"
     config = recipe(

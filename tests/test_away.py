@@ -15,7 +15,7 @@ from mergekit_fw.fw.constraints import Hull
 from mergekit_fw.fw.loop import FrankWolfe, Slot
 from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.settings import FWConfigError, FWSettings
-from tests.test_soft import Distance, Pool, Vector
+from tests.helpers import Distance, Pool, Vector
 
 V = [torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.0])]
 

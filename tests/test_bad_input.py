@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from mergekit.config import MergeConfiguration
-from mergekit.options import MergeOptions
 
 import mergekit_fw.fw.loop
 from mergekit_fw.cli import toy
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
+from tests.helpers import run_merge, write_recipe
 
 
 @pytest.fixture
@@ -26,14 +24,6 @@ def no_gradients(monkeypatch):
         raise AssertionError("gradient work started before the input was rejected")
 
     monkeypatch.setattr(mergekit_fw.fw.loop.FrankWolfe, "run", refuse)
-
-
-def run_merge(recipe: Path, out: Path):
-    import yaml
-    from mergekit.merge import run_merge  # the wrapped one, as mergekit-yaml calls it
-
-    config = MergeConfiguration.model_validate(yaml.safe_load(recipe.read_text()))
-    run_merge(config, str(out), MergeOptions(quiet=True))
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mergekit_fw.plan import FWPlan
-from tests.conftest import write_recipe
-from tests.test_mergekit_e2e import calibration_loss, mergekit_yaml
+from tests.helpers import calibration_loss, mergekit_yaml, write_recipe
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,6 @@ from mergekit_fw.mergekit.method import FrankWolfeMerge
 from mergekit_fw.settings import FWConfigError, FWSettings
 
 
-def test_defaults_match_the_yaml_contract():
-    s = FWSettings.from_parameters({"calibration": "c.jsonl", "iterations": 10})
-    assert (s.lmo, s.granularity, s.zero_vertex, s.init) == ("inner", "tensor", False, "auto")
-    assert (s.constraint, s.scale, s.max_distance, s.foreign) == ("box", 1.0, 0.5, "exclude")
-    assert (s.init_scale, s.step, s.step_size, s.tolerance) == (0.3, "line_search", 1.0, 0.0)
-    assert (s.max_length, s.batch_size, s.seed) == (512, 8, 0)
-
-
 def test_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(FWConfigError, match=r"Unknown key 'iteration'.*Did you mean 'iterations'"):
         FWSettings.from_parameters({"calibration": "c.jsonl", "iteration": 10})

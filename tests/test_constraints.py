@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-from conftest import config
 from mergekit.options import MergeOptions
 
 from mergekit_fw.fw.constraints import (
@@ -19,6 +18,7 @@ from mergekit_fw.fw.constraints import (
 from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.mergekit.runner import prepare
 from mergekit_fw.settings import FWConfigError, FWSettings
+from tests.helpers import config
 
 
 def random_table(seed: int, tensors: int, vertices: int) -> ScoreTable:

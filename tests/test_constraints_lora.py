@@ -11,16 +11,14 @@ from mergekit.options import MergeOptions
 from mergekit_fw.mergekit.checks import check_recipe
 from mergekit_fw.mergekit.foreign import candidate_distances
 from mergekit_fw.mergekit.runner import prepare
-from tests.conftest import write_recipe
-from tests.test_adapters import ADAPTERS, densified, loras, run_in_process  # noqa: F401
-from tests.test_mergekit_e2e import calibration_loss
+from tests.helpers import ADAPTERS, calibration_loss, densified, run_in_process, write_recipe
 
 
 def parsed(path) -> MergeConfiguration:
     return MergeConfiguration.model_validate(yaml.safe_load(path.read_text()))
 
 
-def test_box_on_adapters_equals_box_on_densified_models(zoo, loras, tmp_path):  # noqa: F811
+def test_box_on_adapters_equals_box_on_densified_models(zoo, loras, tmp_path):
     calib = f"{zoo['calib']}/two_tasks.yaml"
     common = dict(calibration=calib, iterations=2, line_search_evals=4, constraint="box")
     fw = write_recipe(
@@ -41,7 +39,7 @@ def test_box_on_adapters_equals_box_on_densified_models(zoo, loras, tmp_path):  
     assert calibration_loss(str(tmp_path / "out_a"), calib) == pytest.approx(a.final_loss, abs=1e-4)
 
 
-def test_adapter_distances_from_factors_equal_densified(zoo, loras, tmp_path):  # noqa: F811
+def test_adapter_distances_from_factors_equal_densified(zoo, loras, tmp_path):
     calib = f"{zoo['calib']}/reverse.jsonl"
     fw = write_recipe(
         tmp_path / "a.yaml", zoo["base"], [zoo["base"]], adapters=loras["manifest"],

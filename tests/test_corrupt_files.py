@@ -18,8 +18,7 @@ from safetensors.torch import save_file
 import mergekit_fw.fw.loop
 from mergekit_fw.pool.integrity import safetensors_problem, weights_problems
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
-from tests.test_bad_input import run_merge
+from tests.helpers import check, make_adapter, run_merge, write_recipe
 
 
 @pytest.fixture
@@ -136,8 +135,6 @@ def test_check_and_the_stock_cli_print_one_line(zoo, tmp_path):
 
 
 def test_a_truncated_adapter_is_named(zoo, tmp_path):
-    from tests.test_adapters import check, make_adapter
-
     adapter = Path(make_adapter(zoo["base"], tmp_path / "lora", seed=1))
     weights = adapter / "adapter_model.safetensors"
     truncate(weights, weights.stat().st_size - 100)

@@ -18,7 +18,7 @@ from click.testing import CliRunner  # noqa: E402
 from mergekit_fw.cli import evaluate  # noqa: E402
 from mergekit_fw.cli.main import main  # noqa: E402
 from mergekit_fw.report.card import EVAL_FILE, plan_fingerprint  # noqa: E402
-from tests.test_report import fw_merge  # noqa: E402
+from tests.helpers import fw_merge  # noqa: E402
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "examples" / "lm_eval_tasks"
 EVAL_SECONDS = 180  # lm-eval start-up plus 4 tiny models x 2 tasks x 8 docs, on a busy CPU

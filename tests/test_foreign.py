@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import config
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
@@ -18,8 +17,7 @@ from mergekit_fw.cli import toy
 from mergekit_fw.mergekit.runner import prepare
 from mergekit_fw.plan import FWPlan
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
-from tests.test_mergekit_e2e import mergekit_yaml
+from tests.helpers import config, mergekit_yaml, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +103,7 @@ def test_keep_and_a_raised_max_distance_keep_it(zoo, foreign):
         assert plan.distances[foreign] > 0.5
 
 
+@pytest.mark.slow
 def test_check_prints_distances_only_on_request(excluded_merge, foreign):
     cli = str(Path(sys.executable).with_name("mergekit-fw"))
     recipe = str(excluded_merge["recipe"])

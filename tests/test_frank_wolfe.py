@@ -7,12 +7,12 @@ import weakref
 import pytest
 import torch
 import yaml
-from conftest import config
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
 from mergekit_fw.mergekit.runner import prepare
 from mergekit_fw.pool.vertices import VertexPool
+from tests.helpers import config
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.e2e  # installs, subprocesses of the stock CLI
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
@@ -43,6 +45,7 @@ def test_interpreter_start_stays_light():
     assert out == ["False", "False", "True"]
 
 
+@pytest.mark.slow
 def test_importing_mergekit_wraps_run_merge_and_leaves_the_registry_alone():
     """frank_wolfe is registered only during a frank_wolfe run: mergekit's enumerations of
     its registry (its own test suite merges state dicts with every listed method) never
@@ -79,7 +82,7 @@ def test_the_method_is_registered_during_a_run_only(zoo, tmp_path, monkeypatch):
     from mergekit.merge_methods import registered_methods
 
     import mergekit_fw.mergekit.runner as runner
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     seen = []
     original = runner.write_merge
@@ -105,6 +108,7 @@ def test_the_method_is_registered_during_a_run_only(zoo, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "fw_plan.json").exists()
 
 
+@pytest.mark.slow
 def test_other_recipes_pass_through_untouched(zoo, tmp_path):
     """A stock method under the wrapper behaves exactly as without mergekit-fw."""
     import yaml
@@ -131,6 +135,7 @@ def test_other_recipes_pass_through_untouched(zoo, tmp_path):
     assert not (tmp_path / "with" / "fw_plan.json").exists()
 
 
+@pytest.mark.slow
 def test_stock_help_is_byte_identical_with_and_without_mergekit_fw():
     import os
 

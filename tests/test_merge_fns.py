@@ -16,7 +16,7 @@ from mergekit_fw.fw.merge_fns import dare_mask_, ties_mask_
 from mergekit_fw.mergekit.runner import run_fw_merge
 from mergekit_fw.plan import FWPlan
 from mergekit_fw.settings import FWConfigError, FWSettings
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def test_ties_mask_keeps_the_largest_fraction_per_tensor():
@@ -42,6 +42,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merge_fn", ["ties", "dare"])
 def test_replayed_write_is_the_pre_pass_iterate(zoo, tmp_path, monkeypatch, merge_fn):
     last: dict[str, torch.Tensor] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,31 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from mergekit_fw.plan import FWPlan
-from tests.conftest import write_recipe
-
-MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
-
-
-def mergekit_yaml(recipe: Path, out: Path, *extra: str, env: dict | None = None):
-    return subprocess.run(
-        [MERGEKIT_YAML, str(recipe), str(out), *extra],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-
-
-def calibration_loss(model_path: str, calibration: str) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mergekit_fw.data.batches import make_batches
-    from mergekit_fw.data.calibration import load_calibration
-    from mergekit_fw.fw.objectives import CausalLMObjective, evaluate
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    calib = load_calibration(calibration, tok, 512)
-    batches = make_batches(calib, 8, tok.pad_token_id, "cpu")
-    names = [t.name for t in calib.tasks]
-    return evaluate(model, CausalLMObjective(), batches, names, grad=False, quiet=True).total
+from tests.helpers import calibration_loss, mergekit_yaml, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +75,7 @@ def test_plan_exports_to_a_stock_linear_recipe(merged):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_same_inputs_give_the_same_bytes(merged):
     out2 = merged["root"] / "out2"
     result = mergekit_yaml(merged["recipe"], out2)
@@ -112,12 +88,14 @@ def test_same_inputs_give_the_same_bytes(merged):
     assert p1 == p2
 
 
+@pytest.mark.slow
 def test_hook_opt_out_restores_stock_mergekit(merged, tmp_path):
     result = mergekit_yaml(merged["recipe"], tmp_path / "x", env={"MERGEKIT_FW_DISABLE": "1"})
     assert result.returncode != 0
     assert "Unimplemented merge method frank_wolfe" in result.stderr
 
 
+@pytest.mark.slow
 def test_mergekit_fw_run_and_check(merged, tmp_path):
     cli = str(Path(sys.executable).with_name("mergekit-fw"))
     check = subprocess.run([cli, "check", str(merged["recipe"])], capture_output=True, text=True)

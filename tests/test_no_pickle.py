@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from mergekit_fw.cli import toy
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def run(recipe: Path, out: Path) -> None:

@@ -15,7 +15,7 @@ from mergekit_fw.cli import toy
 from mergekit_fw.fw.finite import NonFiniteError
 from mergekit_fw.fw.objectives import LossReport
 from mergekit_fw.mergekit.resume import state_folder
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 POISONED = "model.layers.0.mlp.up_proj.weight"
 

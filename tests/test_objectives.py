@@ -130,6 +130,7 @@ def classifiers(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["hard", "soft"])
 def test_classifier_merge_through_stock_mergekit_yaml(classifiers, tmp_path, variant):
     from transformers import AutoModelForSequenceClassification

@@ -26,11 +26,10 @@ def test_update_replaces_only_the_marked_block(tmp_path):
     assert not update(readme, tables)  # idempotent
 
 
-def test_the_readme_has_the_block_and_no_stale_figure():
+def test_the_readme_has_one_marked_block():
+    """What `make readme-tables` writes into."""
     text = (ROOT / "README.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
-    assert text.index("## Set-up") < text.index("mergekit-yaml examples/yaml/fw_tiny.yaml")
-    assert ".venv/bin" in text and "download.pytorch.org/whl/cpu" in text
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

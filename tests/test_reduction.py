@@ -122,6 +122,7 @@ def _plan(zoo, calibration: str, reduction: str):
     return prepare(cfg, MergeOptions(quiet=True))
 
 
+@pytest.mark.slow
 def test_one_task_gives_the_same_merge_several_tasks_are_reweighted(zoo):
     one = f"{zoo['calib']}/reverse.jsonl"
     token, sequence = _plan(zoo, one, "token"), _plan(zoo, one, "sequence")

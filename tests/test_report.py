@@ -36,31 +36,7 @@ from mergekit_fw.report.plots import (  # noqa: E402
     layer_group,
     make_plots,
 )
-
-
-def fw_merge(zoo: dict[str, str], out: Path, experts: list[str], iterations: int = 2) -> Path:
-    """A real frank_wolfe merge of the session's tiny zoo (conftest), in-process: mergekit
-    writes the model, FW its plan, plots and card."""
-    from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
-
-    from mergekit_fw.mergekit.runner import run_fw_merge
-
-    config = MergeConfiguration.model_validate(
-        {
-            "merge_method": "frank_wolfe",
-            "base_model": zoo["base"],
-            "models": [{"model": zoo[e]} for e in experts],
-            "dtype": "float32",
-            "parameters": {
-                "calibration": f"{zoo['calib']}/{experts[0]}.jsonl",
-                "iterations": iterations,
-                "constraint": "hull",
-            },
-        }
-    )
-    run_fw_merge(config, str(out), MergeOptions(quiet=True, random_seed=0))
-    return out
+from tests.helpers import fw_merge  # noqa: E402
 
 
 @pytest.fixture(scope="module")

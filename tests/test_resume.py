@@ -18,7 +18,7 @@ from mergekit_fw.fw import state as loop_state
 from mergekit_fw.mergekit.resume import Checkpointer, OutputGuard, requested, state_folder
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 ITERATIONS = 4
 

@@ -14,7 +14,7 @@ from mergekit.options import MergeOptions
 
 from mergekit_fw.fw import progress as progress_module
 from mergekit_fw.fw.progress import progress
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 PACKAGE = str(Path(progress_module.__file__).parents[1])
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import mergekit_fw.fw.loop
 from mergekit_fw.cli.main import main
 from mergekit_fw.plan import PLAN_FILE, FWPlan
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def cli(*args: str):

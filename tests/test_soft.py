@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from mergekit_fw.fw.loop import Slot
 from mergekit_fw.fw.objectives import Batch
 from mergekit_fw.fw.soft import SoftFrankWolfe, argmin_excluding, project_simplex, topk_vertices
 from mergekit_fw.settings import FWConfigError, FWSettings
+from tests.helpers import Distance, Pool, Vector
 
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=1, max_size=6)
 
@@ -68,39 +68,6 @@ def test_topk_and_exclusion_are_stable():
 
 
 # -- a toy where the best combination is known: loss = ||theta - target||^2 ----------------
-class Vector(torch.nn.Module):
-    def __init__(self, value: torch.Tensor):
-        super().__init__()
-        self.w = torch.nn.Parameter(value.clone())
-
-    def forward(self, **_inputs):
-        return SimpleNamespace(logits=self.w)
-
-
-class Distance:
-    """Objective stand-in: squared distance of the parameter to each task's target."""
-
-    needs_labels = sequence_level = False
-
-    def __init__(self, targets: list[torch.Tensor]):
-        self.targets = targets
-
-    def batch_loss_sum(self, model, batch):
-        return ((model().logits - self.targets[batch.task]) ** 2).sum()
-
-
-class Pool:
-    def __init__(self, vertices: list[torch.Tensor]):
-        self.vertices, self.labels = vertices, [f"v{i}" for i in range(len(vertices))]
-        self.refs = self.labels
-
-    def __len__(self):
-        return len(self.vertices)
-
-    def tensor(self, k, name):
-        return self.vertices[k].clone()
-
-
 def run_soft(vertices, targets, **options):
     model = Vector(vertices[0])
     dummy = torch.zeros(1, 1, dtype=torch.long)

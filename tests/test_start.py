@@ -18,7 +18,7 @@ from mergekit_fw.mergekit.checks import check_recipe
 from mergekit_fw.mergekit.runner import run_fw_merge
 from mergekit_fw.plan import FWPlan
 from mergekit_fw.settings import FWConfigError
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def _config(path: Path) -> MergeConfiguration:
@@ -104,6 +104,7 @@ def test_recipe_file_start_equals_the_method_start(zoo, ties_start, tmp_path):
         assert torch.allclose(tensor, stock[name], atol=1e-6, rtol=0), name
 
 
+@pytest.mark.slow
 def test_fw_from_ties_never_ends_above_it(zoo, ties_start, tmp_path):
     fw = _fw(
         zoo, tmp_path, ties_start["models"], iterations=3,
