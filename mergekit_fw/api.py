@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mergekit_fw.plan import FWPlan
+from mergekit_fw.plan import FWPlan, loss_unit
 from mergekit_fw.settings import APIOptions, FWConfigError
 
 NAMED_LOSSES = ("causal_lm", "classification", "entropy")
@@ -105,7 +105,8 @@ def auto_start(model, slots, pool, objective, batches, task_names, settings):
     from mergekit_fw.fw.start_grid import builtin_rows, calibration_loss, choose, score_rows
 
     loss = calibration_loss(model, objective, batches, task_names)
-    chosen, table = choose(score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss))
+    rows = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss)
+    chosen, table = choose(rows, loss_unit(settings, getattr(objective, "name", None)))
     return chosen["row"], table
 
 

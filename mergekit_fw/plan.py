@@ -16,6 +16,27 @@ from pydantic import BaseModel, Field
 
 PLAN_FORMAT = "mergekit_fw/plan-v1"
 PLAN_FILE = "fw_plan.json"
+# The unit of every calibration loss a run reports (log, plan, card, plots), by `reduction`.
+LOSS_UNITS = {
+    "sequence": "nats/sample",  # a sample's summed target NLL, -log P(response)
+    "token": "nats/token",  # mean over target tokens
+    "sample_mean": "nats/token, mean of samples",  # each sample's mean token NLL, averaged
+}
+
+
+def loss_unit(settings: Any, objective: str | None = None) -> str:
+    """The unit of the calibration losses of a run with these options (FWSettings or the
+    plan's settings dict; `objective`: the objective's name where the options do not hold
+    it). Classification losses are one term per sample whatever the reduction; a Python
+    loss (`callable:...`) has the user's unit: "". Plans written before `reduction` existed
+    used per-token losses."""
+    get = settings.get if isinstance(settings, dict) else lambda k, d=None: getattr(settings, k, d)
+    objective = objective or get("objective", "causal_lm")
+    if str(objective).startswith("callable"):
+        return ""
+    if objective == "classification":
+        return "nats/sample"
+    return LOSS_UNITS.get(get("reduction", "token"), "nats")
 
 
 class IterationRecord(BaseModel):
@@ -77,6 +98,10 @@ class FWPlan(BaseModel):
     # the inputs it was computed from (mergekit/resume.py run_fingerprint): a saved plan is
     # applied only to a recipe whose inputs still fingerprint the same
     fingerprint: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def loss_unit(self) -> str:
+        return loss_unit(self.settings)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:
         """The tensor's coefficients over `models` (tied names resolve to their primary);

@@ -171,3 +171,16 @@ def test_the_authors_settings_fragments_need_the_hull():
         options.pop("constraint")
         with pytest.raises(FWConfigError, match="constraint: hull"):
             FWSettings.from_parameters({**REQUIRED, **options})
+
+
+def test_the_readme_sample_log_lines_have_the_current_format():
+    """The README's `FW t=` line and end-of-run summary are the run's current lines (the
+    loss with its unit), not an older format."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    samples = [line for line in text.splitlines() if line.startswith("FW t=")]
+    assert samples
+    for line in samples:
+        assert re.match(
+            r"FW t=\d+: loss [\d.]+ nats/(sample|token)  gap \S+  gamma \S+  wins: ", line
+        )
+    assert re.search(r"^  calibration loss: [\d.]+ -> [\d.]+ nats/sample \(", text, re.M)

@@ -86,3 +86,45 @@ def test_check_prints_options_as_yaml(zoo, tmp_path):
     assert result.exit_code == 0, result.output
     assert "adapters: null" in result.output and "zero_vertex: false" in result.output
     assert "=None" not in result.output
+
+
+def test_a_run_ends_with_a_summary_in_plain_lines(zoo, tmp_path, capfd):
+    """Where the merge is, the start, the loss before and after with its unit, the time;
+    the package's messages as plain lines, not logging's `INFO:mergekit_fw:` form."""
+    import logging
+
+    recipe = _recipe(zoo, tmp_path)
+    logging.basicConfig(level=logging.WARNING)  # what mergekit-yaml does
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    parsed = MergeConfiguration.model_validate(yaml.safe_load(recipe.read_text()))
+    run_merge(parsed, str(tmp_path / "out"), MergeOptions(random_seed=0))
+    err = capfd.readouterr().err
+    assert f"Frank-Wolfe merge written to {tmp_path / 'out'}" in err
+    assert re.search(r"  start: \S+.*\(init: auto, best of \d+ starts\)", err), err
+    assert re.search(r"  calibration loss: [\d.]+ -> [\d.]+ nats/sample \(2 iterations", err)
+    assert re.search(r"  time: [\d.]+ s in all", err)
+    assert re.search(r"^FW t=0: loss [\d.]+ nats/sample  gap", err, re.M)
+    assert "mergekit_fw:" not in err and "torch_dtype" not in err
+    assert "  start: 21/21" not in err and not re.search(r"^  start: \d+/\d+ in", err, re.M)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| calibration loss (nats/sample) |" in card
+
+
+def test_the_start_over_hint_fits_the_command():
+    """mergekit-yaml rejects --no-resume: its hint is the environment variable."""
+    from mergekit_fw.mergekit.resume import requested, start_over_hint
+
+    assert "MERGEKIT_FW_NO_RESUME=1 mergekit-yaml" in start_over_hint()
+    assert "--no-resume" not in start_over_hint()
+    with requested(resume=True):  # mergekit-fw run / plan
+        assert start_over_hint() == "add --no-resume to start over"
+
+
+def test_run_help_shows_the_fw_options():
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--no-resume" in result.output and "--plan PLAN" in result.output
+    assert "--allow-crimes" in result.output  # and mergekit-yaml's own

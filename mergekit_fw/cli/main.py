@@ -81,6 +81,24 @@ def _precheck(args: list[str]) -> None:
         _load_config(path)
 
 
+RUN_HELP = """Usage: mergekit-fw run CONFIG OUT [mergekit-yaml options] [--no-resume] [--plan PLAN]
+
+  Run a mergekit recipe, as `mergekit-yaml CONFIG OUT` does, with merge_method: frank_wolfe
+  registered explicitly (works in every install mode; the stock mergekit-yaml needs the
+  installed hook). A frank_wolfe run is checked first (as `mergekit-fw check CONFIG`),
+  resumes a killed pre-pass from OUT.fw-state/, and ends with a summary.
+
+mergekit-fw options:
+  --no-resume   Ignore a saved pre-pass state and start over (with the stock mergekit-yaml:
+                MERGEKIT_FW_NO_RESUME=1 mergekit-yaml CONFIG OUT).
+  --plan PLAN   Write the merge from a saved plan (`mergekit-fw plan CONFIG -o PLAN`, or an
+                earlier OUT/fw_plan.json): no calibration data, no gradients. The recipe key
+                `parameters.plan` does the same for mergekit-yaml.
+
+mergekit-yaml's own options follow.
+"""
+
+
 @click.group()
 @click.version_option(mergekit_fw.__version__)
 def main() -> None:
@@ -93,17 +111,18 @@ def main() -> None:
 )
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """mergekit-yaml CONFIG OUT [mergekit-yaml options] [--no-resume] [--plan PLAN], with
-    frank_wolfe available. --no-resume: ignore a saved pre-pass state; --plan: write from a
-    saved plan (mergekit-fw plan), no calibration data or gradients."""
+    """Merge: mergekit-yaml CONFIG OUT [options], with frank_wolfe available. Also takes
+    --no-resume and --plan PLAN (see --help)."""
     import mergekit.merge  # noqa: F401  (installs the run_merge wrapper via the hook)
     from mergekit.scripts.run_yaml import main as run_yaml
 
     from mergekit_fw.mergekit.resume import requested
 
     args, resume, plan = _fw_run_args(list(ctx.args))
-    if "--help" not in args:
-        _precheck(args)
+    if "--help" in args or "-h" in args:
+        click.echo(RUN_HELP)
+        run_yaml.main(args=["--help"], prog_name="mergekit-fw run")
+    _precheck(args)
     with requested(resume=resume, plan=plan):
         run_yaml.main(args=args, prog_name="mergekit-fw run")
 

@@ -21,6 +21,7 @@ from mergekit_fw.mergekit.start import (
     method_config,
     snapshot,
 )
+from mergekit_fw.plan import loss_unit
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -58,7 +59,7 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
             best_ties = None
             best_ties = snapshot(slots, vertex_id, "init_ties", describe(config))
             best_ties_loss = value
-    chosen, table = choose(table)
+    chosen, table = choose(table, loss_unit(settings))
     if chosen["row"] is not None:
         start, row = None, chosen["row"]
     else:

@@ -38,6 +38,12 @@ def top_candidates(plan: FWPlan, n: int = 3) -> list[tuple[str, float]]:
     return sorted(candidates, key=lambda kv: -kv[1])[:n]
 
 
+def _unit(plan: FWPlan) -> str:
+    """` (nats/sample)`: the unit of the plan's losses, for a column header."""
+    unit = plan.loss_unit
+    return f" ({unit})" if unit else ""
+
+
 def summary_table(plan: FWPlan) -> list[str]:
     n_tensors = max(len(plan.coefficients), 1)
     last = plan.iterations[-1] if plan.iterations else None
@@ -52,7 +58,7 @@ def summary_table(plan: FWPlan) -> list[str]:
         "|---|---|",
         f"| iterations run / budget | {len(plan.iterations)} / {plan.settings.get('iterations')} "
         f"(stopped: {plan.stopped}) |",
-        f"| calibration loss | {start}{plan.final_loss:.4f} |",
+        f"| calibration loss{_unit(plan)} | {start}{plan.final_loss:.4f} |",
         f"| final FW gap | {last.gap:.4g} |" if last else "| final FW gap | - |",
         f"| top candidates by total coefficient over {len(plan.coefficients)} tensors | "
         f"{top or '-'} |",
@@ -121,7 +127,7 @@ def init_table_lines(plan: FWPlan) -> list[str]:
         "",
         "### Start (init: auto)",
         "",
-        "| start | calibration loss | chosen |",
+        f"| start | calibration loss{_unit(plan)} | chosen |",
         "|---|---|---|",
     ]
     for entry in table:
@@ -198,7 +204,7 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
         "",
         "### Trajectory",
         "",
-        "| iteration | loss | FW gap | gamma | tensors won |",
+        f"| iteration | loss{_unit(plan)} | FW gap | gamma | tensors won |",
         "|---|---|---|---|---|",
     ]
     for r in plan.iterations:

@@ -76,7 +76,9 @@ def plot_loss_gap(plan: FWPlan, path: Path) -> Path:
             if plan.stopped == "budget":
                 values.append(plan.final_task_losses[task])
             ax_loss.plot(steps_loss, values, marker=".", linestyle="--", label=task)
-    ax_loss.set_title("calibration loss")
+    ax_loss.set_title(
+        f"calibration loss ({plan.loss_unit})" if plan.loss_unit else "calibration loss"
+    )
     ax_loss.set_xlabel("iteration")
     ax_loss.legend(fontsize="small")
     ax_loss.grid(alpha=0.3)
