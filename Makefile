@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # pytest progress ([count/total] per line), slowest tests and a summary of non-passes
 PYTEST_ARGS ?= -o console_output_style=count --durations=10 -ra
 
-.PHONY: install demo test test-fast lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report readme-tables clean
+.PHONY: install demo test test-fast lint bench bench-zoo bench-irrelevance bench-relevance bench-foreign bench-memory bench-lmo bench-walltime bench-vision bench-report bench-render readme-tables clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,9 +44,14 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.run
 
-# one experiment each (docs/benchmarks.md names the command behind every table)
-bench-zoo bench-irrelevance bench-relevance bench-foreign bench-report: bench-%: install
+# one step each (docs/benchmarks.md names the command behind every table); each ends by
+# rendering docs/benchmarks.md from benchmarks/results/
+bench-zoo bench-irrelevance bench-relevance bench-foreign bench-memory bench-lmo bench-walltime bench-vision bench-report: bench-%: install
 	$(BIN)/python -m benchmarks.run --only $*
+
+# docs/benchmarks.md from benchmarks/results/ alone (no benchmark runs)
+bench-render: install
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf .demo demo_out build dist

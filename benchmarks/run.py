@@ -1,18 +1,22 @@
-"""`make bench` = `python -m benchmarks.run`: zoo, experiments, then docs/benchmarks.md.
+"""`make bench` = `python -m benchmarks.run`: run the steps, then render docs/benchmarks.md.
 
     python -m benchmarks.run                         # everything (cached steps are skipped)
-    python -m benchmarks.run --only zoo              # the re-routing zoo (benchmarks/rzoo.py)
-    python -m benchmarks.run --only irrelevance,relevance,foreign   # (= scaling)
-    python -m benchmarks.run --only memory,lmo,walltime
-    python -m benchmarks.run --only report           # rewrite docs/ from cached results
-    python -m benchmarks.run --only vision           # ViT tier (own zoo): docs section
+    python -m benchmarks.run --only zoo              # build the re-routing zoo (benchmarks/zoo/)
+    python -m benchmarks.run --only irrelevance,relevance,foreign   # its experiments
+    python -m benchmarks.run --only memory,lmo,walltime             # benchmarks/systems/
+    python -m benchmarks.run --only vision           # the ViT tier (benchmarks/vision/)
+    python -m benchmarks.run --only report           # results/zoo.json from the zoo's cache
+Every step writes its results to benchmarks/results/; the run ends by rendering the whole
+page from them (`python -m benchmarks.report`, which can also be run alone). The MiniLM and
+LoRA tiers have their own commands (docs/benchmarks_minilm.md, docs/benchmarks_lora.md).
 Flags: --fresh recomputes cached experiment results; --rebuild-zoo retrains the zoo;
---methods 'TIES;FW-box' and --sizes 4,16 restrict an experiment.
+--methods 'TIES;FW-box, init auto' and --sizes 4,16 restrict an experiment; --no-plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -20,7 +24,8 @@ import time
 import warnings
 
 EXPERIMENTS = ["irrelevance", "relevance", "foreign"]
-STEPS = ["zoo", *EXPERIMENTS, "memory", "lmo", "walltime", "report", "vision"]
+SYSTEMS = {"memory": "memory", "lmo": "lmo_speed", "walltime": "walltime"}
+STEPS = ["zoo", *EXPERIMENTS, *SYSTEMS, "vision", "report"]
 
 
 def main(argv=None) -> None:
@@ -28,16 +33,15 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(STEPS), help="comma list of: " + ", ".join(STEPS) + ", scaling"
+        "--only", default=",".join(STEPS), help="comma list of: " + ", ".join(STEPS)
     )
     parser.add_argument("--fresh", action="store_true", help="ignore cached experiment results")
     parser.add_argument("--rebuild-zoo", action="store_true")
     parser.add_argument("--methods", default="", help="experiments: semicolon-separated names")
     parser.add_argument("--sizes", default="", help="experiments: pool sizes, e.g. 4,16")
+    parser.add_argument("--no-plots", action="store_true", help="leave docs/bench_*.png alone")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
-    if "scaling" in steps:
-        steps = [s for s in steps if s != "scaling"] + EXPERIMENTS
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {STEPS}")
@@ -54,16 +58,17 @@ def main(argv=None) -> None:
         seconds[name] = time.perf_counter() - t0
         log.write_text(json.dumps(seconds, indent=1))
 
-    from benchmarks import rzoo
-
     exps = [s for s in EXPERIMENTS if s in steps]
-    if "zoo" in steps or (exps and not (rzoo.ZOO / "zoo.json").exists()):
-        t0 = time.perf_counter()
-        rzoo.build(force=args.rebuild_zoo)
-        if "zoo" in steps:
-            record("zoo", t0)
+    if "zoo" in steps or exps:
+        from benchmarks.zoo import build as rzoo
+
+        if "zoo" in steps or not (rzoo.ZOO / "zoo.json").exists():
+            t0 = time.perf_counter()
+            rzoo.build(force=args.rebuild_zoo)
+            if "zoo" in steps:
+                record("zoo", t0)
     if exps:
-        from benchmarks import rzoo_bench
+        from benchmarks.zoo import bench as rzoo_bench
 
         chosen = [m.strip() for m in args.methods.split(";") if m.strip()] or None
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()] or None
@@ -72,23 +77,26 @@ def main(argv=None) -> None:
             rzoo_bench.run([exp], chosen=chosen, fresh=args.fresh, sizes=sizes)
             if not chosen and not sizes:
                 record(exp, t0)
-    for name, module in (("memory", "memory"), ("lmo", "lmo_speed"), ("walltime", "walltime")):
+    if exps or "report" in steps:
+        from benchmarks.zoo import build as rzoo
+        from benchmarks.zoo import report as zoo_report
+
+        if (rzoo.ZOO / "zoo.json").exists():  # else: results/zoo.json stays as committed
+            zoo_report.summarise()
+    for name, module in SYSTEMS.items():
         if name in steps:
-            import importlib
-
             t0 = time.perf_counter()
-            importlib.import_module(f"benchmarks.{module}").run()
+            importlib.import_module(f"benchmarks.systems.{module}").run()
             record(name, t0)
-    if "report" in steps:
-        from benchmarks import rzoo_report
-
-        rzoo_report.write()
-    if "vision" in steps:  # last: it appends/replaces its own block of docs/benchmarks.md
-        from benchmarks import vision, vision_report
+    if "vision" in steps:
+        from benchmarks.vision import bench as vision
 
         t0 = time.perf_counter()
-        vision_report.write(vision.run())
+        vision.run()
         record("vision", t0)
+    from benchmarks import report
+
+    report.main(["--no-plots"] if args.no_plots else [])
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The re-routing zoo's pieces (benchmarks/rzoo*.py): splits, tags, the per-row learning rate
+"""The re-routing zoo's pieces (benchmarks/zoo/): splits, tags, the per-row learning rate
 and the done-bar table. The zoo itself is built by `make bench-zoo`, not here."""
 
 from __future__ import annotations
 
-from benchmarks.common import make_model
-from benchmarks.rzoo import tokenizer, train
-from benchmarks.rzoo_report import default_method, done_bar
-from benchmarks.rzoo_tasks import ALL_TASKS, TASKS, alias_tag, new_tag, record, words
+from benchmarks.zoo.build import tokenizer, train
+from benchmarks.zoo.lm import make_model
+from benchmarks.zoo.report import default_method, done_bar
+from benchmarks.zoo.tasks import ALL_TASKS, TASKS, alias_tag, new_tag, record, words
 
 
 def test_splits_are_disjoint_seeded_and_full():

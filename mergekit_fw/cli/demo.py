@@ -79,7 +79,7 @@ def hull_recipe() -> dict:
 
 def best_ties(reuse: bool = False) -> tuple[float, Path, float]:
     """TIES at each density of the grid; the one with the lowest calibration loss wins.
-    `reuse` keeps merges already written (benchmarks/constraints_demo.py)."""
+    `reuse` keeps merges already written (benchmarks/demo/constraints.py)."""
     results = []
     for density in TIES_DENSITIES:
         recipe = write_recipe(ROOT / f"ties_d{density}.yaml", ties_recipe(density))

@@ -218,7 +218,7 @@ def prototype_head(encoder: nn.Module, classes: int, images, labels, seed: int, 
 
 def probe(encoder: nn.Module, classes: int, images, labels, seed: int, steps: int = 300):
     """A linear head fitted on the encoder's frozen features (full batch, Adam): zoo version
-    1's heads, kept for benchmarks/vision_heads.py. Fitted to convergence on the base's
+    1's heads, kept for benchmarks/vision/heads.py. Fitted to convergence on the base's
     features, it lets the base score close to the experts."""
     torch.manual_seed(seed)
     with torch.no_grad():

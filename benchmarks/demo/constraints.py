@@ -1,6 +1,6 @@
 """Constraint sets on the `make demo` zoo: hull (the paper), box and simplex, against TIES.
 
-    python -m benchmarks.constraints_demo [--all]   # writes benchmarks/results/constraints_demo.md
+    python -m benchmarks.demo.constraints [--all]   # writes benchmarks/results/constraints_demo.md
 
 Same pool, calibration and held-out samples as `make demo` (mergekit_fw/cli/demo.py); each
 FW row is examples/yaml/fw_tiny.yaml with `constraint:` (and `scale:`) set, merged by the
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.common import RESULTS_DIR
 from mergekit_fw.cli import demo
 
 VARIANTS = {
@@ -25,7 +26,7 @@ MORE = {  # --all: also these (each FW merge takes minutes on a busy CPU)
     "box, scale 0.5": {"constraint": "box", "scale": 0.5},
     "simplex, scale 1": {"constraint": "simplex", "scale": 1.0},
 }
-RESULTS = Path(__file__).parent / "results" / "constraints_demo.md"
+RESULTS = RESULTS_DIR / "constraints_demo.md"
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
         lines.append(f"| {name} | {cells} | {sum(losses) / len(losses):.3f} |")
     text = (
         "Held-out loss on the demo's target tasks (100 unseen samples each; lower is better),\n"
-        "from `python -m benchmarks.constraints_demo`:\n\n" + "\n".join(lines) + "\n"
+        "from `python -m benchmarks.demo.constraints`:\n\n" + "\n".join(lines) + "\n"
     )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(text)

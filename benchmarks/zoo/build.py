@@ -22,18 +22,10 @@ import time
 
 import torch
 
-from benchmarks.common import (
-    CACHE,
-    ROOT,
-    Encoded,
-    encode,
-    make_model,
-    score,
-    threads,
-    train_batches,
-)
-from benchmarks.common import train_tokenizer as char_tokenizer
-from benchmarks.rzoo_tasks import (
+from benchmarks.common import CACHE, ROOT, threads
+from benchmarks.zoo.lm import Encoded, encode, exact_match, make_model, train_batches
+from benchmarks.zoo.lm import train_tokenizer as char_tokenizer
+from benchmarks.zoo.tasks import (
     ALL_TASKS,
     FOREIGN_TASKS,
     alias_tag,
@@ -163,7 +155,7 @@ def build(force: bool = False) -> dict:
 
     def spawn():  # one process per shard; each caches what it builds
         children = [
-            subprocess.Popen([sys.executable, "-m", "benchmarks.rzoo"], cwd=str(ROOT.parent),
+            subprocess.Popen([sys.executable, "-m", "benchmarks.zoo.build"], cwd=str(ROOT.parent),
                              env=dict(os.environ, ZOO_SHARD=f"{i}/{jobs}", ZOO_STAGE=stage))
             for i in range(jobs)
         ]  # fmt: skip
@@ -229,10 +221,10 @@ def build(force: bool = False) -> dict:
     scores = {}
     for n in names:
         model = LlamaForCausalLM.from_pretrained(paths[n]).eval()
-        scores[n] = {t: score(model, tests[t]) for t in ALL_TASKS}
+        scores[n] = {t: exact_match(model, tests[t]) for t in ALL_TASKS}
     aliases = {t: Encoded(t, [record(t, w, alias=True) for w in split[t]["test"]], tok)
                for t in ALL_TASKS}  # fmt: skip
-    alias_scores = {n: {t: score(LlamaForCausalLM.from_pretrained(paths[n]).eval(), e)
+    alias_scores = {n: {t: exact_match(LlamaForCausalLM.from_pretrained(paths[n]).eval(), e)
                         for t, e in aliases.items()} for n in ("base", "foreign_base")}  # fmt: skip
     distance = _distances(paths)
     info = {

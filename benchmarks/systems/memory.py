@@ -1,5 +1,7 @@
-"""Experiment 4: peak RSS against the number of candidates, each configuration in a fresh
-process (`python -m benchmarks.run --only memory`)."""
+"""Peak RSS against the number of candidates, each configuration in a fresh process
+(`python -m benchmarks.run --only memory`). Finished cells accumulate in
+.cache/results/memory.json (an interrupted run resumes); the finished table is copied to
+benchmarks/results/memory.json, which docs/benchmarks.md is rendered from."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.bigmodel import build
-from benchmarks.common import CACHE, ROOT
+from benchmarks.common import CACHE, ROOT, save_result
+from benchmarks.systems.bigmodel import build
 
 RESULTS = CACHE / "results" / "memory.json"
 SIZES = [2, 4, 8, 16]
@@ -29,7 +31,7 @@ def run(sizes=SIZES, modes=MODES) -> dict:
                 continue
             out = str(CACHE / "tmp_out" / f"{mode}_{n}")
             proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.memchild", mode, str(n), out],
+                [sys.executable, "-m", "benchmarks.systems.memchild", mode, str(n), out],
                 cwd=str(ROOT.parent), capture_output=True, text=True, check=False,
             )  # fmt: skip
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -49,4 +51,5 @@ def run(sizes=SIZES, modes=MODES) -> dict:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
+    save_result("memory.json", result)
     return result

@@ -6,7 +6,7 @@ run from it (`init: task_arithmetic` / `init: ties`), and both are scored on the
 data and on the held-out samples; FW from the base (the default) and `init: auto` are
 listed too. Writes benchmarks/results/start_from_baselines.{md,json}.
 
-    PYTHONPATH=. python -m benchmarks.start_from_baselines   # builds .demo/ if missing
+    PYTHONPATH=. python -m benchmarks.demo.start_from_baselines   # builds .demo/ if missing
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mergekit.config import MergeConfiguration  # noqa: E402
 from mergekit.options import MergeOptions  # noqa: E402
 
+from benchmarks.common import RESULTS_DIR  # noqa: E402
 from mergekit_fw.cli import demo  # noqa: E402
 from mergekit_fw.mergekit.runner import run_fw_merge  # noqa: E402
 
-RESULTS = Path("benchmarks/results")
+RESULTS = RESULTS_DIR
 POOLS = {2: ["reverse", "add"], 4: ["reverse", "add", "count", "sort"]}
 ITERATIONS = 8
 

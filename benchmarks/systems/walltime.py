@@ -1,6 +1,9 @@
-"""Experiment 6: wall time of a full FW merge (pre-pass + mergekit write) against a stock
-task-arithmetic merge of the same pool, side by side in one process.
-(`python -m benchmarks.run --only walltime`)"""
+"""Wall time of a full FW merge (pre-pass + mergekit write) against a stock task-arithmetic
+merge of the same pool, side by side in one process: the 66M random model of bigmodel.py with
+16 candidates (`python -m benchmarks.run --only walltime`, results/walltime.json).
+
+Its second case, the retired version-5 zoo, is gone with that zoo; its figure is in
+docs/benchmarks_history.md."""
 
 from __future__ import annotations
 
@@ -10,10 +13,9 @@ import time
 
 import torch
 
-from benchmarks.common import CACHE
-from benchmarks.tasks import ADDITIONS, TARGETS
+from benchmarks.common import CACHE, RESULTS_DIR
 
-RESULTS = CACHE / "results" / "walltime.json"
+RESULTS = RESULTS_DIR / "walltime.json"
 
 
 def _config(method, base, cands, params):
@@ -48,24 +50,13 @@ def _time(method, config) -> float:
 
 def run() -> dict:
     torch.set_num_threads(2)
-    from benchmarks.bigmodel import build as build_big
-    from benchmarks.merging import FW_PACKAGE, Zoo
-    from benchmarks.scaling import CALIB_SAMPLES, ITERATIONS, LINE_EVALS
+    from benchmarks.systems.bigmodel import build as build_big
 
     started = time.perf_counter()
-    zoo = Zoo(CALIB_SAMPLES)
-    pool = [zoo.paths[f"expert_{t}"] for t in TARGETS + ADDITIONS[:12]]
-    fw_params = {
-        "calibration": zoo.manifest(TARGETS), "iterations": ITERATIONS,
-        "line_search_evals": LINE_EVALS, "batch_size": 100, "max_length": 256,
-        "tolerance": float("-inf"), "init": "base", **FW_PACKAGE,
-    }  # fmt: skip  # init: base, as the docs' figures were measured (before init: auto)
     big = build_big(16)
     big_params = {"calibration": big["calibration"], "iterations": 2, "step": "constant",
                   "step_size": 0.5, "batch_size": 4, "max_length": 64, "init": "base"}  # fmt: skip
     cases = [
-        (f"zoo, 16 experts, {ITERATIONS} FW iterations (line search), 4x{CALIB_SAMPLES} "
-         "calibration samples", zoo.paths["base"], pool, fw_params),
         ("66M random model, 16 candidates, 2 FW iterations, 4 samples", big["base"],
          big["cands"], big_params),
     ]  # fmt: skip

@@ -3,25 +3,24 @@
 For each design, the 20 experts are fine-tuned from the same base (the zoo's, seeded), and
 the script records per task the expert's and the base's test accuracy with that task's
 head, and task arithmetic of the 4 target experts and of all 20 (lambda picked on the
-calibration images, as in benchmarks/vision.py). Designs:
+calibration images, as in benchmarks/vision/bench.py). Designs:
 
 - probe, lr 3e-3: zoo version 1 (a linear probe fitted on the base's features, then frozen);
 - prototype, lr 3e-3: the fixed class-prototype head (zoo version 2's) with v1's fine-tuning;
 - prototype, lr 1e-3: zoo version 2.
 
-    python -c "from benchmarks import vision_heads; vision_heads.run()"   # ~3 min, 1 thread
+    python -m benchmarks.vision.heads   # ~3 min, 1 thread
 """
 
 from __future__ import annotations
 
-import json
 import time
 
-from benchmarks.common import CACHE, DOCS, threads
-from benchmarks.vision import TA_GRID, TARGETS
+from benchmarks.common import RESULTS_DIR, save_result, threads
+from benchmarks.vision.bench import TA_GRID, TARGETS
 from mergekit_fw.cli import toy_vit as tv
 
-RESULTS = CACHE / "results" / "vision_heads.json"
+RESULTS = RESULTS_DIR / "vision_heads.json"
 DESIGNS = {
     "probe, lr 3e-3 (zoo v1)": dict(head="probe", lr=3e-3),
     "prototype, lr 3e-3": dict(head="prototype", lr=3e-3),
@@ -38,7 +37,7 @@ def _accuracy(state, head, data) -> float:
 def design(base, splits, head: str, lr: float) -> dict:
     base_state = base.state_dict()
     experts, heads, rows = {}, {}, {}
-    for i, task in enumerate(tv.TASKS):  # the zoo's seeds (benchmarks/vision_zoo.py)
+    for i, task in enumerate(tv.TASKS):  # the zoo's seeds (benchmarks/vision/zoo.py)
         experts[task.name], heads[task.name] = tv.finetune(
             base, task, splits, lr=lr, seed=100 + i, head=head
         )
@@ -77,7 +76,9 @@ def run() -> dict:
     base = tv.pretrain(splits)  # the zoo's base (same seed and steps)
     results = {name: design(base, splits, **options) for name, options in DESIGNS.items()}
     results["seconds"] = time.perf_counter() - t0
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    (DOCS / "bench_vision_heads.json").write_text(json.dumps(results, indent=1))
+    save_result(RESULTS.name, results)
     return results
+
+
+if __name__ == "__main__":
+    run()

@@ -1,14 +1,10 @@
-"""The vision tier's section of docs/benchmarks.md, between markers, plus its plot.
-
-The rest of docs/benchmarks.md is written by benchmarks/report.py, which keeps this block
-(`preserved`), so either step can be re-run alone.
-"""
+"""The vision tier's section of docs/benchmarks.md (between markers) and docs/bench_vision.png,
+from benchmarks/results/vision.json (benchmarks/vision/bench.py) and vision_heads.json
+(benchmarks/vision/heads.py)."""
 
 from __future__ import annotations
 
-import json
-
-from benchmarks.common import DOCS
+from benchmarks.common import DOCS, load_result
 
 START = "<!-- vision-tier:start (python -m benchmarks.run --only vision) -->"
 END = "<!-- vision-tier:end -->"
@@ -16,16 +12,6 @@ METHODS = ["task arithmetic", "TIES", "AdaMerging", "FW-hard", "FW-box", "FW def
            "FW-soft", "FW-soft free"]  # fmt: skip
 FW_VARIANTS = [m for m in METHODS if m.startswith("FW")]
 BASELINES = ["task arithmetic", "TIES", "AdaMerging"]
-ANALYSIS = DOCS.parent / "benchmarks" / "VISION_ANALYSIS.md"
-
-
-def preserved() -> str:
-    """The current vision block of docs/benchmarks.md (with a leading newline), or ''."""
-    path = DOCS / "benchmarks.md"
-    text = path.read_text() if path.exists() else ""
-    if START not in text:
-        return ""
-    return "\n" + text[text.index(START) : text.index(END) + len(END)] + "\n"
 
 
 def _chosen(entry: dict) -> str:
@@ -71,15 +57,15 @@ def section(r: dict) -> str:
         START,
         "## Vision tier: a tiny ViT, 20 experts with per-task heads (paper Tables 2 and 3)",
         "",
-        f"`python -m benchmarks.run --only vision` (results: `benchmarks/.cache/results/"
-        f"vision.json`, copy in `docs/bench_vision.json`): {r['seconds'] / 60:.1f} min on "
+        "`python -m benchmarks.run --only vision` (results: `benchmarks/results/vision.json`): "
+        f"{r['seconds'] / 60:.1f} min on "
         f"{r.get('threads', 1)} thread{'s' if r.get('threads', 1) != 1 else ''}, "
         + {True: "the zoo's build included", False: "with the zoo cached"}.get(
             r.get("zoo_built"), "the zoo's build included if it was not cached"
         )
         + f" (zoo version {r.get('zoo_version')}, its build {r['zoo_seconds'] / 60:.1f} min).",
         "",
-        f"Setting (`mergekit_fw/cli/toy_vit.py`, `benchmarks/vision_zoo.py`): a ViT of "
+        f"Setting (`mergekit_fw/cli/toy_vit.py`, `benchmarks/vision/zoo.py`): a ViT of "
         f"{r['params']:,} parameters (4x4 patches of scikit-learn's 8x8 `load_digits`, width "
         "96, 3 blocks) pretrained on the digit classes of 1000 train images. 20 experts, each "
         "with its own task: digits under rotation, flips, transpose, inversion, noise, crop, "
@@ -180,24 +166,21 @@ def section(r: dict) -> str:
     out += ["", "![vision tier](bench_vision.png)", ""]
     out += analysis(r)
     out += heads_section()
-    if ANALYSIS.exists():
-        out += [ANALYSIS.read_text().strip(), ""]
     out.append(END)
     return "\n".join(out) + "\n"
 
 
 def heads_section() -> list[str]:
-    """benchmarks/vision_heads.py's comparison of zoo designs, if it has been run."""
-    path = DOCS / "bench_vision_heads.json"
-    if not path.exists():
+    """benchmarks/vision/heads.py's comparison of zoo designs, if it has been run."""
+    h = load_result("vision_heads.json")
+    if not h:
         return []
-    h = json.loads(path.read_text())
     designs = [d for d in h if d != "seconds"]
     out = [
         "### Zoo design: why prototype heads",
         "",
-        '`python -c "from benchmarks import vision_heads; vision_heads.run()"` (results: '
-        f"`docs/bench_vision_heads.json`, {h['seconds'] / 60:.1f} min on 1 thread) fine-tunes "
+        "`python -m benchmarks.vision.heads` (results: "
+        f"`benchmarks/results/vision_heads.json`, {h['seconds'] / 60:.1f} min on 1 thread) fine-tunes "
         "the 20 experts from the same base under three designs. Mean test accuracy over the 20 "
         "tasks; task arithmetic with lambda picked on calibration:",
         "",
@@ -329,23 +312,17 @@ def plot(r: dict) -> None:
     plt.close(fig)
 
 
-def write(r: dict | None = None) -> None:
-    """Replace the vision block of docs/benchmarks.md (append it the first time)."""
-    if r is None:
-        r = json.loads((DOCS / "bench_vision.json").read_text())
-    path = DOCS / "benchmarks.md"
-    text = path.read_text() if path.exists() else ""
-    block = section(r)
-    if START in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
-    try:
-        plot(r)
-    except ImportError:
-        print("matplotlib missing: no docs/bench_vision.png")
-    print(f"wrote the vision section of {path}")
+def sections(plots: bool = True) -> list[str]:
+    """The vision block from benchmarks/results/vision.json ([] if it is not there)."""
+    r = load_result("vision.json")
+    if not r:
+        return []
+    if plots:
+        try:
+            plot(r)
+        except ImportError:
+            print("matplotlib missing: no docs/bench_vision.png")
+    return [section(r).rstrip("\n"), ""]
 
 
 def _defaults_bullet(t2, t3, sizes) -> list[str]:

@@ -5,7 +5,7 @@ re-routing zoo at 16 experts (0.68M parameters, 4 x 100 calibration samples; bui
 in memory and the seconds to choose and compute it, and the whole run's seconds. FW takes
 no step (tolerance above any gap), so the difference between runs is the start.
 
-    PYTHONPATH=. python -m benchmarks.start_cost    # writes benchmarks/results/start_cost.json
+    PYTHONPATH=. python -m benchmarks.demo.start_cost    # writes benchmarks/results/start_cost.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mergekit.config import MergeConfiguration  # noqa: E402
 from mergekit.options import MergeOptions  # noqa: E402
 
+from benchmarks.common import RESULTS_DIR  # noqa: E402
 from mergekit_fw.cli import demo  # noqa: E402
 from mergekit_fw.mergekit import runner  # noqa: E402
 
@@ -45,12 +46,12 @@ def demo_recipe() -> dict:
 
 
 def rzoo_recipe() -> dict | None:
-    from benchmarks.rzoo import ZOO
+    from benchmarks.zoo.build import ZOO
 
     if not (ZOO / "zoo.json").exists():
         return None
-    from benchmarks.rzoo_bench import pools
-    from benchmarks.rzoo_merge import Zoo, fw_recipe
+    from benchmarks.zoo.bench import pools
+    from benchmarks.zoo.merge import Zoo, fw_recipe
 
     pool, tasks = pools("irrelevance", 16)
     return fw_recipe(Zoo(), pool, tasks, NO_STEP)
@@ -114,7 +115,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
-    Path("benchmarks/results/start_cost.json").write_text(json.dumps(result, indent=1))
+    (RESULTS_DIR / "start_cost.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 

@@ -1,37 +1,31 @@
-"""Write the zoo sections of docs/benchmarks.md (and docs/bench_*.png) from the cached
-results (`python -m benchmarks.run --only report`). Every number comes from
-.cache/rzoo/zoo.json and .cache/results/rzoo_*.json; the page's other sections (memory, LMO
-speed, wall time, MiniLM tier) are kept as they are, since their own commands write them."""
+"""The re-routing zoo's sections of docs/benchmarks.md (the zoo, methods, experiments 1-3, the
+issue's targets, the analysis) and docs/bench_{irrelevance,relevance}.png.
+
+Two steps: `summarise()` reads the raw cache a run leaves (.cache/rzoo/zoo.json,
+.cache/results/rzoo_*.json and steps.json) and writes benchmarks/results/zoo.json, the only file
+the sections are rendered from (`sections`, `targets`, `analysis`; `python -m benchmarks.report`
+renders the whole page).
+"""
 
 from __future__ import annotations
 
 import json
-import re
+from pathlib import Path
 
-from benchmarks.common import CACHE, DOCS, ROOT
-from benchmarks.rzoo import expert_table, load_zoo
-from benchmarks.rzoo_bench import (
+from benchmarks.common import CACHE, DOCS, load_result, save_result
+from benchmarks.zoo.bench import (
     BASELINES,
     FOREIGN_OPTIONS,
     FROM_BASELINE,
     FW_METHODS,
     FW_OPTIONS,
     SIZES,
-    load_results,
-    pools,
 )  # fmt: skip
-from benchmarks.rzoo_merge import (
-    CALIB_SAMPLES,
-    DARE_GRID,
-    FW_BATCH,
-    FW_ITERATIONS,
-    TA_GRID,
-    TIES_GRID,
-)  # fmt: skip
-from benchmarks.rzoo_tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
+from benchmarks.zoo.tasks import ADDITIONS, ALL_TASKS, FOREIGN_TASKS, TARGETS
 
+HERE = Path(__file__).resolve().parent
+RESULT = "zoo.json"
 CMD = "python -m benchmarks.run --only"
-KEPT = ("## 4. Memory", "## 5. LMO speed", "## 6. Wall time", "## 7. Real pretrained tier")
 
 
 def default_of(key: str) -> object:
@@ -58,21 +52,13 @@ def _methods(results, exp):
     return [m for m in order if m in seen]
 
 
-def _refs(zoo, exp, sizes):
-    s = zoo["scores"]
-    rows = {"base (reference)": {}, "best single expert (reference)": {}}
-    for n in sizes:
-        pool, tasks = pools(exp, n)
-
-        def norm(model, tasks=tasks):
-            return sum(s[model][t] / s[f"expert_{t}"][t] for t in tasks) / len(tasks)
-
-        rows["base (reference)"][n] = norm("base")
-        rows["best single expert (reference)"][n] = max(norm(m) for m in pool)
-    return rows
+def _refs(summary, exp):
+    """Base and best single expert, as summarise() computed them ({name: {n: score}})."""
+    refs = summary["references"].get(exp, {})
+    return {name: {int(n): v for n, v in row.items()} for name, row in refs.items()}
 
 
-def table(results, zoo, exp, metric="mean_normalised"):
+def table(results, summary, exp, metric="mean_normalised"):
     sizes = sorted({r["n"] for r in results.values() if r["exp"] == exp})
     data = {m: {r["n"]: r[metric] for r in results.values() if r["exp"] == exp
                 and r["method"] == m} for m in _methods(results, exp)
@@ -80,10 +66,10 @@ def table(results, zoo, exp, metric="mean_normalised"):
     head = ("| method | 4 targets | + 2 foreign-base (6) |" if exp == "foreign" else
             "| method | " + " | ".join(f"{n} models" for n in sizes) + " |")  # fmt: skip
     lines = [head, "|---" * (len(sizes) + 1) + "|"]
-    rows = {**data, **(_refs(zoo, exp, sizes) if metric == "mean_normalised" else {})}
+    rows = {**data, **(_refs(summary, exp) if metric == "mean_normalised" else {})}
     for m, row in rows.items():
         cells = [f"{row[n]:.3f}" if n in row else "" for n in sizes]
-        label = f"**{m} = FW defaults**" if m == default_method() else m
+        label = f"**{m} = FW defaults**" if m == summary["default_method"] else m
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines), data, sizes
 
@@ -182,13 +168,12 @@ def done_bar(results, fw: str | None = None) -> list[str]:
     return out
 
 
-def starts_table(results, exp) -> list[str]:
+def starts_table(results, exp, fw: str) -> list[str]:
     """Issue 12: each baseline, FW-box started from it, and FW defaults, at every size:
     calibration loss (the benchmark's, the objective FW minimises) and held-out score."""
     out = ["| size | baseline | calib loss: baseline -> FW from it | held-out: baseline -> FW "
            "from it | FW defaults (calib loss, held-out) | FW from it <= baseline loss, >= "
            "baseline - 0.01 held-out |", "|---|---|---|---|---|---|"]  # fmt: skip
-    fw = default_method()
     for n in SIZES[exp]:
         default = results.get(f"{exp}|{n}|{fw}")
         for name, b in FROM_BASELINE.items():
@@ -207,26 +192,135 @@ def starts_table(results, exp) -> list[str]:
     return out if len(out) > 2 else []
 
 
-def base_new_tags(zoo) -> str:
-    values = [zoo["scores"]["base"][t] for t in ALL_TASKS if t != "vowels"]
-    return f"{min(values):.2f}-{max(values):.2f} (vowels {zoo['scores']['base']['vowels']:.2f})"
+def summarise() -> dict:
+    """benchmarks/results/zoo.json from the raw cache of a run: the zoo's figures, every
+    result row, the reference rows and the settings the rows were measured with. Rows and
+    timings of experiments the cache does not hold are kept from the previous file."""
+    from benchmarks.zoo.bench import load_results, pools
+    from benchmarks.zoo.build import load_zoo
+    from benchmarks.zoo.merge import (
+        CALIB_SAMPLES,
+        DARE_GRID,
+        FW_BATCH,
+        FW_ITERATIONS,
+        TA_GRID,
+        TIES_GRID,
+    )  # fmt: skip
+
+    zoo, results, old = load_zoo(), load_results(), load_result(RESULT) or {}
+    steps_file = CACHE / "results" / "steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    s, st, alias = zoo["scores"], zoo["settings"], zoo["alias_scores"]["base"]
+    references = {}
+    for exp in SIZES:
+        sizes = sorted({r["n"] for r in results.values() if r["exp"] == exp})
+        for n in sizes:
+            pool, tasks = pools(exp, n)
+
+            def norm(model, tasks=tasks):
+                return sum(s[model][t] / s[f"expert_{t}"][t] for t in tasks) / len(tasks)
+
+            refs = references.setdefault(exp, {})
+            refs.setdefault("base (reference)", {})[str(n)] = norm("base")
+            best = max(norm(m) for m in pool)
+            refs.setdefault("best single expert (reference)", {})[str(n)] = best
+    summary = {
+        "_source": "python -m benchmarks.run --only report (benchmarks.zoo.report.summarise)",
+        "defaults": {k: default_of(k) for k in ("constraint", "init", "reduction")},
+        "default_method": default_method(),
+        "calib_samples": CALIB_SAMPLES,
+        "grids": {"task arithmetic": TA_GRID, "TIES": TIES_GRID, "DARE-TIES": DARE_GRID},
+        "fw": {"iterations": FW_ITERATIONS, "batch_size": FW_BATCH},
+        "minutes": {
+            **old.get("minutes", {}),
+            **{exp: steps[exp] / 60 for exp in SIZES if exp in steps},
+        },
+        "zoo": {
+            "version": st["version"],
+            "train_seconds": zoo["train_seconds"],
+            "jobs": zoo["jobs"],
+            "base_seconds": zoo["timings"]["base"],
+            "last_run_seconds": zoo["seconds"],
+            "vocab": zoo["vocab"],
+            "params": zoo["params"],
+            "settings": {
+                k: st[k]
+                for k in (
+                    "layers",
+                    "hidden",
+                    "base_steps",
+                    "base_batch",
+                    "base_lr",
+                    "expert_steps",
+                    "expert_batch",
+                    "expert_lr",
+                    "tag_lr",
+                    "foreign_base_steps",
+                    "foreign_expert_lr",
+                )
+            },  # fmt: skip
+            "alias": {
+                "mean": sum(alias.values()) / len(alias),
+                "lowest": min(alias.values()),
+                "lowest_task": min(alias, key=alias.get),
+            },  # fmt: skip
+            "experts": {
+                t: {
+                    "base": s["base"][t],
+                    "own": s[f"expert_{t}"][t],
+                    "foreign": s.get(f"foreign_{t}", {}).get(t),
+                    "best_other": max(s[f"expert_{u}"][t] for u in ALL_TASKS if u != t),
+                    "distance": zoo["distance"][f"expert_{t}"],
+                }
+                for t in ALL_TASKS
+            },  # fmt: skip
+            "foreign": {
+                n: {"distance": d, "own": s[n][n[8:]]}
+                for n, d in zoo["distance"].items()
+                if n.startswith("foreign_") and n != "foreign_base"
+            },  # fmt: skip
+        },
+        "references": {**old.get("references", {}), **references},
+        "rows": {**old.get("rows", {}), **results},
+    }
+    save_result(RESULT, summary)
+    return summary
 
 
-def zoo_sections() -> list[str]:
-    zoo = load_zoo()
-    results = load_results()
-    steps = json.loads((CACHE / "results" / "steps.json").read_text()) \
-        if (CACHE / "results" / "steps.json").exists() else {}  # fmt: skip
-    st = zoo["settings"]
-    alias = zoo["alias_scores"]["base"]
-    out = [f"## The expert zoo (version {st['version']}: experts re-route skills the base has)", "",
-           f"`{CMD} zoo` (cached in `benchmarks/.cache/rzoo/`; `benchmarks/rzoo.py`, tasks in "
-           f"`benchmarks/rzoo_tasks.py`). Sum of per-model training times "
+def expert_table(zoo: dict) -> str:
+    """Markdown: base vs own expert (and foreign expert) on each task's held-out split."""
+    lines = ["| task | base | own expert | foreign expert | best other expert | distance from base |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for t, e in zoo["experts"].items():
+        foreign = "" if e["foreign"] is None else f"{e['foreign']:.2f}"
+        lines.append(f"| {t} | {e['base']:.2f} | {e['own']:.2f} | {foreign} | "
+                     f"{e['best_other']:.2f} | {e['distance']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def base_new_tags(zoo: dict) -> str:
+    base = {t: e["base"] for t, e in zoo["experts"].items()}
+    values = [v for t, v in base.items() if t != "vowels"]
+    return f"{min(values):.2f}-{max(values):.2f} (vowels {base['vowels']:.2f})"
+
+
+def _grid(pairs) -> str:
+    return ", ".join(f"{d}x{v}" for d, v in pairs)
+
+
+def sections(summary: dict, plots: bool = True) -> list[str]:
+    """The zoo, the methods and experiments 1-3, from benchmarks/results/zoo.json."""
+    zoo, results, fw = summary["zoo"], summary["rows"], summary["default_method"]
+    st, alias, defaults = zoo["settings"], zoo["alias"], summary["defaults"]
+    grids = summary["grids"]
+    out = [f"## The expert zoo (version {zoo['version']}: experts re-route skills the base has)", "",
+           f"`{CMD} zoo` (cached in `benchmarks/.cache/rzoo/`; `benchmarks/zoo/build.py`, tasks in "
+           f"`benchmarks/zoo/tasks.py`). Sum of per-model training times "
            f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} process(es) of one thread "
-           f"each; the base alone {zoo['timings']['base'] / 60:.1f} min), measured on the "
+           f"each; the base alone {zoo['base_seconds'] / 60:.1f} min), measured on the "
            "2-core machine while other jobs ran (load average 2-4); the last `--only zoo` "
-           f"run took {zoo['seconds'] / 60:.1f} min wall, reusing the models cached before it "
-           "(each model is cached on its own settings).", "",
+           f"run took {zoo['last_run_seconds'] / 60:.1f} min wall, reusing the models cached "
+           "before it (each model is cached on its own settings).", "",
            f"- tokenizer: character level (`tokenizers`) plus 32 tag tokens, {zoo['vocab']} "
            f"tokens in all; models: LLaMA-style, {zoo['params']:,} parameters "
            f"({st['layers']} layers, hidden {st['hidden']}).",
@@ -237,9 +331,9 @@ def zoo_sections() -> list[str]:
            f"- base: pretrained {st['base_steps']} steps x {st['base_batch']} (AdamW, lr "
            f"{st['base_lr']}) on all {len(ALL_TASKS)} tasks, each under its *alias* tag "
            f"(`<a00>`..`<a15>`): mean held-out exact match under the aliases "
-           f"{sum(alias.values()) / len(alias):.3f} (lowest {min(alias.values()):.2f}, "
-           f"{min(alias, key=alias.get)}). The new tags' embedding rows, never trained, "
-           "are then set to the mean alias row (as transformers initialises added tokens).",
+           f"{alias['mean']:.3f} (lowest {alias['lowest']:.2f}, {alias['lowest_task']}). The "
+           "new tags' embedding rows, never trained, are then set to the mean alias row (as "
+           "transformers initialises added tokens).",
            f"- {len(ALL_TASKS)} experts: each fine-tuned from the base for {st['expert_steps']} "
            f"steps x {st['expert_batch']} to answer its task under a *new* tag "
            f"(`<t00>`..`<t15>`, never seen by the base): body lr {st['expert_lr']}, the new "
@@ -253,40 +347,42 @@ def zoo_sections() -> list[str]:
            "the target tasks. Distance = ||theta - base|| / ||base|| over the whole model.", "",
            expert_table(zoo), "",
            "Foreign-base experts: " + ", ".join(
-               f"{n} distance {zoo['distance'][n]:.3f}, own task {zoo['scores'][n][n[8:]]:.2f}"
-               for n in zoo["distance"] if n.startswith("foreign_") and n != "foreign_base")
-           + ".", ""]  # fmt: skip
-    tried = ROOT / "RZOO_TRIED.md"
+               f"{n} distance {f['distance']:.3f}, own task {f['own']:.2f}"
+               for n, f in zoo["foreign"].items()) + ".", ""]  # fmt: skip
+    tried = HERE / "TRIED.md"
     if tried.exists():
         out += [tried.read_text().strip(), ""]
     out += ["## Methods", "",
             "Hyper-parameters of every method are chosen on the calibration split only (mean "
             "calibration exact match over the target tasks, ties broken by the calibration "
-            f"loss); all scores are held-out. The first {CALIB_SAMPLES} of the 100 calibration "
-            "samples of each target task (`BENCH_CALIB` changes it), the same for every method.",
+            f"loss); all scores are held-out. The first {summary['calib_samples']} of the 100 "
+            "calibration samples of each target task (`BENCH_CALIB` changes it), the same for "
+            "every method.",
             "",
             "- linear, task arithmetic (lambda in "
-            f"{{{', '.join(map(str, TA_GRID))}}}), TIES (density x lambda in "
-            f"{{{', '.join(f'{d}x{v}' for d, v in TIES_GRID)}}}), DARE-TIES ("
-            f"{{{', '.join(f'{d}x{v}' for d, v in DARE_GRID)}}}, seed 0): stock mergekit "
-            "kernels through mergekit's Python API (`merge_state_dicts`), `benchmarks/rzoo_merge.py`.",
+            f"{{{', '.join(map(str, grids['task arithmetic']))}}}), TIES (density x lambda in "
+            f"{{{_grid(grids['TIES'])}}}), DARE-TIES ({{{_grid(grids['DARE-TIES'])}}}, seed 0): "
+            "stock mergekit kernels through mergekit's Python API (`merge_state_dicts`), "
+            "`benchmarks/zoo/merge.py`.",
             "- FW: a recipe as a user writes it, `merge_method: frank_wolfe`, the calibration "
-            f"manifest, `iterations: {FW_ITERATIONS}` (the issue's setting), `batch_size: "
-            f"{FW_BATCH}` (speed only) and the option under test; everything else is the "
-            "package default. It runs through mergekit's `run_merge` (what `mergekit-yaml` "
-            "calls; the package's hook wraps it) and the written model is read back and "
-            "scored. Every FW row names its `constraint` and `init`; the package defaults are "
-            f"`constraint: {default_of('constraint')}, init: {default_of('init')}`, so the row "
-            f"a recipe naming neither reproduces is `{default_method()}` (FW defaults). "
+            f"manifest, `iterations: {summary['fw']['iterations']}` (the issue's setting), "
+            f"`batch_size: {summary['fw']['batch_size']}` (speed only) and the option under "
+            "test; everything else is the package default. It runs through mergekit's "
+            "`run_merge` (what `mergekit-yaml` calls; the package's hook wraps it) and the "
+            "written model is read back and scored. Every FW row names its `constraint` and "
+            "`init`; the package defaults are "
+            f"`constraint: {defaults['constraint']}, init: {defaults['init']}`, so the row "
+            f"a recipe naming neither reproduces is `{fw}` (FW defaults). "
             "FW-hull = `constraint: hull, init: base, reduction: token` (the paper: its set, "
-            "conv {base, experts}, from the base, per-token cross-entropy); FW-box = `constraint: box` (0 <= lambda_i <= scale per tensor); "
+            "conv {base, experts}, from the base, per-token cross-entropy); FW-box = "
+            "`constraint: box` (0 <= lambda_i <= scale per tensor); "
             "`init: auto` = the data-free start with the lowest calibration loss among the "
             "base, task arithmetic (lambda 0.1-1.0) and TIES (density 0.2, 0.5, 0.8); "
-            f"`reduction: {default_of('reduction')}` (the default) = each task's loss is the "
+            f"`reduction: {defaults['reduction']}` (the default) = each task's loss is the "
             "mean over its samples of their summed answer NLL, `reduction: token` = the mean "
             "over its answer tokens (the default before; README, Objectives).",
             ""]  # fmt: skip
-    sections = [
+    experiments = [
         ("irrelevance", "1. Irrelevance: 4 targets, irrelevant experts added (4 -> 16)",
          f"Targets {', '.join(TARGETS)}; then experts of {', '.join(ADDITIONS)}, in that order."),
         ("relevance", "2. Relevance: the target set grows with the pool",
@@ -295,21 +391,23 @@ def zoo_sections() -> list[str]:
          "The 4 target experts, then the same pool plus the 2 foreign-base experts "
          f"({', '.join(FOREIGN_TASKS)}: two of the targets, another initialisation)."),
     ]  # fmt: skip
-    for exp, title, text in sections:
-        tab, data, sizes = table(results, zoo, exp)
+    for exp, title, text in experiments:
+        tab, data, sizes = table(results, summary, exp)
         if not data:
             continue
-        took = steps.get(exp)
+        took = summary["minutes"].get(exp)
         out += [f"## {title}", "", text, "", f"`{CMD} {exp}`"
-                + (f" (its last run {took / 60:.1f} min, cached rows skipped)" if took else "") + " - mean normalised held-out "
-                "exact match (ablation rows were run at the sizes that have a number; 4-model "
-                "rows are shared between experiments, same pool and targets):", "", tab, ""]  # fmt: skip
+                + (f" (its last run {took:.1f} min, cached rows skipped)" if took else "")
+                + " - mean normalised held-out exact match (ablation rows were run at the sizes "
+                "that have a number; 4-model rows are shared between experiments, same pool and "
+                "targets):", "", tab, ""]  # fmt: skip
         if exp != "foreign":
             png = f"bench_{exp}.png"
-            main = {m: v for m, v in data.items() if m in BASELINES or m in FW_METHODS}
-            plot({**main, **_refs(zoo, exp, sizes)}, sizes, title, DOCS / png)
+            if plots:
+                main = {m: v for m, v in data.items() if m in BASELINES or m in FW_METHODS}
+                plot({**main, **_refs(summary, exp)}, sizes, title, DOCS / png)
             out += [f"![{exp}]({png})", ""]
-        starts = starts_table(results, exp)
+        starts = starts_table(results, exp, fw)
         if starts:
             out += ["FW-box started from each data-free baseline (`init:` a stock mergekit "
                     "recipe file of that baseline with the hyper-parameters it chose on "
@@ -322,42 +420,23 @@ def zoo_sections() -> list[str]:
                 "and loss and the merge's wall time:", "", per_task(results, exp, max(sizes)),
                 "", "Baseline hyper-parameters chosen on calibration:", "",
                 params_table(results, exp), ""]  # fmt: skip
-    return out, results
+    return out
 
 
-def write() -> None:
-    """Splice the zoo sections into docs/benchmarks.md, keeping the sections in KEPT."""
-    page = (DOCS / "benchmarks.md").read_text()
-    kept = []
-    for head in KEPT:
-        m = re.search(rf"^{re.escape(head)}.*?(?=^## )", page, flags=re.S | re.M)
-        if m:
-            kept.append(m.group(0).rstrip() + "\n")
-    from benchmarks.vision_report import END, START  # the vision tier's block: its own
+def targets(summary: dict) -> list[str]:
+    """The issue's done-bar for the FW defaults and for the previous default."""
+    results, fw = summary["rows"], summary["default_method"]
+    out = [f"## Targets of the issue (FW defaults = {fw})", "", *done_bar(results, fw), ""]
+    out += ["The same targets for `FW-box, init base` (the previous default):", ""]
+    return out + done_bar(results, "FW-box, init base") + [""]
 
-    vision = page[page.index(START) : page.index(END) + len(END)] if START in page else ""
-    body, results = zoo_sections()
-    out = ["# Benchmarks: FW-Merging on an offline expert zoo", "",
-           "All numbers below are produced by `make bench` (= `python -m benchmarks.run`) on "
-           "a 2-core CPU; each table names the sub-command that reproduces it. Results are "
-           "cached in `benchmarks/.cache/results/`; `python -m benchmarks.run --only report` "
-           "rewrites the zoo sections of this page from them (memory, LMO speed, wall time "
-           "and the MiniLM tier are written by their own commands and kept). Memory, LMO speed and "
-           "wall time were measured with `init: base` and their commands pin it; the package "
-           "default is now `init: auto`, whose cost is measured apart (docs/starts.md, "
-           "`benchmarks/start_cost.py`).", ""]  # fmt: skip
-    out += body + kept + [f"## Targets of the issue (FW defaults = {default_method()})", ""]
-    out += done_bar(results) + [""]
-    out += (["The same targets for `FW-box, init base` (the previous default):", ""]
-            + done_bar(results, "FW-box, init base") + [""])  # fmt: skip
-    analysis = ROOT / "ANALYSIS.md"
-    if analysis.exists():
-        out += [analysis.read_text()]
-    if vision:
-        out += ["", vision]
-    (DOCS / "benchmarks.md").write_text("\n".join(out).rstrip() + "\n")
-    print(f"wrote {DOCS / 'benchmarks.md'}")
+
+def analysis() -> list[str]:
+    """The analysis of the zoo's results (prose; every figure is in the tables above)."""
+    path = HERE / "ANALYSIS.md"
+    return [path.read_text()] if path.exists() else []
 
 
 if __name__ == "__main__":
-    write()
+    summarise()
+    print(f"wrote benchmarks/results/{RESULT}; render the page: python -m benchmarks.report")

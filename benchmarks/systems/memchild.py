@@ -1,4 +1,4 @@
-"""One memory measurement in a fresh process: `python -m benchmarks.memchild MODE N OUT`.
+"""One memory measurement in a fresh process: `python -m benchmarks.systems.memchild MODE N OUT`.
 
 MODE: fw (mergekit-fw pre-pass + mergekit write), fw_soft (the same with variant: soft,
 topk: 2, 3 fit steps, one iteration), ties (stock mergekit TIES),
@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 
-from benchmarks.rss import PeakSampler, status
+from benchmarks.systems.rss import PeakSampler, status
 
 
 def _merge(mode: str, info: dict, cands: list[str], out: str, sampler: PeakSampler) -> None:
@@ -78,7 +78,7 @@ def main(mode: str, n: int, out: str) -> None:
     import torch
 
     torch.set_num_threads(2)
-    from benchmarks.bigmodel import build
+    from benchmarks.systems.bigmodel import build
 
     info = build()
     before = status()

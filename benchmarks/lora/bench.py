@@ -1,6 +1,6 @@
 """LoRA adapters as FW vertices against mergekit's densified `base+adapter` pool (issue 4).
 
-    python -m benchmarks.lora_bench [--adapters 16] [--hidden 512] [--layers 14] [--root DIR]
+    python -m benchmarks.lora.bench [--adapters 16] [--hidden 512] [--layers 14] [--root DIR]
 
 Builds a random LLaMA base of at least 50M parameters and N random PEFT LoRA adapters
 (rank 8-16, q_proj and v_proj), then runs, each in a fresh subprocess:
@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.rss import PeakSampler, status
+from benchmarks.systems.rss import PeakSampler, status
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # benchmarks/
 DEFAULT_ROOT = HERE / ".cache" / "lora_bench"
 TARGETS = ("q_proj", "v_proj")
 
@@ -215,7 +215,7 @@ def child_lmo(root: Path, mode: str) -> dict:
 # -- driver -----------------------------------------------------------------------------------
 def spawn(kind: str, mode: str, root: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lora_bench", "--child", kind, mode, "--root", str(root)],
+        [sys.executable, "-m", "benchmarks.lora.bench", "--child", kind, mode, "--root", str(root)],
         cwd=str(HERE.parent), capture_output=True, text=True, check=False,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )  # fmt: skip
@@ -263,7 +263,7 @@ def main() -> None:
         scale = max(abs(y) for _, y in pairs)
         rel = max(rel, max(abs(x - y) for x, y in pairs) / scale)
     result = {
-        "command": "python -m benchmarks.lora_bench " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.lora.bench " + " ".join(sys.argv[1:]),
         "base_params": info["params"], "adapters": info["n"], "ranks": info["ranks"],
         "targets": list(TARGETS),
         "run": {m: {k: v for k, v in r.items() if k != "picks"} for m, r in runs.items()},

@@ -1,6 +1,6 @@
-"""Merge benchmark on the MiniLM expert zoo (`python -m benchmarks.minilm_bench`). Not in CI.
+"""Merge benchmark on the MiniLM expert zoo (`python -m benchmarks.minilm.bench`). Not in CI.
 
-Build the zoo first (`python -m benchmarks.minilm_zoo`). Held-out accuracy per target task of:
+Build the zoo first (`python -m benchmarks.minilm.zoo`). Held-out accuracy per target task of:
 - the base and every expert of the pool;
 - task arithmetic (stock mergekit `task_arithmetic`, in memory through
   `mergekit.merge_methods.merge_state_dicts`), lambda chosen on the calibration split;
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks import minilm_zoo as zoo
+from benchmarks.minilm import zoo
 
 BENCH = zoo.CACHE / "bench"
 DOCS = zoo.ROOT.parent / "docs" / "benchmarks_minilm.md"
@@ -110,7 +110,7 @@ def zoo_fingerprint() -> str:
     for task in zoo.EXPERTS:
         path = zoo.CACHE / "experts" / task / "meta.json"
         if not path.exists():
-            raise SystemExit(f"missing expert {task}: run `python -m benchmarks.minilm_zoo` first")
+            raise SystemExit(f"missing expert {task}: run `python -m benchmarks.minilm.zoo` first")
         metas[task] = json.loads(path.read_text())
     return _key({"settings": zoo.SETTINGS, "experts": metas})
 

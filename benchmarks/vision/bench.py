@@ -14,19 +14,18 @@ About 15 min on one thread, the zoo's build included (BENCH_THREADS sets the thr
 
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmarks.common import CACHE, DOCS, threads
-from benchmarks.vision_zoo import build as build_zoo
+from benchmarks.common import RESULTS_DIR, save_result, threads
+from benchmarks.vision.zoo import build as build_zoo
 from mergekit_fw import frank_wolfe_merge
 from mergekit_fw.cli import toy_vit as tv
 
-RESULTS = CACHE / "results" / "vision.json"
+RESULTS = RESULTS_DIR / "vision.json"
 CALIB = 300  # labelled calibration images per task (all of the split): FW's data, and the
 # selection data of TA / TIES / AdaMerging
 TA_GRID = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
@@ -249,7 +248,5 @@ def run(fresh: bool = False) -> dict:
             {k: round(v["mean"], 4) for k, v in results["table3"][str(size)].items()},
         )
     results["seconds"] = time.perf_counter() - t0
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    (DOCS / "bench_vision.json").write_text(json.dumps(results, indent=1))
+    save_result(RESULTS.name, results)
     return results
