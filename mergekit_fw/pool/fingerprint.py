@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from pathlib import Path
+
+from mergekit_fw.pool import safetensors_header
+from mergekit_fw.pool.safetensors_header import HeaderError
 
 SAMPLES = 16
 SAMPLE_BYTES = 4096
@@ -44,12 +46,14 @@ def file_fingerprint(path: str | Path) -> str:
     """'size:<n> header:<sha> data:<sha>' of one weight file (header only for safetensors)."""
     path = Path(path)
     size = path.stat().st_size
+    header, start = "", 0
+    if path.suffix == ".safetensors":
+        try:
+            _, raw = safetensors_header.read_raw(path)
+            header, start = _sha(raw), 8 + len(raw)
+        except HeaderError:
+            pass  # a header that cannot be read: size and sampled bytes only
     with open(path, "rb") as handle:
-        header, start = "", 0
-        if path.suffix == ".safetensors" and size >= 8:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if 8 + length <= size:
-                header, start = _sha(handle.read(length)), 8 + length
         data = _sampled(handle, start, size)
     return f"size:{size} header:{header or '-'} data:{data}"
 

@@ -7,7 +7,7 @@ candidates the user cannot tell which one is broken. These checks read a few byt
 one sentence per problem so the caller can name the model it belongs to.
 
 The rules are safetensors' own (its Rust `validate`): an 8-byte little-endian header length,
-a JSON header, every tensor's byte range matching its dtype and shape, and the ranges covering
+a JSON header (both read by pool/safetensors_header.py), every tensor's byte range matching its dtype and shape, and the ranges covering
 the data section exactly, without gaps.
 """
 
@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import zipfile
+
+from mergekit_fw.pool import safetensors_header
+from mergekit_fw.pool.safetensors_header import HeaderError
 
 # Bytes per element; dtypes not listed here (sub-byte formats) are not size-checked.
 DTYPE_BYTES = {
@@ -26,33 +28,17 @@ DTYPE_BYTES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }  # fmt: skip
-MAX_HEADER = 100_000_000  # safetensors' own limit
 FIX = "Copy or download that file again, or re-save the model with save_pretrained."
 
 
 def safetensors_problem(path: str) -> str | None:
     """Why `path` is not a complete safetensors file, or None when its header and size agree."""
-    size = os.path.getsize(path)
-    if size < 8:
-        return f"is truncated: {size} bytes, less than the 8-byte safetensors length field"
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        if header_size > MAX_HEADER or 8 + header_size > size:
-            return (
-                f"is truncated or not a safetensors file: its length field announces a "
-                f"{header_size}-byte header, the file has {size} bytes"
-            )
-        raw = handle.read(header_size)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        return f"has a corrupt header (not valid JSON: {error})"
-    if not isinstance(header, dict):
-        return "has a corrupt header (not a JSON object)"
+        header = safetensors_header.read(path)
+    except HeaderError as error:
+        return str(error)
     ranges = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for name, info in header.entries.items():
         problem = _entry_problem(name, info)
         if problem:
             return f"has a corrupt header: {problem}"
@@ -63,11 +49,11 @@ def safetensors_problem(path: str) -> str | None:
         if begin != end:
             return f"has a corrupt header: tensor {name} starts at byte {begin}, expected {end}"
         end = stop
-    data = size - 8 - header_size
+    data = header.file_size - header.data_start
     if end > data:
         return (
             f"is truncated: its header describes {end} bytes of tensor data, the file holds "
-            f"{data} ({size} bytes, {end - data} missing)"
+            f"{data} ({header.file_size} bytes, {end - data} missing)"
         )
     if end < data:
         return f"has {data - end} bytes after its tensor data (not a valid safetensors file)"

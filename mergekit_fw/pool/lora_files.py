@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mergekit_fw.pool import safetensors_header
 from mergekit_fw.pool.integrity import FIX, safetensors_problem
 from mergekit_fw.settings import FWConfigError
 
@@ -113,17 +114,21 @@ class Adapter:
 
 
 def _alpha_for(config: dict[str, Any], module: str) -> float:
-    """PEFT's alpha_pattern lookup (peft.utils.other.get_pattern_key)."""
-    for key, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return float(value)
+    """The module's alpha as the installed PEFT resolves alpha_pattern when it loads the
+    adapter (LoraModel: `get_pattern_key`, then the pattern's value or lora_alpha), so the
+    factor pool scales each module as mergekit's densified `base+adapter` does."""
+    patterns = config.get("alpha_pattern") or {}
+    if patterns:
+        from peft.utils.other import get_pattern_key  # peft is imported only when needed
+
+        key = get_pattern_key(list(patterns), module)
+        if key in patterns:
+            return float(patterns[key])
     return float(config.get("lora_alpha", 8))
 
 
 def read_adapter(path: str, label: str | None = None) -> Adapter:
     """Parse one adapter folder: config and safetensors header; rejects non-LoRA updates."""
-    from safetensors import safe_open
-
     path = os.path.abspath(path)
     where = f"Adapter {path}"
     if not os.path.isdir(path):
@@ -162,10 +167,7 @@ def read_adapter(path: str, label: str | None = None) -> Adapter:
     weights = os.path.join(path, WEIGHTS_FILE)
     if problem := safetensors_problem(weights):
         raise FWConfigError(f"{where}: {weights} {problem}. {FIX}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    with safe_open(os.path.join(path, WEIGHTS_FILE), framework="pt", device="cpu") as handle:
-        for key in handle.keys():
-            shapes[key] = tuple(handle.get_slice(key).get_shape())
+    shapes = safetensors_header.read(weights).shapes()
     pairs: dict[str, dict[str, str]] = {}
     embedding: set[str] = set()
     for key in shapes:

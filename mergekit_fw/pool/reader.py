@@ -13,10 +13,8 @@ safetensors shard (`pytorch_model.bin`) returns None and the caller falls back t
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 import threading
 from dataclasses import dataclass
 
@@ -51,14 +49,14 @@ class Entry:
 
 
 def read_header(path: str) -> dict[str, Entry]:
-    """The tensors of one safetensors file (format: u64 header size, JSON header, data)."""
-    with open(path, "rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    start = 8 + size
+    """The tensors of one safetensors file (its header, parsed by pool/safetensors_header.py)."""
+    from mergekit_fw.pool import safetensors_header
+
+    header = safetensors_header.read(path)
+    start = header.data_start
     entries = {}
-    for name, info in header.items():
-        if name == "__metadata__" or info.get("dtype") not in _DTYPES:
+    for name, info in header.entries.items():
+        if info.get("dtype") not in _DTYPES:
             continue
         entries[name] = Entry(
             path, start + info["data_offsets"][0], _DTYPES[info["dtype"]], tuple(info["shape"])
@@ -158,14 +156,13 @@ def weights_only(load, where: str):
 def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Shapes from safetensors headers only; {} when the weights are pickles."""
     from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
-    from safetensors import safe_open
+
+    from mergekit_fw.pool import safetensors_header
 
     index = weights_only(lambda: ShardedTensorIndex.from_disk(path), path)
     if not index.is_safetensors:
         return {}
     shapes = {}
     for shard in index.shards:
-        with safe_open(os.path.join(path, shard.filename), framework="pt") as handle:
-            for key in handle.keys():
-                shapes[key] = tuple(handle.get_slice(key).get_shape())
+        shapes.update(safetensors_header.read(os.path.join(path, shard.filename)).shapes())
     return shapes
