@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from mergekit_fw.plan import FWPlan, loss_unit
+from mergekit_fw.plan import FWPlan, IterationRecord, loss_unit
 from mergekit_fw.settings import APIOptions, FWConfigError
 
 NAMED_LOSSES = ("causal_lm", "classification", "entropy")
@@ -33,26 +33,150 @@ def frank_wolfe_merge(
     include: Callable[[str], bool] | None = None,
     *,
     labels: Sequence[str] | None = None,
-    quiet: bool = True,
-    **options: Any,
+    iterations: int = 10,
+    constraint: Literal["box", "hull", "simplex"] = "box",
+    scale: float = 1.0,
+    init: Literal["auto", "base", "task_arithmetic"] = "auto",
+    init_scale: float = 0.3,
+    step: Literal["line_search", "quadratic", "schedule", "constant"] = "line_search",
+    step_size: float = 1.0,
+    line_search_evals: int = 10,
+    tolerance: float = 0.0,
+    lmo: Literal["inner", "cosine"] = "inner",
+    granularity: Literal["tensor", "model"] = "tensor",
+    zero_vertex: bool = False,
+    fw_steps: Literal["vanilla", "away", "pairwise"] = "vanilla",
+    merge_fn: Literal["linear", "ties", "dare"] = "linear",
+    merge_density: float = 0.2,
+    reduction: Literal["sequence", "token", "sample_mean"] = "sequence",
+    variant: Literal["hard", "soft"] = "hard",
+    topk: int = 2,
+    select: Literal["topk", "per_task"] = "topk",
+    coefficients: Literal["simplex", "free"] = "simplex",
+    fit_granularity: Literal["tensor", "model"] = "tensor",
+    inner_steps: int = 20,
+    inner_lr: float | None = None,
+    seed: int = 0,
+    progress: Literal["off", "iterations", "passes"] | Callable[[IterationRecord], None] = "off",
+    quiet: bool | None = None,
+    **unknown: Any,
 ) -> tuple[dict[str, torch.Tensor], FWPlan]:
     """Merge `candidates` into `model`'s parameters by Frank-Wolfe on `loss` over `data`.
 
-    model: holds the base weights (vertex 0); it is left as it came (weights, training mode,
-        requires_grad), the merge is returned.
-    candidates: fine-tunes of the same architecture: state dicts (name -> tensor) or paths of
-        .safetensors files / folders, streamed one tensor at a time.
-    loss: `loss(model, batch)` or `loss(model, batch, task)` -> scalar mean loss of a batch;
-        or "causal_lm" | "classification" | "entropy" for transformers models and dict
-        batches (input_ids, attention_mask, labels), weighted as the recipe path weighs them.
-    data: an iterable of batches, or {task name: iterable of batches} (several tasks, e.g.
-        one frozen head per task reached through the loss's `task` argument).
-    include: which parameters are merged (by name); the others stay the base's exactly.
-    labels: names of the candidates in the plan (default: file names / candidate_i).
-    options: the recipe's frank_wolfe options (iterations=, variant=, step=, ...).
+    Args:
+        model: holds the base weights (vertex 0); it is left as it came (weights, training
+            mode, requires_grad); the merge is returned.
+        candidates: fine-tunes of the same architecture: `nn.Module`s, state dicts
+            (name -> tensor), or paths of .safetensors files / folders (streamed one tensor
+            at a time).
+        loss: `loss(model, batch)` or `loss(model, batch, task)` -> scalar mean loss of a
+            batch; or "causal_lm" | "classification" | "entropy" for transformers models and
+            dict batches (input_ids, attention_mask, labels), weighted as a recipe weighs them.
+        data: an iterable of batches, or {task name: iterable of batches} (several tasks,
+            e.g. one frozen head per task reached through the loss's `task` argument).
+        include: which parameters are merged (by name); the others stay the base's exactly.
+        labels: names of the candidates in the plan (default: file names / candidate_i).
+        iterations: the FW budget T.
+        constraint: the set FW searches over task vectors tau_i = theta_i - base: "box"
+            (0 <= lambda_i <= scale), "hull" (the paper: lambda >= 0, sum <= 1) or
+            "simplex" (sum <= scale).
+        scale: kappa of the box / simplex.
+        init: the start: "auto" (the base or task arithmetic, whichever has the lower loss),
+            "base" or "task_arithmetic" (base + init_scale * sum_i tau_i).
+        init_scale: lambda of the task-arithmetic start.
+        step: "line_search" (golden section, up to line_search_evals loss evaluations),
+            "quadratic", "schedule" (step_size * 2/(t+2)) or "constant".
+        step_size: scale of the schedule / constant step.
+        line_search_evals: loss evaluations per line search.
+        tolerance: stop when the FW gap falls to this.
+        lmo: "inner" (<g, s>, the paper) or "cosine" (the authors' code; needs the hull).
+        granularity: "tensor" (an LMO per tensor) or "model" (one per model).
+        zero_vertex: the origin as an extra vertex (the authors' code; needs the hull).
+        fw_steps: "vanilla", "away" or "pairwise" steps.
+        merge_fn: how a step applies d = s - theta: "linear", "ties" or "dare".
+        merge_density: ties: fraction of d kept; dare: keep probability.
+        reduction: what a named loss averages ("sequence": per sample, summed over its
+            target tokens; "token"; "sample_mean"). A callable loss is used as it is.
+        variant: "hard" (a step to one vertex) or "soft" (fit the weights of k vertices).
+        topk, select, coefficients, fit_granularity, inner_steps, inner_lr: FW-soft options,
+            as in a recipe (README, "FW-soft").
+        seed: torch seed of the merge.
+        progress: "off" (nothing printed), "iterations" (one line per FW iteration on
+            stderr: loss, gap, step), "passes" (also every gradient / LMO / line-search pass,
+            as a recipe run prints them), or a callable given each iteration's
+            `IterationRecord` (t, loss, gap, gamma, wins) as it finishes.
+        quiet: the older switch: quiet=False is progress="passes".
 
-    Returns (merged state dict, FWPlan).
+    Returns:
+        (merged state dict, FWPlan): the plan holds the per-tensor coefficients over
+        [base, candidates] and the trajectory.
+
+    Every input is checked before the first iteration; a problem raises FWConfigError (a
+    ValueError) with one line that says what to fix.
     """
+    if unknown:  # a typo or a recipe-only key: say which, and the close match
+        unknown_option(next(iter(unknown)))
+    options = {
+        "iterations": iterations, "constraint": constraint, "scale": scale, "init": init,
+        "init_scale": init_scale, "step": step, "step_size": step_size,
+        "line_search_evals": line_search_evals, "tolerance": tolerance, "lmo": lmo,
+        "granularity": granularity, "zero_vertex": zero_vertex, "fw_steps": fw_steps,
+        "merge_fn": merge_fn, "merge_density": merge_density, "reduction": reduction,
+        "variant": variant, "topk": topk, "select": select, "coefficients": coefficients,
+        "fit_granularity": fit_granularity, "inner_steps": inner_steps, "seed": seed,
+    }  # fmt: skip
+    if inner_lr is not None:
+        options["inner_lr"] = inner_lr
+    if quiet is False and progress == "off":
+        progress = "passes"
+    try:
+        return _merge(model, candidates, loss, data, include, labels, options, progress)
+    except FWConfigError as error:
+        raise FWConfigError(api_words(error.message)) from None
+
+
+def unknown_option(key: str) -> None:
+    """A keyword frank_wolfe_merge() does not have: a recipe-only option says what to do
+    instead; a typo names the closest keyword and lists the ones there are."""
+    import difflib
+    import inspect
+
+    from mergekit_fw.settings import RECIPE_ONLY, FWSettings
+
+    names = [
+        name for name, p in inspect.signature(frank_wolfe_merge).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]  # fmt: skip
+    if key in RECIPE_ONLY or key == "calibration" or key in FWSettings.model_fields:
+        fix = RECIPE_ONLY.get(key, "pass the batches as data=" if key == "calibration" else "")
+        raise FWConfigError(
+            f"frank_wolfe_merge() does not take '{key}' (a recipe option)"
+            + (f": {fix}." if fix else "; the Python API has no use for it.")
+        )
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise FWConfigError(
+        f"frank_wolfe_merge() got an unknown keyword argument '{key}'.{hint} Its options: "
+        f"{', '.join(names)}."
+    )
+
+
+def api_words(message: str) -> str:
+    """A message the shared code words for a recipe run, reworded for a Python caller."""
+    for recipe, api in (
+        ("Remove it from the recipe", "Remove it from candidates="),
+        ("Nothing was written.", "Nothing was merged; the model is unchanged."),
+        ("stopping before any output is written", "stopping before any merge is returned"),
+        (" (mergekit-fw check)", ""),
+        ("use dtype: float32", "use a float32 model"),
+        ("(dtype: float32 instead of float16)", "(a float32 model instead of float16)"),
+    ):
+        message = message.replace(recipe, api)
+    return message
+
+
+def _merge(model, candidates, loss, data, include, labels, options, progress):
+    """frank_wolfe_merge after its keyword arguments are gathered."""
     from mergekit_fw.data.user_batches import callable_batches, named_batches, task_batches
     from mergekit_fw.fw.driver import run_frank_wolfe
     from mergekit_fw.pool.state_dicts import StateDictPool
@@ -60,6 +184,8 @@ def frank_wolfe_merge(
     if not isinstance(model, torch.nn.Module):
         raise FWConfigError(f"model= must be a torch.nn.Module, got {type(model).__name__}.")
     settings = APIOptions.from_options(options)
+    candidates = [c.state_dict() if isinstance(c, torch.nn.Module) else c for c in candidates or []]
+    quiet = progress != "passes"
     slots = select_slots(model, include)
     tasks = task_batches(data)
     task_names = list(tasks)
@@ -83,7 +209,7 @@ def frank_wolfe_merge(
             )
         plan = run_frank_wolfe(
             model, slots, pool, objective, batches, task_names, settings, quiet,
-            start_row=start_row,
+            start_row=start_row, prepare=progress_hook(progress),
         )  # fmt: skip
         plan.init_table = table
         plan.settings["objective"] = objective.name
@@ -98,6 +224,40 @@ def frank_wolfe_merge(
         model.train(training)
         pool.close()
     return merged, plan
+
+
+def progress_hook(progress):
+    """The loop's `prepare` for progress="iterations" or a callable: called after every
+    iteration with its IterationRecord (the loop prints nothing itself then)."""
+    import sys
+
+    if progress in ("off", "passes"):
+        return None
+    if not callable(progress) and progress != "iterations":
+        raise FWConfigError(
+            f"progress= must be 'off', 'iterations', 'passes' or a callable, not {progress!r}."
+        )
+
+    def report(record: IterationRecord, unit: str) -> None:
+        print(
+            f"FW t={record.t}: loss {record.loss:.5f}{unit}  gap {record.gap:.4g}  "
+            f"gamma {record.gamma:.4g}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def prepare(loop) -> None:
+        unit = f" {loop.loss_unit}" if loop.loss_unit else ""
+
+        def on_iteration(loop, history, stop) -> None:
+            if callable(progress):
+                progress(history[-1])
+            else:
+                report(history[-1], unit)
+
+        loop.on_iteration = on_iteration
+
+    return prepare
 
 
 def auto_start(model, slots, pool, objective, batches, task_names, settings):

@@ -253,7 +253,6 @@ def test_bad_inputs_fail_before_any_iteration(vit, tmp_path, no_loop):
     cases.append((lambda: call(loss=detached, iterations=1), "does not depend on the merged"))
     cases.append((lambda: call(include=lambda n: False, iterations=1), "selects no"))
     cases.append((lambda: call(iteratons=2), "Did you mean 'iterations'"))
-    cases.append((lambda: call(), "option iterations is required"))
     cases.append((lambda: call(iterations=1, calibration="x.jsonl"), "does not take"))
     cases.append((lambda: call(loss="mse", iterations=1), "loss= must be a callable"))
     cases.append((lambda: call(iterations=1, init="ties"), "cannot start from init='ties'"))

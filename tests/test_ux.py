@@ -128,3 +128,67 @@ def test_run_help_shows_the_fw_options():
     assert result.exit_code == 0, result.output
     assert "--no-resume" in result.output and "--plan PLAN" in result.output
     assert "--allow-crimes" in result.output  # and mergekit-yaml's own
+
+
+def _tiny_api_problem():
+    """A linear model, two fine-tunes as nn.Modules, an MSE loss: the API as a torch user
+    meets it."""
+    import torch
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    experts = []
+    for shift in (0.1, -0.1):
+        expert = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        expert.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in expert.parameters():
+                p.add_(shift * torch.randn_like(p))
+        experts.append(expert)
+    x = torch.randn(16, 4)
+    data = [(x, x.sum(dim=1, keepdim=True))]
+
+    def loss(model, batch):
+        return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+
+    return base, experts, loss, data
+
+
+def test_the_api_takes_modules_and_has_defaults(capsys):
+    import inspect
+
+    from mergekit_fw import frank_wolfe_merge
+
+    signature = inspect.signature(frank_wolfe_merge)
+    assert signature.parameters["iterations"].default == 10
+    assert signature.parameters["constraint"].default == "box"
+    assert "progress" in signature.parameters and frank_wolfe_merge.__doc__
+    base, experts, loss, data = _tiny_api_problem()
+    seen = []
+    merged, plan = frank_wolfe_merge(base, experts, loss, data, iterations=2, progress=seen.append)
+    assert [r.t for r in seen] == [0, 1] and len(plan.iterations) == 2
+    assert set(merged) == set(base.state_dict())
+    assert capsys.readouterr().err == ""  # a callable replaces the printing
+    frank_wolfe_merge(base, experts, loss, data, iterations=2, progress="iterations")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(re.match(r"FW t=\d: loss [\d.]+  gap ", line) for line in err)
+
+
+def test_the_api_speaks_of_the_api():
+    import torch
+
+    from mergekit_fw import frank_wolfe_merge
+
+    base, experts, loss, data = _tiny_api_problem()
+    with pytest.raises(FWConfigError, match=r"Did you mean 'iterations'") as typo:
+        frank_wolfe_merge(base, experts, loss, data, iteratons=2)
+    assert "batch_size" not in str(typo.value) and "max_length" not in str(typo.value)
+    with pytest.raises(FWConfigError, match=r"does not take 'batch_size' \(a recipe option\)"):
+        frank_wolfe_merge(base, experts, loss, data, batch_size=4)
+    broken = {k: v.clone() for k, v in experts[0].state_dict().items()}
+    broken["0.weight"][0, 0] = float("nan")
+    with pytest.raises(FWConfigError) as nan:
+        frank_wolfe_merge(base, [broken], loss, data, iterations=1)
+    message = str(nan.value)
+    assert "NaN" in message and "recipe" not in message and "written" not in message
+    assert torch.isfinite(base[0].weight).all()

@@ -85,8 +85,8 @@ class StateDictPool:
                 self.refs.append(str(candidate))
             else:
                 raise FWConfigError(
-                    f"Candidate {i} is a {type(candidate).__name__}; pass a state dict "
-                    "(name -> tensor) or the path of a .safetensors file or folder."
+                    f"Candidate {i} is a {type(candidate).__name__}; pass an nn.Module, a "
+                    "state dict (name -> tensor) or the path of a .safetensors file or folder."
                 )
         wanted = (
             list(labels) if labels is not None else [self._default_label(r) for r in self.refs[1:]]
