@@ -192,3 +192,21 @@ def test_the_api_speaks_of_the_api():
     message = str(nan.value)
     assert "NaN" in message and "recipe" not in message and "written" not in message
     assert torch.isfinite(base[0].weight).all()
+
+
+def test_the_demo_claims_only_what_its_table_shows():
+    """The demo's conclusion is checked on its own numbers; the order of the two FW merges
+    (a few hundredths apart, it flips between builds) is reported, not claimed."""
+    from mergekit_fw.cli.demo import conclusion
+
+    losses = {
+        "base": [2.3, 1.4], "expert_reverse": [1.7, 2.8], "expert_add": [3.7, 1.2],
+        "expert_count": [3.2, 3.6], "expert_sort": [3.4, 2.2], "task arithmetic": [2.1, 1.5],
+        "TIES (density 0.9)": [2.2, 2.6], "frank-wolfe, hull (paper)": [1.82, 1.38],
+        "frank-wolfe (defaults)": [1.83, 1.35],
+    }  # fmt: skip
+    lines = conclusion(losses)
+    assert sum(line.startswith("- holds:") for line in lines) == 3
+    assert any(line.startswith("- not claimed:") for line in lines)
+    losses["frank-wolfe (defaults)"] = [2.1, 1.5]  # no longer ahead of task arithmetic
+    assert any("NOT on this run: both Frank-Wolfe" in line for line in conclusion(losses))

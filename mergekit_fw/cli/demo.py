@@ -37,12 +37,16 @@ def build() -> None:
     (ROOT / "calib.yaml").write_text(manifest)
 
 
-def merge(recipe: str, out: Path) -> float:
+def merge(recipe: str, out: Path, stock: bool = False) -> float:
+    """mergekit-yaml RECIPE OUT; `stock`: a non-FW recipe, run with transformers' warnings
+    off (mergekit 0.1.5 itself triggers "`torch_dtype` is deprecated!" in transformers 5;
+    frank_wolfe runs drop exactly that message themselves, mergekit/host_warnings.py)."""
     if out.exists():
         shutil.rmtree(out)
     exe = Path(sys.executable).with_name("mergekit-yaml")
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"} if stock else None
     started = time.perf_counter()
-    subprocess.run([str(exe), recipe, str(out)], check=True)
+    subprocess.run([str(exe), recipe, str(out)], check=True, env=env)
     return time.perf_counter() - started
 
 
@@ -85,9 +89,13 @@ def best_ties(reuse: bool = False) -> tuple[float, Path, float]:
         recipe = write_recipe(ROOT / f"ties_d{density}.yaml", ties_recipe(density))
         out = ROOT / "out" / f"ties_d{density}"
         done = reuse and (out / "model.safetensors").exists()
-        seconds = 0.0 if done else merge(recipe, out)
+        seconds = 0.0 if done else merge(recipe, out, stock=True)
         loss = sum(calibration_loss(str(out), t) for t in TARGETS) / len(TARGETS)
-        print(f"   TIES density {density}: calibration loss {loss:.4f}", flush=True)
+        print(
+            f"   TIES density {density}: calibration loss {loss:.4f} nats/token (mean over "
+            "both tasks' response tokens)",
+            flush=True,
+        )
         results.append((loss, density, out, seconds))
     loss, density, out, seconds = min(results)
     return density, out, seconds
@@ -98,7 +106,7 @@ def calibration_loss(path: str, task: str) -> float:
 
 
 def held_out_loss(path: str, task: str, split: str = "test") -> float:
-    """Mean response-token cross-entropy on samples the calibration never saw."""
+    """Mean response-token cross-entropy (nats/token) on samples the calibration never saw."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mergekit_fw.data.batches import make_batches
@@ -128,7 +136,7 @@ def main() -> None:
         "\n== task arithmetic for reference: mergekit-yaml examples/yaml/ta_tiny.yaml .demo/out/ta",
         flush=True,
     )
-    ta_seconds = merge("examples/yaml/ta_tiny.yaml", ROOT / "out" / "ta")
+    ta_seconds = merge("examples/yaml/ta_tiny.yaml", ROOT / "out" / "ta", stock=True)
     print(
         f"\n== TIES (stock mergekit), density from {TIES_DENSITIES} by calibration loss: "
         f"mergekit-yaml {ROOT}/ties_d*.yaml",
@@ -149,24 +157,67 @@ def main() -> None:
         ("frank-wolfe, hull (paper)", str(ROOT / "out" / "fw_hull")),
         ("frank-wolfe (defaults)", str(ROOT / "out" / "fw")),
     ]
-    title = (
-        "Held-out loss on the target tasks (100 unseen samples each; calibration used 32 "
-        "others; lower is better):"
-    )
+    print(f"\n{LOSS_TITLE}\n")
     table = ["| model | " + " | ".join(TARGETS) + " | mean |", "|" + "---|" * (len(TARGETS) + 2)]
-    print(f"\n{title}\n")
+    print(table[0], table[1], sep="\n", flush=True)
+    losses: dict[str, list[float]] = {}
     for name, path in rows:
-        losses = [held_out_loss(path, t) for t in TARGETS]
-        cells = " | ".join(f"{loss:.3f}" for loss in losses)
-        table.append(f"| {name} | {cells} | {sum(losses) / len(losses):.3f} |")
+        losses[name] = [held_out_loss(path, t) for t in TARGETS]
+        cells = " | ".join(f"{loss:.3f}" for loss in losses[name])
+        table.append(f"| {name} | {cells} | {sum(losses[name]) / len(TARGETS):.3f} |")
         print(table[-1], flush=True)
+    verdict = conclusion(losses)
+    print("\n" + "\n".join(verdict))
     print(
         f"\nmerge wall time: frank-wolfe {fw_seconds:.1f} s, task arithmetic {ta_seconds:.1f} s "
-        f"(ratio {fw_seconds / ta_seconds:.1f}); demo total {time.perf_counter() - started:.0f} s"
+        f"(ratio {fw_seconds / ta_seconds:.1f})"
     )
     print("FW plan, plots and model card: .demo/out/fw/ (fw_plan.json, README.md)")
     eval_table = lm_eval_table(rows)
-    write_tables(table, eval_table)
+    write_tables(table, eval_table, verdict)
+    print(f"\ndemo total {time.perf_counter() - started:.0f} s (build, merges, tables, lm-eval)")
+
+
+LOSS_TITLE = (
+    "Held-out response loss in nats per response token (100 unseen samples per task; "
+    "calibration used 32 others; lower is better):"
+)
+MARGIN = 0.05  # nats/token: differences below this are not claimed (they move with the build)
+
+
+def conclusion(losses: dict[str, list[float]]) -> list[str]:
+    """What this run's table shows, checked on its own numbers: only claims with a margin
+    of at least MARGIN hold across torch / transformers builds; the order of the two FW
+    sets (a few hundredths apart) is reported, not claimed."""
+    mean = {name: sum(v) / len(v) for name, v in losses.items()}
+    fw = {name: m for name, m in mean.items() if name.startswith("frank-wolfe")}
+    data_free = {
+        name: m for name, m in mean.items() if name in ("task arithmetic",) or "TIES" in name
+    }
+    lines = ["Conclusion, checked on this run's table:"]
+    for i, task in enumerate(TARGETS):
+        own = losses[f"expert_{task}"][i]
+        others = [
+            v[i] for n, v in losses.items() if n.startswith("expert_") and n != f"expert_{task}"
+        ]
+        held = own + MARGIN <= min(others)
+        lines.append(
+            f"- {'holds' if held else 'NOT on this run'}: expert_{task} is the best expert on "
+            f"{task} ({own:.3f} against {min(others):.3f} or more) by at least {MARGIN}"
+        )
+    worst_fw, best_free = max(fw.values()), min(data_free.values())
+    held = worst_fw + MARGIN <= best_free
+    lines.append(
+        f"- {'holds' if held else 'NOT on this run'}: both Frank-Wolfe merges have a lower mean "
+        f"than every data-free merge ({worst_fw:.3f} or less, against {best_free:.3f} or more) "
+        f"by at least {MARGIN}"
+    )
+    (a, ma), (b, mb) = sorted(fw.items(), key=lambda kv: kv[1])
+    lines.append(
+        f"- not claimed: {a} ({ma:.3f}) against {b} ({mb:.3f}); {abs(mb - ma):.3f} apart, an "
+        "order that can flip with the torch / transformers build"
+    )
+    return lines
 
 
 def build_line() -> str:
@@ -182,15 +233,19 @@ def build_line() -> str:
     )
 
 
-def write_tables(loss_table: list[str], eval_table: list[str] | None) -> None:
+def write_tables(
+    loss_table: list[str], eval_table: list[str] | None, verdict: list[str] | None = None
+) -> None:
     """TABLES_FILE: both tables as markdown, for `make readme-tables` to copy into README."""
     parts = [
         f"Output of `make demo` ({build_line()}).",
         "",
-        "Held-out response loss (100 unseen samples per task, lower is better):",
+        LOSS_TITLE,
         "",
         *loss_table,
     ]
+    if verdict:
+        parts += ["", *verdict]
     if eval_table:
         parts += ["", "lm-eval-harness on the offline toy tasks (`--limit 50`):", "", *eval_table]
     TABLES_FILE.write_text("\n".join(parts) + "\n", encoding="utf-8")
