@@ -210,3 +210,44 @@ def test_the_demo_claims_only_what_its_table_shows():
     assert any(line.startswith("- not claimed:") for line in lines)
     losses["frank-wolfe (defaults)"] = [2.1, 1.5]  # no longer ahead of task arithmetic
     assert any("NOT on this run: both Frank-Wolfe" in line for line in conclusion(losses))
+
+
+def test_a_second_run_on_a_locked_output_refuses_before_its_checks(tmp_path, monkeypatch):
+    import fcntl
+
+    from mergekit_fw.mergekit import runner
+    from mergekit_fw.mergekit.resume import LOCK_FILE, OutputGuard, state_folder
+
+    out = tmp_path / "out"
+    OutputGuard.check_free(str(out))  # nothing there: nothing created
+    assert not state_folder(out).exists()
+    state_folder(out).mkdir()
+    with open(state_folder(out) / LOCK_FILE, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1234")
+        held.flush()
+        monkeypatch.setattr(runner, "checked_recipe", lambda *a, **k: pytest.fail("checked"))
+        with pytest.raises(FWConfigError, match=r"Another frank_wolfe run \(pid 1234\)"):
+            OutputGuard.check_free(str(out))
+
+
+def test_rerunning_into_a_finished_merge_says_so(tmp_path, caplog):
+    import logging
+    import os
+    import time
+
+    from mergekit_fw.mergekit.resume import OutputGuard
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fw_plan.json").write_text("{}")
+    (out / "model-00002-of-00002.safetensors").write_text("old")
+    old = time.time() - 60
+    for name in ("fw_plan.json", "model-00002-of-00002.safetensors"):
+        os.utime(out / name, (old, old))
+    with caplog.at_level(logging.WARNING, logger="mergekit_fw"):
+        with OutputGuard(str(out)):
+            (out / "fw_plan.json").write_text("{}")  # what this run writes
+    assert "holds a finished frank_wolfe merge; this run overwrites it" in caplog.text
+    assert "1 file(s) from an earlier merge" in caplog.text
+    assert "model-00002-of-00002.safetensors" in caplog.text

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +177,36 @@ class OutputGuard:
         self.folder = state_folder(out_path)
         self._handle = None
 
+    @staticmethod
+    def check_free(out_path: str) -> None:
+        """Refuse at once when another run holds OUT's lock (before the recipe checks and
+        the foreign screen, which take a while); creates nothing."""
+        lock = state_folder(out_path) / LOCK_FILE
+        if not lock.is_file():
+            return
+        try:
+            with open(lock, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return  # unreadable: __enter__ reports it
+            holder = lock.read_text().strip() or "another process"
+            raise FWConfigError(
+                f"Another frank_wolfe run ({holder}) is writing to {out_path} (lock: {lock}); "
+                "wait for it to finish or choose another output folder."
+            ) from None
+
     def __enter__(self) -> OutputGuard:
+        self.started = time.time()
         out = Path(self.out_path)
+        self.earlier = (
+            sorted(p.name for p in out.iterdir()) if self.is_folder and out.is_dir() else []
+        )
+        if (out / "fw_plan.json").is_file() and self.is_folder:
+            LOG.warning(
+                "%s holds a finished frank_wolfe merge; this run overwrites it.", self.out_path
+            )
         if self.is_folder and out.exists() and not out.is_dir():
             raise FWConfigError(f"Output {out} exists and is not a folder; choose another path.")
         if not self.is_folder and out.is_dir():
@@ -214,6 +243,8 @@ class OutputGuard:
 
     def __exit__(self, kind, value, traceback) -> None:
         finished = kind is None
+        if finished and self.earlier:
+            self._stray()
         kept = (self.folder / loop_state.STATE_FILE).exists()
         if finished or not kept:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -225,6 +256,21 @@ class OutputGuard:
         if self._handle is not None:
             self._handle.close()  # releases the lock
             self._handle = None
+
+    def _stray(self) -> None:
+        """Files an earlier merge left in OUT that this one did not rewrite (e.g. shards of
+        another size): named, not deleted."""
+        out = Path(self.out_path)
+        stray = [
+            name for name in self.earlier
+            if (out / name).is_file() and (out / name).stat().st_mtime < self.started - 1
+        ]  # fmt: skip
+        if stray:
+            LOG.warning(
+                "%s still holds %d file(s) from an earlier merge that this one did not write: "
+                "%s. Delete them, or merge into an empty folder.",
+                self.out_path, len(stray), ", ".join(stray[:8]) + (" ..." if len(stray) > 8 else ""),
+            )  # fmt: skip
 
 
 class Checkpointer:

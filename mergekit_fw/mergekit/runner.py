@@ -297,6 +297,7 @@ def run_fw_merge(
 
         transformers.trainer_utils.set_seed(options.random_seed)
     check_source(config_source)  # what mergekit's parser drops: unknown or repeated keys
+    OutputGuard.check_free(out_path)  # another run on OUT: say so now, not after the checks
     recipe = checked_recipe(config, options, with_calibration=plan_file is None)
     with OutputGuard(out_path) as guard, registered():
         stale = Path(out_path) / PLAN_FILE
