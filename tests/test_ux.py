@@ -251,3 +251,22 @@ def test_rerunning_into_a_finished_merge_says_so(tmp_path, caplog):
     assert "holds a finished frank_wolfe merge; this run overwrites it" in caplog.text
     assert "1 file(s) from an earlier merge" in caplog.text
     assert "model-00002-of-00002.safetensors" in caplog.text
+
+
+def test_an_unreachable_hub_base_fails_at_once(monkeypatch):
+    import socket
+    import time
+
+    from mergekit.common import ModelReference
+
+    from mergekit_fw.mergekit.checks import _hub_reachable
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    started = time.perf_counter()
+    with pytest.raises(FWConfigError, match=r"not in the Hugging Face cache, and .* cannot be"):
+        _hub_reachable(ModelReference.model_validate("no-such-org/no-such-model-23"))
+    assert time.perf_counter() - started < 5

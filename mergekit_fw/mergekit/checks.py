@@ -292,6 +292,7 @@ def _from_base(auto_class: str, base: ModelReference, trust_remote_code: bool, h
     """AutoTokenizer/AutoConfig of the base, with an error that says what to fix."""
     import transformers
 
+    _hub_reachable(base)
     try:
         return getattr(transformers, auto_class).from_pretrained(
             base.model.path, revision=base.model.revision, trust_remote_code=trust_remote_code
@@ -299,6 +300,37 @@ def _from_base(auto_class: str, base: ModelReference, trust_remote_code: bool, h
     except Exception as error:
         raise FWConfigError(
             f"Could not load {auto_class} from {base.model.path}: {error}. {hint}"
+        ) from None
+
+
+def _hub_reachable(ref: ModelReference) -> None:
+    """A hub id that is neither a local folder nor in the Hugging Face cache needs the hub:
+    without a network, fail in one line now instead of after transformers' retries (about
+    half a minute)."""
+    path = ref.model.path
+    if os.path.isdir(path) or os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
+        return  # a local folder; offline mode fails fast by itself
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(
+            try_to_load_from_cache(path, "config.json", revision=ref.model.revision), str
+        ):
+            return
+    except Exception:  # not a valid repo id: transformers says what is wrong
+        return
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        raise FWConfigError(
+            f"base_model {path} is not a local folder and not in the Hugging Face cache, and "
+            f"{host} cannot be reached ({error}). Download it first (huggingface-cli download "
+            f"{path} --local-dir DIR) and put DIR in the recipe, or run where the hub is reachable."
         ) from None
 
 
