@@ -5,8 +5,9 @@ experts fine-tuned on different tasks (each under its own frozen head), merged i
 encoder with `mergekit_fw.frank_wolfe_merge`. The loss takes the task name, so each
 calibration batch is scored with its task's head. The script prints held-out accuracy per
 task of the base encoder, task arithmetic (lambda picked on the calibration images) and the
-FW merge. Runs offline, on CPU: about 1.5 min on an idle core; on a heavily shared 2-core
-machine (load average ~19) a new-user trial measured 23 min, most of it in the FW merge.
+FW merge. Runs offline, on CPU: about 1.5 min when first measured on one thread; on a
+heavily shared 2-core machine (load average ~19) a new-user trial measured 23 min, most of
+it in the FW merge.
 Every phase prints its progress (one line per FW iteration) and its time:
 
     python examples/vision_vit.py              # experts and plan in a temporary folder, removed
