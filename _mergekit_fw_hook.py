@@ -16,7 +16,7 @@ import sys
 
 # module name -> dotted path of the function to call once that module has executed
 _TARGETS = {
-    "mergekit.merge": "mergekit_fw.mergekit.runner:patch_run_merge",
+    "mergekit.merge": "mergekit_fw.mergekit.errors:patch_run_merge",
 }
 
 

@@ -10,18 +10,21 @@ import difflib
 import math
 from typing import Any, Literal
 
-import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 INIT_PREFIX = "init_"  # init_<name>: a parameter of the mergekit start (`init: ties`)
 
 
-class FWConfigError(click.ClickException, ValueError):
+class FWConfigError(ValueError):
     """A recipe problem the user can fix; raised before any gradient work starts.
 
-    A ClickException, so `mergekit-yaml` (a click command) prints "Error: ..." and exits 1
-    instead of a traceback.
+    A plain exception: the algorithm does not depend on click. The command lines present it
+    as click's one-line `Error: ...` without a traceback (mergekit/errors.py).
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def out_of_core_clash(settings) -> str | None:

@@ -13,6 +13,7 @@ import click
 import yaml
 
 import mergekit_fw  # noqa: F401  (registers the method and the run_merge wrapper)
+from mergekit_fw.mergekit.errors import PresentingGroup
 from mergekit_fw.settings import FWConfigError
 
 
@@ -99,7 +100,7 @@ mergekit-yaml's own options follow.
 """
 
 
-@click.group()
+@click.group(cls=PresentingGroup)  # FWConfigError -> "Error: ..."
 @click.version_option(mergekit_fw.__version__)
 def main() -> None:
     """Frank-Wolfe Merging for mergekit."""
