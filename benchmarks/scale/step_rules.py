@@ -74,10 +74,10 @@ def run(tasks: list[str], parameters: dict, rule: str, out: Path) -> dict:
     counts = {"gradient": 0, "forward": 0, "in_loop": False}
     loss, iteration = FrankWolfe.loss, FrankWolfe.iteration
 
-    def counted_loss(self, grad, desc):
+    def counted_loss(self, grad, desc, batches=None):
         if counts["in_loop"]:
             counts["gradient" if grad else "forward"] += 1
-        return loss(self, grad, desc)
+        return loss(self, grad, desc, batches)
 
     def counted_iteration(self, t):
         counts["in_loop"] = True

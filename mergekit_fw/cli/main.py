@@ -168,7 +168,13 @@ def plan_command(
     is_flag=True,
     help="Also read the weights: each candidate's ||theta - base|| / ||base|| (foreign screen).",
 )
-def check(config_file: str, calibration: bool, distances: bool) -> None:
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Also estimate, from the weight files' headers, the pre-pass's peak memory and reads "
+    "(in memory and out of core) beside mergekit TIES of the same pool.",
+)
+def check(config_file: str, calibration: bool, distances: bool, estimate: bool) -> None:
     """Validate a frank_wolfe recipe without loading any model weights (unless --distances)."""
     from mergekit_fw.mergekit.checks import check_recipe
 
@@ -197,6 +203,20 @@ def check(config_file: str, calibration: bool, distances: bool) -> None:
     )
     if measured is not None:
         _print_distances(recipe, measured)
+    if estimate:
+        _print_estimate(recipe, config)
+
+
+def _print_estimate(recipe, config) -> None:
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.options import MergeOptions
+
+    from mergekit_fw.mergekit.estimate import estimate_recipe
+
+    options = MergeOptions()
+    LoaderCache().setup(options)
+    click.echo("  estimate (headers only; docs/benchmarks.md, scale tier, for its accuracy):")
+    click.echo(estimate_recipe(recipe, config, options).table())
 
 
 def _yaml_value(value) -> str:

@@ -167,7 +167,16 @@ class FrankWolfe:
     @torch.no_grad()
     def score_pass(self) -> ScoreTable:
         """One streamed read of every vertex tensor: inner products with the gradient."""
+        return self.lmo_pass(form_direction=False)[0]
+
+    @torch.no_grad()
+    def lmo_pass(self, form_direction: bool) -> tuple[ScoreTable, Vertex | None]:
+        """The score table and, with `form_direction` (an LMO that decides each tensor
+        alone), the LMO's vertex with d = s - theta formed right after each tensor's scores,
+        while the vertex tensors just read are still in the page cache: the pool comes
+        from storage once per iteration, not twice."""
         n, rows = len(self.pool), len(self.slots)
+        picked: list[Vertex] = []
         dots = torch.zeros(rows, n, dtype=torch.float64)
         need_norms = self._norms is None
         norms = torch.zeros(rows, n, dtype=torch.float64) if need_norms else self._norms
@@ -182,16 +191,29 @@ class FrankWolfe:
             if need_norms:
                 norms[i] = torch.tensor([float(x) for x in scores.norms], dtype=torch.float64)
             grad_norms[i], current[i] = scores.grad_norm, scores.current
+            if form_direction:
+                own = ScoreTable(dots[i : i + 1], norms[i : i + 1], grad_norms[i : i + 1],
+                                 current[i : i + 1])  # fmt: skip
+                picked.append(self.constraint.lmo(own))
+                self.form_direction(slot, picked[-1], 0)
         self._norms = norms
-        return ScoreTable(dots, norms, grad_norms, current)
+        table = ScoreTable(dots, norms, grad_norms, current)
+        if not form_direction:
+            return table, None
+        rows = torch.cat([v.rows for v in picked])
+        return table, Vertex(rows, [m for v in picked for m in v.members])
 
     @torch.no_grad()
     def direction_pass(self, vertex: Vertex) -> None:
         """d = s - theta per tensor, formed where the spent gradient was."""
         for i, slot in enumerate(self.slots):
-            d = self.direction_buffer(slot)
-            self.constraint.direction_(self.pool, i, slot.name, vertex, self.theta_of(slot), d)
-            self.store_direction(slot, d)
+            self.form_direction(slot, vertex, i)
+
+    def form_direction(self, slot: Slot, vertex: Vertex, row: int) -> None:
+        """d = s - theta for one tensor (`row` of the vertex), in the gradient's buffer."""
+        d = self.direction_buffer(slot)
+        self.constraint.direction_(self.pool, row, slot.name, vertex, self.theta_of(slot), d)
+        self.store_direction(slot, d)
 
     @torch.no_grad()
     def step_direction_pass(self, vertex: Vertex, steps: list[BlockStep]) -> None:
@@ -260,9 +282,12 @@ class FrankWolfe:
         self.zero_gradient()
         report = self.loss(grad=True, desc=f"gradient t={t}")
         check_loss(report, t)
-        # 2. LMO: which vertex best follows -g (per tensor or for the whole model)
-        table = self.score_pass()
-        vertex = self.constraint.lmo(table)
+        # 2. LMO: which vertex best follows -g (per tensor or for the whole model); an LMO
+        # that decides each tensor alone also forms d = s - theta in the same pass
+        early = self.settings.granularity == "tensor" and self.settings.fw_steps == "vanilla"
+        table, vertex = self.lmo_pass(form_direction=early)
+        if vertex is None:
+            vertex = self.constraint.lmo(table)
         # 3. FW gap, and stop when it is small enough
         record = self.record(t, report, table, vertex)
         if record.gap <= self.settings.tolerance:
@@ -275,7 +300,7 @@ class FrankWolfe:
             steps = self.active.choose(self.settings.fw_steps, table, vertex)
             record.steps = self.active.counts(steps)
             self.step_direction_pass(vertex, steps)
-        else:
+        elif not early:
             self.direction_pass(vertex)
         if self.settings.merge_fn != "linear":  # ties / dare: fw/merge_fns.py, per tensor
             fn, density, seed = (

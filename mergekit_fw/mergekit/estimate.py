@@ -67,7 +67,7 @@ def estimate_tensors(
     vertices: int,
     dtype: torch.dtype,
     settings=None,
-    calibration_tokens: int = 0,
+    batch_tokens: int = 0,
     hidden: int = 0,
 ) -> Estimate:
     """The estimate from tensor shapes (name -> shape of the base) and the pool's bytes."""
@@ -80,10 +80,7 @@ def estimate_tensors(
         blocks[block_key(name)] = blocks.get(block_key(name), 0) + numel * size
     block = max(blocks.values(), default=0)
     tensor = max(numels.values(), default=0) * size
-    # activations of one batch at every block boundary, and a block's inner ones
-    batch_tokens = calibration_tokens if settings is None else min(
-        calibration_tokens, settings.batch_size * settings.max_length
-    )  # fmt: skip
+    # activations of one batch (`batch_tokens`: its padded size) at every block boundary
     boundary = batch_tokens * hidden * size * (len(blocks) + 1)
     auto_ties = settings is not None and settings.init == "auto"
     in_memory = RUNTIME + 2 * model + (model if auto_ties else 0) + 2 * tensor + 4 * boundary
@@ -115,7 +112,7 @@ def _numel(shape) -> int:
     return n
 
 
-def estimate_pool(pool, settings, dtype: torch.dtype, calibration_tokens: int = 0) -> Estimate:
+def estimate_pool(pool, settings, dtype: torch.dtype, batch_tokens: int = 0) -> Estimate:
     """The estimate of a VertexPool (pool/vertices.py): headers only."""
     names = pool.tensor_names(0)
     shapes, pool_bytes, hidden = {}, 0, 0
@@ -131,9 +128,7 @@ def estimate_pool(pool, settings, dtype: torch.dtype, calibration_tokens: int = 
             pool_bytes += entry.numel * torch.empty((), dtype=entry.dtype).element_size()
     for adapter in getattr(pool, "adapters", []):
         pool_bytes += adapter_bytes(adapter)
-    return estimate_tensors(
-        shapes, pool_bytes, len(pool), dtype, settings, calibration_tokens, hidden
-    )
+    return estimate_tensors(shapes, pool_bytes, len(pool), dtype, settings, batch_tokens, hidden)
 
 
 def adapter_bytes(adapter) -> int:
@@ -155,3 +150,18 @@ def device_free_bytes(device: torch.device) -> int | None:
     except OSError:
         return None
     return None
+
+
+def estimate_recipe(recipe, config, options) -> Estimate:
+    """The estimate of a checked recipe (mergekit/checks.py), on its math device."""
+    from mergekit.common import dtype_from_name
+
+    from mergekit_fw.mergekit.runner import vertex_pool
+
+    dtype = dtype_from_name(config.dtype) or torch.float32
+    tokens = 0
+    if recipe.calibration is not None and recipe.calibration.n_samples:
+        samples = [s for task in recipe.calibration.tasks for s in task.samples]
+        rows = min(recipe.settings.batch_size, len(samples))
+        tokens = rows * max(len(s.input_ids) for s in samples)
+    return estimate_pool(vertex_pool(recipe, config, options), recipe.settings, dtype, tokens)

@@ -25,12 +25,12 @@ def relative_distances(pool) -> list[float]:
         base = pool.stored(0, name)
         if not base.dtype.is_floating_point:
             continue
-        base = base.double()
-        base_sq += _finite(float(torch.dot(base.reshape(-1), base.reshape(-1))), pool, 0, name)
+        base = base.reshape(-1)
+        base_sq += _finite(_sum_sq(base, None), pool, 0, name)
         for k in range(1, dense):
             if pool.has(k, name):
-                x = (pool.stored(k, name).double() - base).reshape(-1)
-                diff_sq[k - 1] += _finite(float(torch.dot(x, x)), pool, k, name)
+                x = pool.stored(k, name).reshape(-1)
+                diff_sq[k - 1] += _finite(_sum_sq(x, base), pool, k, name)
                 del x
         del base
         for j, adapter in enumerate(pool.adapters):
@@ -38,6 +38,20 @@ def relative_distances(pool) -> list[float]:
             diff_sq[dense - 1 + j] += _finite(value, pool, dense + j, name)
     scale = math.sqrt(base_sq) if base_sq > 0 else 1.0
     return [math.sqrt(d) / scale for d in diff_sq]
+
+
+CHUNK = 1 << 20  # float64 elements per chunk: the sums never hold a float64 copy of a tensor
+
+
+def _sum_sq(x: torch.Tensor, minus: torch.Tensor | None) -> float:
+    """||x - minus||^2 (or ||x||^2) in float64, a chunk at a time (tensors as stored)."""
+    total = 0.0
+    for start in range(0, x.numel(), CHUNK):
+        part = x[start : start + CHUNK].double()
+        if minus is not None:
+            part -= minus[start : start + CHUNK].double()
+        total += float(torch.dot(part, part))
+    return total
 
 
 def _finite(value: float, pool, k: int, name: str) -> float:

@@ -1,0 +1,104 @@
+"""The scale tier (`make bench-scale`): memory, reads and time of the pre-pass as depth grows.
+
+Random LLaMA-shaped pools of width 1024 at 8, 16 and 32 layers (benchmarks/scale/build.py;
+bf16 on disk, 4 candidates), each measured in fresh processes, side by side in one run:
+one bf16 forward + backward of the base (the least a gradient pre-pass holds), stock
+mergekit TIES of the pool, and full frank_wolfe merges (pre-pass + mergekit write) in memory
+and out of core (2 iterations, init: base, step: quadratic). Bytes per FW iteration are the
+difference between pre-pass runs of 2 and 1 iterations, and `init: auto`'s bytes the
+difference between auto and base starts (8 layers). Beside each figure: the estimate from
+the headers (mergekit/estimate.py). Results go to benchmarks/results/scale.json as they come.
+
+    PYTHONPATH=. python -m benchmarks.scale.bench [--layers 8 32 16] [--only MODE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results/scale.json")
+FW = ["step=quadratic", "init=base", "iterations=2"]
+RUNS = {  # name -> child arguments after LAYERS
+    "fwdbwd": ["fwdbwd"],
+    "ties": ["ties"],
+    "fw_in_memory": ["fw", "prepass=in_memory", *FW],
+    "fw_out_of_core": ["fw", "prepass=out_of_core", *FW],
+}
+BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass alone
+    "plan_in_memory_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
+                         "iterations=1"],
+    "plan_in_memory_2": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
+                         "iterations=2"],
+    "plan_out_of_core_1": ["fwplan", "prepass=out_of_core", "step=quadratic", "init=base",
+                           "iterations=1"],
+    "plan_out_of_core_2": ["fwplan", "prepass=out_of_core", "step=quadratic", "init=base",
+                           "iterations=2"],
+    "plan_in_memory_auto_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=auto",
+                              "iterations=1"],
+}  # fmt: skip
+
+
+def child(args: list[str], layers: int) -> dict:
+    mode, rest = args[0], args[1:]
+    command = [sys.executable, "-m", "benchmarks.scale.child", mode, str(layers), *rest]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "."}
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+
+
+def estimate(layers: int) -> dict:
+    import torch
+    from safetensors import safe_open
+
+    from benchmarks.scale.build import build
+    from mergekit_fw.mergekit.estimate import estimate_tensors
+
+    info = build(layers)
+    with safe_open(f"{info['base']}/model.safetensors", "pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    pool = sum(
+        (Path(p) / "model.safetensors").stat().st_size for p in [info["base"], *info["cands"]]
+    )
+    return estimate_tensors(shapes, pool, 5, torch.bfloat16).as_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, nargs="+", default=[8, 32, 16])
+    parser.add_argument("--only", nargs="+", default=None)
+    args = parser.parse_args()
+    from benchmarks.scale.build import build
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("threads", int(os.environ.get("SCALE_THREADS", "2")))
+    for layers in args.layers:
+        info = build(layers)
+        entry = results.setdefault(str(layers), {})
+        entry["params"], entry["checkpoint_bytes"] = info["params"], info["checkpoint_bytes"]
+        runs = dict(RUNS)
+        if layers == 8:
+            runs.update(BYTES_RUNS)
+        for name, run_args in runs.items():
+            if args.only and name not in args.only:
+                continue
+            started = time.perf_counter()
+            entry[name] = child(run_args, layers)
+            print(f"L{layers} {name}: {json.dumps(entry[name])} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+            RESULTS.write_text(json.dumps(results, indent=1))
+        entry["estimate"] = estimate(layers)
+        RESULTS.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

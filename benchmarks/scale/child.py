@@ -1,0 +1,112 @@
+"""One measured run in a fresh process: `python -m benchmarks.scale.child MODE LAYERS [K=V..]`.
+
+MODE: fw (a full frank_wolfe merge through mergekit's run_merge: pre-pass and write),
+fwplan (the pre-pass alone, as `mergekit-fw plan` runs it),
+ties (stock mergekit TIES of the same pool), fwdbwd (the base in bf16 in memory, one
+forward + backward on the calibration texts: the least a gradient pre-pass holds).
+K=V: recipe parameters of fw (prepass=out_of_core, iterations=2, init=base, ...).
+Prints one JSON line: peak RSS (VmHWM), bytes through read syscalls (rchar) and seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as handle:
+        for line in handle:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    mode, layers = sys.argv[1], int(sys.argv[2])
+    params = {k: _value(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    from mergekit.config import MergeConfiguration
+    from mergekit.options import MergeOptions
+
+    import mergekit_fw  # noqa: F401  (the hook: run_merge routes frank_wolfe recipes)
+    from benchmarks.scale.build import build
+
+    info = build(layers)
+    out = tempfile.mkdtemp(prefix=f"scale_{mode}_")
+    before, started = _rchar(), time.perf_counter()
+    result = {"mode": mode, "layers": layers, **params}
+    if mode == "fwdbwd":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(info["base"])
+        model = AutoModelForCausalLM.from_pretrained(info["base"], dtype=torch.bfloat16)
+        texts = [json.loads(x)["text"] for x in open(info["calibration"])]
+        batch = tok(texts, return_tensors="pt", padding=True)
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+    else:
+        from mergekit.merge import run_merge
+
+        from mergekit_fw.mergekit.runner import plan_only
+
+        if mode == "ties":
+            recipe = {
+                "merge_method": "ties", "base_model": info["base"], "dtype": "bfloat16",
+                "models": [{"model": p, "parameters": {"density": 0.5, "weight": 1.0}}
+                           for p in info["cands"]],
+            }  # fmt: skip
+        else:
+            recipe = {
+                "merge_method": "frank_wolfe", "base_model": info["base"], "dtype": "bfloat16",
+                "models": [{"model": p} for p in info["cands"]],
+                "parameters": {"calibration": info["calibration"], "iterations": 2,
+                               "max_distance": 1.0, **params},
+            }  # fmt: skip
+            os.environ["MERGEKIT_FW_NO_RESUME"] = "1"
+        config = MergeConfiguration.model_validate(recipe)
+        if mode == "fwplan":
+            plan_only(config, os.path.join(out, "fw_plan.json"), MergeOptions(quiet=True))
+        else:
+            run_merge(config, out, MergeOptions(quiet=True))
+        if mode.startswith("fw"):
+            plan = json.loads(open(os.path.join(out, "fw_plan.json")).read())
+            result["final_loss"] = plan["final_loss"]
+            result["gammas"] = [r["gamma"] for r in plan["iterations"]]
+    result.update(
+        seconds=time.perf_counter() - started,
+        peak_rss=_status("VmHWM"),
+        read_bytes=_rchar() - before,
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out + ".fw-state", ignore_errors=True)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
