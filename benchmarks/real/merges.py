@@ -34,7 +34,7 @@ ROOT = lm.CACHE / "merges"
 BIN = Path(sys.executable).parent
 POOLS = {"targets4": list(tasks.TARGETS), "all8": list(tasks.TASKS)}
 GRIDS = {
-    "task_arithmetic": [{"weight": w} for w in (0.3, 0.6, 1.0)],
+    "task_arithmetic": [{"weight": w} for w in (0.1, 0.2, 0.3, 0.6, 1.0)],
     "ties": [
         {"weight": w, "density": d, "normalize": False} for d in (0.3, 0.7) for w in (0.5, 1.0)
     ],
@@ -120,9 +120,18 @@ def main() -> None:
         default=tasks.N_CALIB,
         help="calibration samples per target task given to FW (max_samples)",
     )
+    parser.add_argument("--ta-weights", help="task_arithmetic grid, e.g. 0.1,0.3 (default: GRIDS)")
+    parser.add_argument("--ties-grid", help="ties grid as density:weight pairs, e.g. 0.3:0.5,0.7:1")
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "merges.json")
     args = parser.parse_args()
     lm.threads()
+    if args.ta_weights:
+        GRIDS["task_arithmetic"] = [{"weight": float(w)} for w in args.ta_weights.split(",")]
+    if args.ties_grid:
+        GRIDS["ties"] = [
+            {"weight": float(w), "density": float(d), "normalize": False}
+            for d, w in (pair.split(":") for pair in args.ties_grid.split(","))
+        ]
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
     result.setdefault("runs", {})
     result["targets"] = list(tasks.TARGETS)
