@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 PLAN_FORMAT = "mergekit_fw/plan-v1"
 PLAN_FILE = "fw_plan.json"
@@ -99,8 +99,10 @@ class FWPlan(BaseModel):
     # applied only to a recipe whose inputs still fingerprint the same
     fingerprint: dict[str, Any] = Field(default_factory=dict)
 
+    @computed_field  # written into fw_plan.json, next to the losses it qualifies
     @property
     def loss_unit(self) -> str:
+        """The unit of `final_loss`, every iteration's `loss` and the init table's losses."""
         return loss_unit(self.settings)
 
     def coefficients_for(self, tensor_name: str) -> list[float] | None:

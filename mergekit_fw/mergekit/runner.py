@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
+import inspect
 import logging
 import sys
 import time
@@ -346,7 +347,8 @@ def write_merge(plan, recipe, config, out_path, options, config_source, run_merg
     if run_merge is None:
         import mergekit.merge
 
-        run_merge = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
+        # the stock run_merge under every wrapper (runner's, errors.py's presenting one)
+        run_merge = inspect.unwrap(mergekit.merge.run_merge)
     try:
         if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
             write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
