@@ -10,10 +10,16 @@ from mergekit_fw.mergekit.errors import PresentedError, PresentingGroup, present
 from mergekit_fw.settings import FWConfigError
 
 
-def test_the_error_is_plain_and_presented_as_a_click_error():
+class Special(FWConfigError):
+    pass
+
+
+def test_the_error_is_plain_and_presented_as_a_click_error_inside_click_only():
     assert not issubclass(FWConfigError, click.ClickException)
-    with pytest.raises(PresentedError) as caught, presented():
-        raise FWConfigError("parameters.iterations: must be at least 1")
+    with pytest.raises(Special), presented():  # a Python caller: the error as it was
+        raise Special("kept")
+    with click.Context(click.Command("x")), pytest.raises(PresentedError) as caught, presented():
+        raise Special("parameters.iterations: must be at least 1")
     assert isinstance(caught.value, FWConfigError) and caught.value.message.startswith("param")
     assert caught.value.format_message() == "parameters.iterations: must be at least 1"
 

@@ -4,8 +4,9 @@ click's one-line `Error: ...` (exit 1, no traceback).
 `settings.FWConfigError` carries no click (fw/ and the Python API raise it as is). The two
 command lines a user runs present it here: the stock `mergekit-yaml` through `run_merge`
 (the hook installs `patch_run_merge`, which wraps mergekit_fw's own run_merge wrapper), and
-`mergekit-fw` through its click group (`PresentingGroup`). The presented error is still an
-FWConfigError, so callers that catch FWConfigError see no difference.
+`mergekit-fw` through its click group (`PresentingGroup`). Only inside a click command: a
+Python caller of run_merge gets the original error (NonFiniteError and other subclasses);
+the presented one is still an FWConfigError.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ class PresentedError(FWConfigError, click.ClickException):
 
 @contextlib.contextmanager
 def presented():
-    """Re-raise an FWConfigError from the block as a PresentedError."""
+    """Inside a click command, re-raise an FWConfigError from the block as a PresentedError
+    (click prints it); elsewhere (a Python caller of run_merge) leave it as it is, subclass
+    and traceback included."""
     try:
         yield
     except FWConfigError as error:
-        if isinstance(error, click.ClickException):
+        if isinstance(error, click.ClickException) or click.get_current_context(True) is None:
             raise
         raise PresentedError(error.message) from None
 
