@@ -30,7 +30,9 @@ def expert_section(ex: dict) -> list[str]:
         "## Build",
         "",
         f"`{ex['command'].strip()}` with `BENCH_THREADS={ex['threads']}` (torch threads), "
-        "`nice -n 10`, on this repository's 2-core shared Xeon (CPU only, shared with other jobs):",
+        "`nice -n 10`, on this repository's 2-core shared Xeon (CPU only; other developers' jobs "
+        "and, during the matrix, this tier's own merges ran beside it, so the times are upper "
+        "bounds of an idle machine's):",
         "",
         "| stage | seconds |",
         "|---|---:|",
@@ -258,6 +260,8 @@ def render(ex: dict | None, mg: dict | None) -> str:
         "dense fine-tunes; FW-hard/FW-soft on all 8 tasks (the Table 1 analogue); the "
         "relevance curve; scoring through `mergekit-fw eval` (lm-eval) instead of the in-process "
         "greedy loop; Gemma-3-270m.",
+        "- On `all8` the stock grids were cut for time (the table of every setting lists what "
+        "ran): task arithmetic without weight 1.0, TIES at one setting only.",
         "- FW ran fewer iterations than the README's example recipe (10) and saw only the first "
         "samples of each calibration file (the counts are in the tables; the stock methods' "
         "settings were chosen on all 32): on 2 shared CPU cores one FW iteration took minutes. "
