@@ -64,3 +64,14 @@ bench-real: install
 
 clean:
 	rm -rf .demo demo_out build dist
+
+# scale tier (issue 20, docs/benchmarks_scale.md): random LLaMA-shaped pools of width 1024 at
+# 8, 16 and 32 layers (~10 GB of bf16 files in benchmarks/.cache/scale), memory / reads / time
+# of FW in memory, out of core and mergekit TIES; then the step-rule cost and the 7B/70B
+# projection; the page is rendered from benchmarks/results/
+.PHONY: bench-scale
+bench-scale: install
+	PYTHONPATH=. nice -n 5 $(BIN)/python -m benchmarks.scale.bench
+	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.step_rules
+	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.projection
+	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.report

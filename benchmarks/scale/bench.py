@@ -29,16 +29,14 @@ RUNS = {  # name -> child arguments after LAYERS
     "ties": ["ties"],
     "fw_in_memory": ["fw", "prepass=in_memory", *FW],
     "fw_out_of_core": ["fw", "prepass=out_of_core", *FW],
+    "prepass_out_of_core": ["fwplan", "prepass=out_of_core", *FW],  # without mergekit's write
+    "prepass_in_memory": ["fwplan", "prepass=in_memory", *FW],
 }
 BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass alone
     "plan_in_memory_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
                          "iterations=1"],
-    "plan_in_memory_2": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
-                         "iterations=2"],
     "plan_out_of_core_1": ["fwplan", "prepass=out_of_core", "step=quadratic", "init=base",
                            "iterations=1"],
-    "plan_out_of_core_2": ["fwplan", "prepass=out_of_core", "step=quadratic", "init=base",
-                           "iterations=2"],
     "plan_in_memory_auto_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=auto",
                               "iterations=1"],
 }  # fmt: skip
@@ -80,7 +78,7 @@ def main() -> None:
     from benchmarks.scale.build import build
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.setdefault("threads", int(os.environ.get("SCALE_THREADS", "2")))
+    results.setdefault("threads", int(os.environ.get("SCALE_THREADS", "1")))
     for layers in args.layers:
         info = build(layers)
         entry = results.setdefault(str(layers), {})

@@ -45,14 +45,22 @@ def _value(text: str):
     return text
 
 
+def options():
+    """mergekit's options; SCALE_DEVICE=cuda runs the math (and mergekit's) on the GPU."""
+    from mergekit.options import MergeOptions
+
+    if os.environ.get("SCALE_DEVICE") == "cuda":
+        return MergeOptions(quiet=True, cuda=True, device="cuda")
+    return MergeOptions(quiet=True)
+
+
 def main() -> None:
     mode, layers = sys.argv[1], int(sys.argv[2])
     params = {k: _value(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
     import torch
 
-    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "1")))
     from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
 
     import mergekit_fw  # noqa: F401  (the hook: run_merge routes frank_wolfe recipes)
     from benchmarks.scale.build import build
@@ -68,6 +76,8 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(info["base"], dtype=torch.bfloat16)
         texts = [json.loads(x)["text"] for x in open(info["calibration"])]
         batch = tok(texts, return_tensors="pt", padding=True)
+        if os.environ.get("SCALE_DEVICE") == "cuda":
+            model, batch = model.to("cuda"), batch.to("cuda")
         loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
     else:
@@ -91,13 +101,15 @@ def main() -> None:
             os.environ["MERGEKIT_FW_NO_RESUME"] = "1"
         config = MergeConfiguration.model_validate(recipe)
         if mode == "fwplan":
-            plan_only(config, os.path.join(out, "fw_plan.json"), MergeOptions(quiet=True))
+            plan_only(config, os.path.join(out, "fw_plan.json"), options())
         else:
-            run_merge(config, out, MergeOptions(quiet=True))
+            run_merge(config, out, options())
         if mode.startswith("fw"):
             plan = json.loads(open(os.path.join(out, "fw_plan.json")).read())
             result["final_loss"] = plan["final_loss"]
             result["gammas"] = [r["gamma"] for r in plan["iterations"]]
+    if torch.cuda.is_available():
+        result["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated()
     result.update(
         seconds=time.perf_counter() - started,
         peak_rss=_status("VmHWM"),

@@ -116,7 +116,10 @@ def main() -> None:
     results: dict = {"torch_threads": torch.get_num_threads(), "settings": {}}
     try:
         for name, (tasks, parameters) in SETTINGS.items():
-            rows = {rule: run(tasks, parameters, rule, work / rule) for rule in RULES}
+            rows = {
+                rule: run(tasks, parameters, rule, work / f"{len(results['settings'])}_{rule}")
+                for rule in RULES
+            }
             line, quad = rows["line_search"], rows["quadratic"]
             rows["quadratic / line_search"] = {
                 "work": quad["gradient_equivalents_per_iteration"]

@@ -208,15 +208,20 @@ def check(config_file: str, calibration: bool, distances: bool, estimate: bool) 
 
 
 def _print_estimate(recipe, config) -> None:
+    import torch
+    from mergekit.common import dtype_from_name
     from mergekit.io.tasks import LoaderCache
     from mergekit.options import MergeOptions
 
     from mergekit_fw.mergekit.estimate import estimate_recipe
+    from mergekit_fw.mergekit.runner import vertex_pool
 
     options = MergeOptions()
     LoaderCache().setup(options)
-    click.echo("  estimate (headers only; docs/benchmarks.md, scale tier, for its accuracy):")
-    click.echo(estimate_recipe(recipe, config, options).table())
+    dtype = dtype_from_name(config.dtype) or torch.float32
+    found = estimate_recipe(recipe, vertex_pool(recipe, config, options), dtype)
+    click.echo("  estimate (headers only; its accuracy: docs/benchmarks_scale.md):")
+    click.echo(found.table())
 
 
 def _yaml_value(value) -> str:

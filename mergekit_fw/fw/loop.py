@@ -19,14 +19,14 @@ import torch
 from mergekit_fw.fw import state as loop_state
 from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
 from mergekit_fw.fw.constraints import Vertex, make_constraint
-from mergekit_fw.fw.finite import check_loss, check_scores, check_vertex
+from mergekit_fw.fw.finite import check_loss, check_scores
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
-from mergekit_fw.fw.start_grid import set_combination
+from mergekit_fw.fw.start_grid import set_combination, ta_row
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord, loss_unit
 from mergekit_fw.settings import FWConfigError, FWSettings
@@ -144,16 +144,7 @@ class FrankWolfe:
         problem = self.constraint.start_problem(lam, n)
         if problem:
             raise FWConfigError(problem)
-        for slot in self._bar(self.slots, "task-arithmetic start"):
-            theta = self.theta_of(slot).mul_(1.0 - n * lam)
-            for k in range(1, len(self.pool)):
-                vertex = self.pool.tensor(k, slot.name)
-                check_vertex(vertex, self.pool.labels[k], slot.name)
-                theta.add_(vertex, alpha=lam)
-                del vertex  # one vertex tensor alive at a time
-            self.store_theta(slot, theta)
-        self.coefficients[:, 0] = 1.0 - n * lam
-        self.coefficients[:, 1:] = lam
+        self.init_combination(ta_row(lam, n))
 
     @torch.no_grad()
     def init_combination(self, row: list[float]) -> None:

@@ -17,6 +17,7 @@ import torch
 from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.oracles import ZERO
+from mergekit_fw.fw.start_grid import set_combination, ta_row
 from mergekit_fw.plan import FWPlan
 
 
@@ -25,15 +26,9 @@ def start_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     s = plan.settings
     x = pool.tensor(0, name).clone()
     if plan.start_row is not None:  # FrankWolfe.init_combination
-        x.zero_()
-        for k, c in enumerate(plan.start_row):
-            if c != 0.0:
-                x.add_(pool.tensor(k, name), alpha=c)
+        set_combination(x, pool, name, plan.start_row)
     elif s.get("init") == "task_arithmetic":  # FrankWolfe.init_task_arithmetic
-        lam, n = s["init_scale"], len(pool) - 1
-        x.mul_(1.0 - n * lam)
-        for k in range(1, len(pool)):
-            x.add_(pool.tensor(k, name), alpha=lam)
+        set_combination(x, pool, name, ta_row(s["init_scale"], len(pool) - 1))
     return x
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from mergekit_fw.fw.constraints import make_constraint
+from mergekit_fw.fw.finite import check_vertex
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -47,7 +48,10 @@ def set_combination(out: torch.Tensor, pool, name: str, row: list[float]) -> tor
     out.zero_()
     for k, c in enumerate(row):
         if c != 0.0:
-            out.add_(pool.tensor(k, name), alpha=c)
+            vertex = pool.tensor(k, name)
+            check_vertex(vertex, pool.labels[k], name)
+            out.add_(vertex, alpha=c)
+            del vertex  # one vertex tensor alive at a time
     return out
 
 

@@ -152,16 +152,11 @@ def device_free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def estimate_recipe(recipe, config, options) -> Estimate:
-    """The estimate of a checked recipe (mergekit/checks.py), on its math device."""
-    from mergekit.common import dtype_from_name
-
-    from mergekit_fw.mergekit.runner import vertex_pool
-
-    dtype = dtype_from_name(config.dtype) or torch.float32
+def estimate_recipe(recipe, pool, dtype: torch.dtype) -> Estimate:
+    """The estimate of a checked recipe (mergekit/checks.py) over its vertex pool."""
     tokens = 0
     if recipe.calibration is not None and recipe.calibration.n_samples:
         samples = [s for task in recipe.calibration.tasks for s in task.samples]
         rows = min(recipe.settings.batch_size, len(samples))
         tokens = rows * max(len(s.input_ids) for s in samples)
-    return estimate_pool(vertex_pool(recipe, config, options), recipe.settings, dtype, tokens)
+    return estimate_pool(pool, recipe.settings, dtype, tokens)

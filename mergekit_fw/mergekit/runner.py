@@ -116,6 +116,7 @@ def compute_plan(
     plan = run_frank_wolfe(
         model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
         start_row=start_row, prepare=prepare, out_of_core=out_of_core,
+        scratch=None if checkpoint is None else str(checkpoint.folder / "scratch"),
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
     plan.distances, plan.excluded = recipe.distances, recipe.excluded

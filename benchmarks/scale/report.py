@@ -1,0 +1,244 @@
+"""docs/benchmarks_scale.md from the scale tier's results files (nothing is re-run).
+
+    PYTHONPATH=. python -m benchmarks.scale.report      # writes docs/benchmarks_scale.md
+
+Inputs: benchmarks/results/scale.json (benchmarks/scale/bench.py), step_rules.json
+(benchmarks/scale/step_rules.py), projection.json (benchmarks/scale/projection.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results")
+DOC = Path("docs/benchmarks_scale.md")
+MIB, GIB = 2**20, 2**30
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _peak(entry: dict, run: str) -> int | None:
+    return entry.get(run, {}).get("peak_rss")
+
+
+def _mib(x) -> str:
+    return "—" if x is None else f"{x / MIB:,.0f}"
+
+
+def _ratio(a, b, digits: int = 2) -> str:
+    return "—" if a is None or b is None or not b else f"{a / b:.{digits}f}"
+
+
+def memory_table(scale: dict) -> list[str]:
+    depths = sorted((k for k in scale if k.isdigit()), key=int)
+    rows = [
+        "| layers | parameters | one checkpoint (MiB) | bf16 forward+backward | mergekit TIES "
+        "| FW in memory (merge) | FW out of core (merge) | FW out of core (pre-pass) "
+        "| out-of-core pre-pass / its 8-layer peak | FW out of core (merge) / TIES |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = _peak(scale.get("8", {}), "prepass_out_of_core")
+    for depth in depths:
+        e = scale[depth]
+        ooc, ties = _peak(e, "fw_out_of_core"), _peak(e, "ties")
+        pre = _peak(e, "prepass_out_of_core")
+        rows.append(
+            f"| {depth} | {e['params'] / 1e6:.0f} M | {e['checkpoint_bytes'] / MIB:,.0f} "
+            f"| {_mib(_peak(e, 'fwdbwd'))} | {_mib(ties)} | {_mib(_peak(e, 'fw_in_memory'))} "
+            f"| {_mib(ooc)} | {_mib(pre)} | {_ratio(pre, base)} | {_ratio(ooc, ties)} |"
+        )
+    return rows
+
+
+def reads_table(scale: dict) -> list[str]:
+    e = scale.get("8", {})
+    pool = e.get("checkpoint_bytes", 0) * 5
+    rows = ["| what (8 layers, pool = base + 4 candidates) | bytes read (GiB) | / pool |",
+            "|---|---|---|"]  # fmt: skip
+
+    def diff(a: str, b: str):
+        if a in e and b in e:
+            return e[a]["read_bytes"] - e[b]["read_bytes"]
+        return None
+
+    for label, value in (
+        ("one FW iteration, in memory", diff("prepass_in_memory", "plan_in_memory_1")),
+        ("one FW iteration, out of core", diff("prepass_out_of_core", "plan_out_of_core_1")),
+        ("init: auto's start grid (auto minus base, in memory)",
+         diff("plan_in_memory_auto_1", "plan_in_memory_1")),
+    ):  # fmt: skip
+        cell = "not measured" if value is None else f"{value / GIB:.2f}"
+        rows.append(f"| {label} | {cell} | {_ratio(value, pool)} |")
+    return rows
+
+
+def time_table(scale: dict) -> list[str]:
+    depths = sorted((k for k in scale if k.isdigit()), key=int)
+    rows = ["| layers | TIES (s) | FW in memory (s) | FW out of core (s) | in memory / TIES "
+            "| out of core / TIES |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for depth in depths:
+        e = scale[depth]
+        t = {k: e.get(k, {}).get("seconds") for k in ("ties", "fw_in_memory", "fw_out_of_core")}
+        cells = ["—" if v is None else f"{v:.0f}" for v in t.values()]
+        rows.append(
+            f"| {depth} | {' | '.join(cells)} | {_ratio(t['fw_in_memory'], t['ties'], 1)} "
+            f"| {_ratio(t['fw_out_of_core'], t['ties'], 1)} |"
+        )
+    return rows
+
+
+def estimate_table(scale: dict) -> list[str]:
+    depths = sorted((k for k in scale if k.isdigit()), key=int)
+    rows = ["| layers | run | estimated peak (MiB) | measured peak (MiB) | estimate / measured |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    pairs = (("out_of_core_peak", "prepass_out_of_core", "FW out of core, pre-pass"),
+             ("in_memory_peak", "prepass_in_memory", "FW in memory, pre-pass"),
+             ("ties_peak", "ties", "mergekit TIES"))  # fmt: skip
+    for depth in depths:
+        e = scale[depth]
+        est = e.get("estimate", {})
+        for key, run, label in pairs:
+            measured = _peak(e, run)
+            if measured is None or key not in est:
+                continue
+            rows.append(f"| {depth} | {label} | {_mib(est[key])} | {_mib(measured)} "
+                        f"| {_ratio(est[key], measured)} |")  # fmt: skip
+    return rows
+
+
+def step_table(steps: dict) -> list[str]:
+    rows = ["| setting | rule | gradient passes | forward passes | gradient-equivalents "
+            "per iteration | final calibration loss | held-out loss (mean) |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, runs in steps.get("settings", {}).items():
+        for rule in ("line_search", "quadratic"):
+            r = runs[rule]
+            rows.append(
+                f"| {name} | {rule} | {r['gradient_passes']} | {r['forward_passes']} "
+                f"| {r['gradient_equivalents_per_iteration']:.2f} "
+                f"| {r['final_calibration_loss']:.4f} | {r['held_out_mean']:.4f} |"
+            )
+    return rows
+
+
+def projection_table(projection: dict) -> list[str]:
+    rows = [
+        "| model, bf16, base + 16 candidates | one model | pool on disk | FW in memory "
+        "(peak) | FW out of core (peak) | mergekit TIES (peak) | reads per FW iteration, "
+        "out of core | reads, TIES (whole merge) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in projection.items():
+        cells = [e[k] / GIB for k in ("model_bytes", "pool_bytes", "in_memory_peak",
+                                      "out_of_core_peak", "ties_peak", "reads_out_of_core",
+                                      "ties_reads")]  # fmt: skip
+        rows.append(f"| {name} | " + " | ".join(f"{c:,.1f} GiB" for c in cells) + " |")
+    return rows
+
+
+def render() -> str:
+    scale, steps, projection = (_load(n) for n in
+                                ("scale.json", "step_rules.json", "projection.json"))  # fmt: skip
+    threads = scale.get("threads", "?")
+    parts = [
+        "# Scale tier: memory, reads and time as the model grows",
+        "",
+        "Rendered by `PYTHONPATH=. python -m benchmarks.scale.report` from",
+        "benchmarks/results/scale.json, step_rules.json and projection.json; the runs:",
+        "`make bench-scale` (benchmarks/scale/bench.py), `python -m benchmarks.scale.step_rules`,",
+        "`python -m benchmarks.scale.projection`. Every figure of a table was measured in one",
+        f"run of its script, each measurement in a fresh process ({threads} torch thread(s)), on",
+        "the shared 2-core CPU box this project is built on (load from other jobs: wall times",
+        "are comparable only as ratios within one table).",
+        "",
+        "Pools: random LLaMA-shaped models of width 1024 (MLP 2816, vocabulary 32000, untied",
+        "head), bf16 safetensors, base + 4 candidates (base + 1% noise), 8 calibration texts;",
+        "FW runs: 2 iterations, `init: base`, `step: quadratic`, recipe defaults otherwise.",
+        "Peak = the process's VmHWM; reads = bytes through read syscalls (`rchar`: served from",
+        "disk or page cache; mergekit's own memory-mapped reads are not counted).",
+        "",
+        "## Peak memory (MiB)",
+        "",
+        *memory_table(scale),
+        "",
+        '"(merge)" is the whole `mergekit-yaml` run: the pre-pass, then mergekit\'s write, which',
+        "holds the output until a shard is full (`--out-shard-size`, 5 GB by default) and maps",
+        'its inputs, for TIES and FW alike. "(pre-pass)" is `mergekit-fw plan`: the FW work',
+        "alone.",
+        "",
+        "## Reads",
+        "",
+        *reads_table(scale),
+        "",
+        "Per-iteration figures are differences between pre-pass runs of 2 and 1 iterations.",
+        "In memory, an iteration reads the pool once for the LMO and, for each tensor right",
+        "after its scores, the base and the vertices in s again (page-cache hot: counted by",
+        "`rchar`, not read from disk twice). Out of core adds theta (forward, backward, LMO,",
+        "direction, move), the gradient / direction and theta + d for each line-search pass.",
+        "",
+        "## Wall time, FW / TIES",
+        "",
+        *time_table(scale),
+        "",
+        "## The estimate against the measurement",
+        "",
+        "`mergekit-fw check --estimate RECIPE` (mergekit/estimate.py), from the headers only:",
+        "",
+        *estimate_table(scale),
+        "",
+        "## Step rules: calibration passes per iteration",
+        "",
+        "Demo zoo (tiny char-level LLaMA, 4 experts), 8 iterations, side by side in one run:",
+        "",
+        *step_table(steps),
+        "",
+        "A forward pass counts 1/3 of a gradient pass. `quadratic` fits the loss along d from",
+        "f(0), its slope (-FW gap, free with the gradient) and one more pass, then evaluates the",
+        "fit's minimiser (docs/architecture.md, Step rules).",
+        "",
+        "## What a 7B and a 70B merge need (estimate)",
+        "",
+        *projection_table(projection),
+        "",
+        "From benchmarks/scale/projection.py: LLaMA-2 shapes (no weights), 8 calibration rows of",
+        "512 tokens. These are the estimate's figures, not measurements: no model above 0.5B",
+        "parameters has been run here, and no GPU.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def section() -> list[str]:
+    """The scale tier's lines on docs/benchmarks.md (benchmarks/report.py): headline ratios
+    and a link to its own page."""
+    scale = _load("scale.json")
+    if not scale:
+        return []
+    e8, e32 = scale.get("8", {}), scale.get("32", {})
+    pre8, pre32 = _peak(e8, "prepass_out_of_core"), _peak(e32, "prepass_out_of_core")
+    lines = [
+        "## Scale tier (out-of-core pre-pass)",
+        "",
+        "Random LLaMA-shaped pools of width 1024, bf16, base + 4 candidates; tables, commands",
+        "and the 7B / 70B estimate in [benchmarks_scale.md](benchmarks_scale.md).",
+        "",
+        f"- Out-of-core pre-pass peak RSS: {_mib(pre8)} MiB at 8 layers, {_mib(pre32)} MiB at "
+        f"32 layers ({_ratio(pre32, pre8)}x).",
+        f"- Whole out-of-core merge against mergekit TIES at 32 layers: "
+        f"{_ratio(_peak(e32, 'fw_out_of_core'), _peak(e32, 'ties'))}x the peak RSS.",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    DOC.write_text(render())
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
