@@ -274,7 +274,7 @@ def render(ex: dict | None, mg: dict | None) -> str:
         "relevance curve; scoring through `mergekit-fw eval` (lm-eval) instead of the in-process "
         "greedy loop; Gemma-3-270m.",
         "- On `all8` the stock grids were cut for time (the table of every setting lists what "
-        "ran): task arithmetic without weight 1.0, TIES at one setting only.",
+        "ran): task arithmetic without weight 1.0, TIES at weight 0.5 only.",
         "- FW ran fewer iterations than the README's example recipe (10) and saw only the first "
         "samples of each calibration file (the counts are in the tables; the stock methods' "
         "settings were chosen on all 32): on 2 shared CPU cores one FW iteration took minutes. "
