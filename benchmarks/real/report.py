@@ -194,6 +194,15 @@ def summary(mg: dict) -> list[str]:
         lines.append(
             f"- FW from the 4 target adapters to all 8: {fw4:.3f} -> {fw8:.3f} ({fw8 - fw4:+.3f})."
         )
+        f4, f8 = (cost[p]["frank_wolfe"].get("fw", {}) for p in ("targets4", "all8"))
+        if fw4 - fw8 > 0.02 and f4 and f8:
+            lines.append(
+                f"  That is more than the issue's 0.02. With the same budget ({f8['iterations_run']}"
+                f" iterations) the 8-adapter run ended at a higher calibration loss "
+                f"({f8['final_loss']:.3f} against {f4['final_loss']:.3f}), after starting from a "
+                f"worse data-free start ({f8['losses'][0]:.3f} against {f4['losses'][0]:.3f}): "
+                "more iterations and the full calibration files are the first things to try."
+            )
     for m in ("task_arithmetic", "ties"):
         a, b = best.get("targets4", {}).get(m), best.get("all8", {}).get(m)
         if a is not None and b is not None:
