@@ -67,7 +67,12 @@ def estimate(layers: int) -> dict:
     pool = sum(
         (Path(p) / "model.safetensors").stat().st_size for p in [info["base"], *info["cands"]]
     )
-    return estimate_tensors(shapes, pool, 5, torch.bfloat16).as_dict()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(info["base"])
+    texts = [json.loads(line)["text"] for line in open(info["calibration"])]
+    longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
+    return estimate_tensors(shapes, pool, 5, torch.bfloat16, None, len(texts) * longest).as_dict()
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def main() -> None:
         one = sum(torch.Size(s).numel() for s in found.values()) * 2  # bf16 on disk
         estimate = estimate_tensors(
             found, one * (CANDIDATES + 1), CANDIDATES + 1, torch.bfloat16,
-            batch_tokens=8 * 512, hidden=config["hidden_size"],
+            batch_tokens=8 * 512,
         )  # fmt: skip
         results[name] = estimate.as_dict()
         print(f"{name}, base + {CANDIDATES} candidates, bf16:\n{estimate.table()}\n")

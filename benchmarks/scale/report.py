@@ -128,13 +128,13 @@ def step_table(steps: dict) -> list[str]:
 def projection_table(projection: dict) -> list[str]:
     rows = [
         "| model, bf16, base + 16 candidates | one model | pool on disk | FW in memory "
-        "(peak) | FW out of core (peak) | mergekit TIES (peak) | reads per FW iteration, "
+        "(peak) | FW out of core (peak) | mergekit TIES (needed) | reads per FW iteration, "
         "out of core | reads, TIES (whole merge) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, e in projection.items():
         cells = [e[k] / GIB for k in ("model_bytes", "pool_bytes", "in_memory_peak",
-                                      "out_of_core_peak", "ties_peak", "reads_out_of_core",
+                                      "out_of_core_peak", "ties_needed", "reads_out_of_core",
                                       "ties_reads")]  # fmt: skip
         rows.append(f"| {name} | " + " | ".join(f"{c:,.1f} GiB" for c in cells) + " |")
     return rows

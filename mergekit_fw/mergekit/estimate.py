@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-RUNTIME = 350 * 2**20  # torch + transformers + mergekit, imported, before any weight
+RUNTIME = 480 * 2**20  # torch, transformers, mergekit, datasets imported (measured: 474 MiB)
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -32,7 +32,8 @@ class Estimate:
     out_of_core_peak: int
     reads_in_memory: int  # per FW iteration
     reads_out_of_core: int  # per FW iteration, scratch traffic included
-    ties_peak: int  # stock mergekit TIES of the same pool
+    ties_peak: int  # stock mergekit TIES of the same pool: peak RSS, mapped inputs included
+    ties_needed: int  # the same without the mapped inputs (reclaimable page cache)
     ties_reads: int
 
     def as_dict(self) -> dict:
@@ -46,7 +47,8 @@ class Estimate:
             ("pool on disk", f"{self.pool_bytes / gib:.2f} GiB ({self.vertices} vertices)"),
             ("peak memory, FW in memory", f"{self.in_memory_peak / gib:.2f} GiB"),
             ("peak memory, FW out of core", f"{self.out_of_core_peak / gib:.2f} GiB"),
-            ("peak memory, mergekit TIES", f"{self.ties_peak / gib:.2f} GiB"),
+            ("memory needed, mergekit TIES", f"{self.ties_needed / gib:.2f} GiB"),
+            ("peak RSS, mergekit TIES (+ mapped inputs)", f"{self.ties_peak / gib:.2f} GiB"),
             ("reads per FW iteration, in memory", f"{self.reads_in_memory / gib:.2f} GiB"),
             ("reads per FW iteration, out of core", f"{self.reads_out_of_core / gib:.2f} GiB"),
             ("reads, mergekit TIES (whole merge)", f"{self.ties_reads / gib:.2f} GiB"),
@@ -68,27 +70,35 @@ def estimate_tensors(
     dtype: torch.dtype,
     settings=None,
     batch_tokens: int = 0,
-    hidden: int = 0,
 ) -> Estimate:
-    """The estimate from tensor shapes (name -> shape of the base) and the pool's bytes."""
+    """The estimate from tensor shapes (name -> shape of the base), the pool's bytes and the
+    tokens of the largest padded calibration batch (rows x longest sample)."""
     size = torch.empty((), dtype=dtype).element_size()
     numels = {name: _numel(shape) for name, shape in shapes.items()}
     params = sum(numels.values())
     model = params * size
     blocks: dict[str, int] = {}
     for name, numel in numels.items():
-        blocks[block_key(name)] = blocks.get(block_key(name), 0) + numel * size
-    block = max(blocks.values(), default=0)
-    tensor = max(numels.values(), default=0) * size
-    # activations of one batch (`batch_tokens`: its padded size) at every block boundary
-    boundary = batch_tokens * hidden * size * (len(blocks) + 1)
+        blocks[block_key(name)] = blocks.get(block_key(name), 0) + numel
+    layers = sum(1 for key in blocks if _LAYER.search(key + "."))
+    block = max(blocks.values(), default=0) * size
+    largest = max(shapes.values(), key=_numel, default=(0,))
+    tensor = _numel(largest) * size
+    # the largest 2-D tensor is the embedding (or head): vocabulary x hidden
+    vocab, hidden = (max(largest), min(largest)) if len(largest) == 2 else (0, 1)
+    logits = 4 * batch_tokens * vocab * 4  # float32 logits, log-softmax and their grads
+    # one decoder layer's activations for one batch: ~2 values per weight column
+    layer_activations = 2 * batch_tokens * (max(blocks.values(), default=0) // hidden) * size
+    boundary = batch_tokens * hidden * size * (layers + 2)
     auto_ties = settings is not None and settings.init == "auto"
-    in_memory = RUNTIME + 2 * model + (model if auto_ties else 0) + 2 * tensor + 4 * boundary
-    # one block's weights, their gradient and the recomputed block; a vertex tensor; the
-    # head's logits are part of the runtime's share
-    out_of_core = RUNTIME + 3 * block + 3 * tensor + 2 * boundary
-    scratch = 6 * model  # theta and gradient: forward, backward, LMO, direction, move
-    line_search = 2 * model * 2  # two forward passes over theta + gamma d
+    in_memory = RUNTIME + (3 if auto_ties else 2) * model + 2 * tensor + logits
+    in_memory += layers * layer_activations
+    # one block's weights, gradients and recomputed copy; the head's and embedding's
+    # weights and gradients; a streamed vertex tensor; the logits; boundary activations
+    out_of_core = RUNTIME + 3 * block + 4 * tensor + logits + layer_activations + boundary
+    # theta and gradient per iteration: forward, backward, LMO, direction, move (6 model
+    # reads); two quadratic line-search passes over theta + gamma d (4)
+    scratch = 10 * model
     return Estimate(
         parameters=params,
         model_bytes=model,
@@ -99,8 +109,12 @@ def estimate_tensors(
         in_memory_peak=in_memory,
         out_of_core_peak=out_of_core,
         reads_in_memory=2 * pool_bytes,
-        reads_out_of_core=2 * pool_bytes + scratch + line_search,
-        ties_peak=RUNTIME + (vertices + 2) * tensor,
+        reads_out_of_core=2 * pool_bytes + scratch,
+        # mergekit maps every input (resident once read) and holds the output until a shard
+        # (5 GB by default) is full
+        ties_peak=RUNTIME + pool_bytes + min(model, 5 * 10**9),
+        # all vertices of one tensor at once (GatherTensors), plus the output shard
+        ties_needed=RUNTIME + (vertices + 1) * tensor + min(model, 5 * 10**9),
         ties_reads=pool_bytes,
     )
 
@@ -115,7 +129,7 @@ def _numel(shape) -> int:
 def estimate_pool(pool, settings, dtype: torch.dtype, batch_tokens: int = 0) -> Estimate:
     """The estimate of a VertexPool (pool/vertices.py): headers only."""
     names = pool.tensor_names(0)
-    shapes, pool_bytes, hidden = {}, 0, 0
+    shapes, pool_bytes = {}, 0
     for k, reader in enumerate(pool.readers):
         for name in names:
             entry = reader.entry(name) if reader is not None else None
@@ -123,12 +137,10 @@ def estimate_pool(pool, settings, dtype: torch.dtype, batch_tokens: int = 0) -> 
                 continue
             if k == 0:
                 shapes[name] = entry.shape
-                if len(entry.shape) == 2:
-                    hidden = max(hidden, min(entry.shape))
             pool_bytes += entry.numel * torch.empty((), dtype=entry.dtype).element_size()
     for adapter in getattr(pool, "adapters", []):
         pool_bytes += adapter_bytes(adapter)
-    return estimate_tensors(shapes, pool_bytes, len(pool), dtype, settings, batch_tokens, hidden)
+    return estimate_tensors(shapes, pool_bytes, len(pool), dtype, settings, batch_tokens)
 
 
 def adapter_bytes(adapter) -> int:
