@@ -49,18 +49,23 @@ def _auto(name: str):
     return getattr(transformers, name)
 
 
-class CausalLMObjective:
+class _Supervised:
+    """An objective on labelled data, for one transformers auto-class."""
+
+    needs_labels = True
+    auto_class_name = ""
+
+    @classmethod
+    def auto_class(cls):
+        return _auto(cls.auto_class_name)
+
+
+class CausalLMObjective(_Supervised):
     """Next-token cross-entropy of the target tokens, summed per batch (each sample's sum
     times its row weight, if any); the batches' scale makes it a mean per target token or
     per sample (settings.reduction), per task, then task-weighted."""
 
-    name = "causal_lm"
-    sequence_level = False
-    needs_labels = True
-
-    @staticmethod
-    def auto_class():
-        return _auto("AutoModelForCausalLM")
+    name, sequence_level, auto_class_name = "causal_lm", False, "AutoModelForCausalLM"
 
     def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
         logits = model(**batch.inputs()).logits[:, :-1].float()
@@ -78,16 +83,11 @@ class CausalLMObjective:
         return _weighted_rows(per_token.sum(dim=1), batch)
 
 
-class ClassificationObjective:
+class ClassificationObjective(_Supervised):
     """Cross-entropy of a sequence classifier (e.g. BertForSequenceClassification)."""
 
-    name = "classification"
-    sequence_level = True
-    needs_labels = True
-
-    @staticmethod
-    def auto_class():
-        return _auto("AutoModelForSequenceClassification")
+    name, sequence_level = "classification", True
+    auto_class_name = "AutoModelForSequenceClassification"
 
     def batch_loss_sum(self, model, batch: Batch) -> torch.Tensor:
         logits = model(**batch.inputs()).logits.float()

@@ -207,10 +207,8 @@ class SoftFrankWolfe(FrankWolfe):
             init=0.3 if t == 0 else 0.01, quiet=self.quiet,
         )  # fmt: skip
         weights = weights.expand(len(self.slots), k) if not per_tensor else weights
+        add_weighted_directions(self.slots, weights, directions)
         with torch.no_grad():
-            for i, slot in enumerate(self.slots):
-                wi = weights[i].to(slot.param.dtype).view((k,) + (1,) * slot.param.dim())
-                slot.param.add_((wi * directions[i]).sum(dim=0))
             vertex = torch.zeros_like(self.coefficients)
             vertex.scatter_add_(1, selected, weights.to(vertex.dtype))
             self.coefficients.mul_(1.0 - weights.sum(dim=1, keepdim=True)).add_(vertex)
@@ -256,3 +254,12 @@ class _ObjectiveCall(torch.nn.Module):
 
     def forward(self, batch):
         return self.objective.batch_loss_sum(self.model, batch)
+
+
+@torch.no_grad()
+def add_weighted_directions(slots, weights: torch.Tensor, directions) -> None:
+    """theta_l += sum_j w_lj d_lj for every tensor l: the fitted soft step (hull and
+    task-vector sets alike)."""
+    for i, slot in enumerate(slots):
+        w = weights[i].to(slot.param.dtype).view((weights.shape[1],) + (1,) * slot.param.dim())
+        slot.param.add_((w * directions[i]).sum(dim=0))

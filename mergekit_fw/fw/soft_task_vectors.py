@@ -25,7 +25,7 @@ from mergekit_fw.fw.constraints import (
 )
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.oracles import ScoreTable
-from mergekit_fw.fw.soft import SoftFrankWolfe, fit_coefficients
+from mergekit_fw.fw.soft import SoftFrankWolfe, add_weighted_directions, fit_coefficients
 
 
 class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
@@ -82,10 +82,8 @@ class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
             init=0.0, quiet=self.quiet, project=self.bounds(selected, per_tensor),
         )  # fmt: skip
         delta = delta.expand(len(self.slots), k) if not per_tensor else delta
+        add_weighted_directions(self.slots, delta, directions)
         with torch.no_grad():
-            for i, slot in enumerate(self.slots):
-                di = delta[i].to(slot.param.dtype).view((k,) + (1,) * slot.param.dim())
-                slot.param.add_((di * directions[i]).sum(dim=0))
             self.coefficients.scatter_add_(1, selected, delta.to(self.coefficients.dtype))
             self.coefficients[:, 0] -= delta.sum(dim=1).to(self.coefficients.dtype)
         directions.clear()

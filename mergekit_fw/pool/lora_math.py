@@ -37,9 +37,7 @@ def factor_dot(
 ) -> torch.Tensor:
     """<G, W0 + s B A> = <G, W0> + s <B^T G, A>."""
     module = adapter.modules.get(name)
-    if module is None:
-        return base_dot
-    return base_dot + module.scale * _inner(adapter, module, g)[2]
+    return base_dot if module is None else base_dot + module.scale * _inner(adapter, module, g)[2]
 
 
 def factor_norm_sq(
