@@ -7,7 +7,8 @@ mergekit TIES of the pool, and full frank_wolfe merges (pre-pass + mergekit writ
 and out of core (2 iterations, init: base, step: quadratic). Bytes per FW iteration are the
 difference between pre-pass runs of 2 and 1 iterations, and `init: auto`'s bytes the
 difference between auto and base starts (8 layers). Beside each figure: the estimate from
-the headers (mergekit/estimate.py). Results go to benchmarks/results/scale.json as they come.
+the headers (mergekit/estimate.py). Results go to benchmarks/results/scale.json as they come. `--cold` empties the page cache
+before each run (root only), so that `storage_read_bytes` counts what came from disk.
 
     PYTHONPATH=. python -m benchmarks.scale.bench [--layers 8 32 16] [--only MODE ...]
 """
@@ -42,15 +43,26 @@ BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass
 }  # fmt: skip
 
 
-def child(args: list[str], layers: int) -> dict:
+def drop_caches() -> bool:
+    """Empty the page cache (root only), so that storage reads can be counted."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def child(args: list[str], layers: int, cold: bool = False) -> dict:
     mode, rest = args[0], args[1:]
+    dropped = drop_caches() if cold else False
     command = [sys.executable, "-m", "benchmarks.scale.child", mode, str(layers), *rest]
     done = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "."}
     )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
+            return {**json.loads(line[len("RESULT ") :]), "cold_cache": dropped}
     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
@@ -79,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, nargs="+", default=[8, 32, 16])
     parser.add_argument("--only", nargs="+", default=None)
+    parser.add_argument("--cold", action="store_true", help="empty the page cache before each run")
     args = parser.parse_args()
     from benchmarks.scale.build import build
 
@@ -95,7 +108,7 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             started = time.perf_counter()
-            entry[name] = child(run_args, layers)
+            entry[name] = child(run_args, layers, args.cold)
             print(f"L{layers} {name}: {json.dumps(entry[name])} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
             RESULTS.write_text(json.dumps(results, indent=1))

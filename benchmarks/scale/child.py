@@ -28,10 +28,11 @@ def _status(key: str) -> int:
     return 0
 
 
-def _rchar() -> int:
+def _io(key: str = "rchar") -> int:
+    """rchar: bytes through read syscalls (page cache or disk); read_bytes: from storage."""
     with open("/proc/self/io") as handle:
         for line in handle:
-            if line.startswith("rchar:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -67,7 +68,7 @@ def main() -> None:
 
     info = build(layers)
     out = tempfile.mkdtemp(prefix=f"scale_{mode}_")
-    before, started = _rchar(), time.perf_counter()
+    before, stored, started = _io(), _io("read_bytes"), time.perf_counter()
     result = {"mode": mode, "layers": layers, **params}
     if mode == "fwdbwd":
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,7 +114,8 @@ def main() -> None:
     result.update(
         seconds=time.perf_counter() - started,
         peak_rss=_status("VmHWM"),
-        read_bytes=_rchar() - before,
+        read_bytes=_io() - before,
+        storage_read_bytes=_io("read_bytes") - stored,
     )
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out + ".fw-state", ignore_errors=True)

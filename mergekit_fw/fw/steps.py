@@ -92,7 +92,8 @@ class QuadraticStep:
     f(0) and its slope f'(0) = <g, d> come free with the gradient, so one more loss f(g1)
     at a trial step g1 (twice the previous step, capped at 1; 1 at first) fits
     q(gamma) = f0 + slope gamma + a gamma^2. If f(g1) < f0, q's minimiser is evaluated too
-    and the lower of the two wins. If not, the step backtracks to q's minimiser, kept
+    and the lower of the two wins; when that minimiser is no better than g1 (the loss is not
+    a parabola there), the parabola through the three losses gives one more point. If not, the step backtracks to q's minimiser, kept
     within [0.1, 0.5] of the last step (Armijo backtracking with quadratic interpolation,
     Nocedal & Wright 3.5), until a step lowers the loss or `evals` passes are spent, so the
     loss never rises. Without a descent slope (merge_fn ties / dare) it is `LineSearch`.
@@ -116,9 +117,24 @@ class QuadraticStep:
             if value < f0:
                 if len(seen) == 2 and fitted not in seen:  # the first trial: refine once
                     seen[fitted] = loss_at(fitted)
+                    if seen[fitted] >= value:  # not a parabola: one fit through 3 losses
+                        third = three_point_minimiser(f0, gamma, value, fitted, seen[fitted])
+                        if third is not None and third not in seen:
+                            seen[third] = loss_at(third)
                 break
             gamma = min(max(fitted, 0.1 * gamma), 0.5 * gamma)
         return min(seen, key=lambda g: (seen[g], g))
+
+
+def three_point_minimiser(f0: float, g1: float, f1: float, g2: float, f2: float):
+    """argmin of the parabola through (0, f0), (g1, f1), (g2, f2), if it is convex and its
+    minimiser lies in (0, 1]; else None."""
+    a = ((f2 - f0) / g2 - (f1 - f0) / g1) / (g2 - g1)
+    if not a > 0.0:
+        return None
+    b = (f1 - f0) / g1 - a * g1
+    best = -b / (2.0 * a)
+    return best if 0.0 < best <= 1.0 else None
 
 
 def minimiser(f0: float, slope: float, gamma: float, value: float) -> float:
