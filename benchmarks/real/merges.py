@@ -40,13 +40,6 @@ GRIDS = {
         {"weight": w, "density": d, "normalize": False} for d in (0.3, 0.7) for w in (0.5, 1.0)
     ],
 }
-# all8: cut for time on the shared 2-core machine (each TIES command there took minutes)
-POOL_GRIDS = {
-    "all8": {
-        "task_arithmetic": GRIDS["task_arithmetic"][:4],
-        "ties": [{"weight": 0.5, "density": d, "normalize": False} for d in (0.3, 0.7)],
-    }
-}
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first
 # 8 of the 32 calibration samples of each target task; the other options are the defaults
 FW_ITERATIONS, FW_CALIB = 5, 8
@@ -136,8 +129,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "merges.json")
     args = parser.parse_args()
     lm.threads()
-    if args.ta_weights or args.ties_grid:
-        POOL_GRIDS.clear()  # the command line's grid, for every pool
     if args.ta_weights:
         GRIDS["task_arithmetic"] = [{"weight": float(w)} for w in args.ta_weights.split(",")]
     if args.ties_grid:
@@ -163,7 +154,7 @@ def main() -> None:
             if method == "frank_wolfe":
                 settings = [{"iterations": args.fw_iterations, "calib_per_task": args.fw_calib}]
             else:
-                settings = POOL_GRIDS.get(pool_name, {}).get(method, GRIDS[method])
+                settings = GRIDS[method]
             runs = result["runs"].setdefault(key, [])
             for setting in settings:
                 if any(r["setting"] == setting for r in runs):

