@@ -37,31 +37,46 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         self.theta = TensorStore(self.scratch / "theta", device)
         self.grad = TensorStore(self.scratch / "grad", device)
         self.engine = Offloaded(model, {id(s.param): s.name for s in slots}, device)
+        self._last: dict[int, tuple[str, torch.Tensor]] = {}  # id(store) -> (name, tensor)
         with torch.no_grad():  # theta_0 = the base, as the in-memory path starts
             for slot in self._bar(slots, "base to scratch"):
                 self.theta.put(slot.name, pool.tensor(0, slot.name))
 
-    # -- storage ---------------------------------------------------------------------------
+    # -- storage: the last tensor read of each store is kept, so that the LMO pass's scores
+    # and its direction (the same tensor, right after) read theta and g from disk once ------
+    def _read(self, store: TensorStore, name: str) -> torch.Tensor:
+        last = self._last.get(id(store))
+        if last is None or last[0] != name:
+            last = (name, store.get(name))
+            self._last[id(store)] = last
+        return last[1]
+
+    def _write(self, store: TensorStore, name: str, x: torch.Tensor) -> None:
+        store.put(name, x)
+        self._last[id(store)] = (name, x)
+
     def theta_of(self, slot: Slot) -> torch.Tensor:
-        return self.theta.get(slot.name)
+        return self._read(self.theta, slot.name)
 
     def store_theta(self, slot: Slot, x: torch.Tensor) -> None:
-        self.theta.put(slot.name, x)
+        self._write(self.theta, slot.name, x)
 
     def gradient_of(self, slot: Slot) -> torch.Tensor:
-        return self.grad.get(slot.name)
+        return self._read(self.grad, slot.name)
 
     def direction_buffer(self, slot: Slot) -> torch.Tensor:
-        return self.grad.get(slot.name)
+        return self._read(self.grad, slot.name)
 
     def store_direction(self, slot: Slot, d: torch.Tensor) -> None:
-        self.grad.put(slot.name, d)
+        self._write(self.grad, slot.name, d)
 
     def zero_gradient(self) -> None:
+        self._last.clear()
         self.grad.clear()
 
     # -- passes ----------------------------------------------------------------------------
     def loss(self, grad: bool, desc: str, batches=None):
+        self._last.clear()  # the sink writes the gradient store behind the cache
         with self.engine.use(self.theta.get, self.grad.add_ if grad else None):
             return super().loss(grad, desc, batches)
 
