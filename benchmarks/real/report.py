@@ -307,18 +307,39 @@ def render(ex: dict | None, mg: dict | None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DOCS / "benchmarks_real.md")
-    args = parser.parse_args()
-    load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
-    merges = None  # merges*.json: one file per `merges` command (commands may run side by side)
+def load_merges() -> dict | None:
+    """merges*.json: one file per `merges` command (commands may run side by side)."""
+    merges = None
     for path in sorted(RESULTS.glob("merges*.json")):
         part = json.loads(path.read_text())
         if merges is None:
             merges = {**part, "runs": {}}
         merges["runs"].update(part["runs"])
-    args.out.write_text(render(load("experts.json"), merges))
+    return merges
+
+
+def section() -> list[str]:
+    """This tier's lines on docs/benchmarks.md (benchmarks/report.py): the summary and a
+    link to its own page."""
+    merges = load_merges()
+    if not merges:
+        return []
+    head = [
+        "## Real pretrained LLM tier (SmolLM2-135M-Instruct, LoRA adapters)",
+        "",
+        "Held-out exact match, mean over the 4 target tasks; tables, budgets and commands in",
+        "[benchmarks_real.md](benchmarks_real.md).",
+        "",
+    ]
+    return head + summary(merges)[2:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DOCS / "benchmarks_real.md")
+    args = parser.parse_args()
+    load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
+    args.out.write_text(render(load("experts.json"), load_merges()))
     print(f"wrote {args.out}")
 
 
