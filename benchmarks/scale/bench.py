@@ -32,6 +32,9 @@ RUNS = {  # name -> child arguments after LAYERS
     "fw_out_of_core": ["fw", "prepass=out_of_core", *FW],
     "prepass_out_of_core": ["fwplan", "prepass=out_of_core", *FW],  # without mergekit's write
     "prepass_in_memory": ["fwplan", "prepass=in_memory", *FW],
+    # mergekit's writer holds the output until a shard is full (5 GB by default)
+    "fw_out_of_core_shards": ["fw", "prepass=out_of_core", *FW, "out_shard_size=200000000"],
+    "ties_shards": ["ties", "out_shard_size=200000000"],
 }
 BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass alone
     "plan_in_memory_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",

@@ -46,18 +46,20 @@ def _value(text: str):
     return text
 
 
-def options():
+def options(out_shard_size: int | None = None):
     """mergekit's options; SCALE_DEVICE=cuda runs the math (and mergekit's) on the GPU."""
     from mergekit.options import MergeOptions
 
+    extra = {} if out_shard_size is None else {"out_shard_size": out_shard_size}
     if os.environ.get("SCALE_DEVICE") == "cuda":
-        return MergeOptions(quiet=True, cuda=True, device="cuda")
-    return MergeOptions(quiet=True)
+        return MergeOptions(quiet=True, cuda=True, device="cuda", **extra)
+    return MergeOptions(quiet=True, **extra)
 
 
 def main() -> None:
     mode, layers = sys.argv[1], int(sys.argv[2])
     params = {k: _value(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+    shard = params.pop("out_shard_size", None)  # mergekit's --out-shard-size
     import torch
 
     torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "1")))
@@ -69,7 +71,7 @@ def main() -> None:
     info = build(layers)
     out = tempfile.mkdtemp(prefix=f"scale_{mode}_")
     before, stored, started = _io(), _io("read_bytes"), time.perf_counter()
-    result = {"mode": mode, "layers": layers, **params}
+    result = {"mode": mode, "layers": layers, **params, "out_shard_size": shard}
     if mode == "fwdbwd":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,9 +104,9 @@ def main() -> None:
             os.environ["MERGEKIT_FW_NO_RESUME"] = "1"
         config = MergeConfiguration.model_validate(recipe)
         if mode == "fwplan":
-            plan_only(config, os.path.join(out, "fw_plan.json"), options())
+            plan_only(config, os.path.join(out, "fw_plan.json"), options(shard))
         else:
-            run_merge(config, out, options())
+            run_merge(config, out, options(shard))
         if mode.startswith("fw"):
             plan = json.loads(open(os.path.join(out, "fw_plan.json")).read())
             result["final_loss"] = plan["final_loss"]

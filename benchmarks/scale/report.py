@@ -36,22 +36,42 @@ def _ratio(a, b, digits: int = 2) -> str:
 def memory_table(scale: dict) -> list[str]:
     depths = sorted((k for k in scale if k.isdigit()), key=int)
     rows = [
-        "| layers | parameters | one checkpoint (MiB) | bf16 forward+backward | mergekit TIES "
-        "| FW in memory (merge) | FW out of core (merge) | FW out of core (pre-pass) "
-        "| out-of-core pre-pass / its 8-layer peak | FW out of core (merge) / TIES |",
+        "| layers | parameters | one checkpoint | bf16 forward + backward | FW out of core, "
+        "pre-pass | FW out of core, merge | same, 200 MB shards | mergekit TIES | same, 200 MB "
+        "shards | FW in memory, merge |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = _peak(scale.get("8", {}), "prepass_out_of_core")
     for depth in depths:
         e = scale[depth]
-        ooc, ties = _peak(e, "fw_out_of_core"), _peak(e, "ties")
-        pre = _peak(e, "prepass_out_of_core")
+        cells = [
+            _mib(_peak(e, run))
+            for run in ("fwdbwd", "prepass_out_of_core", "fw_out_of_core",
+                        "fw_out_of_core_shards", "ties", "ties_shards", "fw_in_memory")
+        ]  # fmt: skip
         rows.append(
-            f"| {depth} | {e['params'] / 1e6:.0f} M | {e['checkpoint_bytes'] / MIB:,.0f} "
-            f"| {_mib(_peak(e, 'fwdbwd'))} | {_mib(ties)} | {_mib(_peak(e, 'fw_in_memory'))} "
-            f"| {_mib(ooc)} | {_mib(pre)} | {_ratio(pre, base)} | {_ratio(ooc, ties)} |"
+            f"| {depth} | {e['params'] / 1e6:.0f} M | {e['checkpoint_bytes'] / MIB:,.0f} | "
+            + " | ".join(cells)
+            + " |"
         )
     return rows
+
+
+def ratio_lines(scale: dict) -> list[str]:
+    """The issue's memory ratios, from the table above."""
+    e8, e32 = scale.get("8", {}), scale.get("32", {})
+    pairs = (
+        ("FW out of core, pre-pass: 32 layers / 8 layers",
+         _peak(e32, "prepass_out_of_core"), _peak(e8, "prepass_out_of_core")),
+        ("FW out of core, merge: 32 layers / 8 layers",
+         _peak(e32, "fw_out_of_core"), _peak(e8, "fw_out_of_core")),
+        ("FW out of core, merge with 200 MB shards: 32 layers / 8 layers",
+         _peak(e32, "fw_out_of_core_shards"), _peak(e8, "fw_out_of_core_shards")),
+        ("FW out of core, merge / mergekit TIES, 32 layers",
+         _peak(e32, "fw_out_of_core"), _peak(e32, "ties")),
+        ("the same with 200 MB shards for both",
+         _peak(e32, "fw_out_of_core_shards"), _peak(e32, "ties_shards")),
+    )  # fmt: skip
+    return [f"- {label}: {_ratio(a, b)}" for label, a, b in pairs]
 
 
 def reads_table(scale: dict) -> list[str]:
@@ -65,6 +85,13 @@ def reads_table(scale: dict) -> list[str]:
             return e[a]["read_bytes"] - e[b]["read_bytes"]
         return None
 
+    cold = e.get("prepass_in_memory", {})
+    if cold.get("cold_cache") and "storage_read_bytes" in cold:
+        rows.append(
+            f"| whole in-memory pre-pass, 2 iterations, from storage (page cache emptied "
+            f"first) | {cold['storage_read_bytes'] / GIB:.2f} | "
+            f"{_ratio(cold['storage_read_bytes'], pool)} |"
+        )
     for label, value in (
         ("one FW iteration, in memory", diff("prepass_in_memory", "plan_in_memory_1")),
         ("one FW iteration, out of core", diff("prepass_out_of_core", "plan_out_of_core_1")),
@@ -165,9 +192,11 @@ def render() -> str:
         "",
         *memory_table(scale),
         "",
-        '"(merge)" is the whole `mergekit-yaml` run: the pre-pass, then mergekit\'s write, which',
+        *ratio_lines(scale),
+        "",
+        '"merge" is the whole `mergekit-yaml` run: the pre-pass, then mergekit\'s write, which',
         "holds the output until a shard is full (`--out-shard-size`, 5 GB by default) and maps",
-        'its inputs, for TIES and FW alike. "(pre-pass)" is `mergekit-fw plan`: the FW work',
+        'its inputs, for TIES and FW alike. "pre-pass" is `mergekit-fw plan`: the FW work',
         "alone.",
         "",
         "## Reads",
@@ -179,6 +208,10 @@ def render() -> str:
         "after its scores, the base and the vertices in s again (page-cache hot: counted by",
         "`rchar`, not read from disk twice). Out of core adds theta (forward, backward, LMO,",
         "direction, move), the gradient / direction and theta + d for each line-search pass.",
+        "From storage, with the page cache emptied first, the whole pre-pass read the pool about",
+        "once: the foreign screen at the start reads every vertex, and this pool fits in RAM,",
+        "so the iterations were served from the cache. A pool larger than RAM would be read",
+        "from disk about once per iteration.",
         "",
         "## Wall time, FW / TIES",
         "",
