@@ -22,7 +22,7 @@ from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.finite import check_loss, check_scores
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
-from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
+from mergekit_fw.fw.oracles import SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
@@ -78,7 +78,6 @@ class FrankWolfe:
         self.objective, self.batches, self.task_names = objective, batches, task_names
         self.settings = settings
         self.score = SCORES[settings.lmo]
-        self.oracle = ORACLES[settings.granularity]
         self.constraint = make_constraint(settings)  # hull | box | simplex (fw/constraints.py)
         self.step_rule = make_step_rule(
             settings.step, settings.step_size, settings.line_search_evals

@@ -59,12 +59,3 @@ def model_oracle(scores: torch.Tensor, zero_vertex: bool) -> list[int]:
 
 
 ORACLES = {"tensor": tensor_oracle, "model": model_oracle}
-
-
-def picked_dots(table: ScoreTable, picks: list[int]) -> torch.Tensor:
-    """<g_l, s_l> of the chosen vertices (0 for the origin)."""
-    rows = torch.arange(len(picks))
-    cols = torch.tensor([max(p, 0) for p in picks])
-    dots = table.dots[rows, cols].clone()
-    dots[torch.tensor([p == ZERO for p in picks], dtype=torch.bool)] = 0.0
-    return dots
