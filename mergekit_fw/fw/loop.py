@@ -60,6 +60,30 @@ def build_slots(model: torch.nn.Module, stored: set[str]) -> list[Slot]:
     return slots
 
 
+class LineWalk:
+    """theta along d for a step rule: calling it at gamma moves theta there in place and
+    returns the calibration loss; `settle(gamma)` leaves theta at the chosen step. `moves`
+    lists every in-place move, which the write phase replays (fw/replay.py) to reproduce
+    theta's rounding under merge_fn ties / dare."""
+
+    def __init__(self, loop: FrankWolfe):
+        self.loop, self.position, self.moves = loop, 0.0, []
+
+    def _go(self, gamma: float) -> None:
+        delta = gamma - self.position
+        if delta != 0.0:
+            self.loop.move(delta)
+            self.moves.append(delta)
+        self.position = gamma
+
+    def __call__(self, gamma: float) -> float:
+        self._go(gamma)
+        return self.loop.loss(grad=False, desc=f"line search g={gamma:.3f}").total
+
+    def settle(self, gamma: float) -> None:
+        self._go(gamma)
+
+
 class FrankWolfe:
     """Gradient, LMO, step, merge: one object per pre-pass run."""
 
@@ -90,7 +114,6 @@ class FrankWolfe:
         # a start given as coefficients over the pool (e.g. a mergekit start vertex: e_k);
         # set by the host before run(); None: settings.init decides
         self.start_row: list[float] | None = None
-        self._moves: list[float] | None = None  # the current iteration's moves of theta
         self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
         self._previous_gamma: float | None = None  # the quadratic step's first trial
         # resume hooks (mergekit/resume.py): called after every finished iteration with the
@@ -226,20 +249,13 @@ class FrankWolfe:
     @torch.no_grad()
     def move(self, delta: float) -> None:
         """theta += delta * d, in place (line search walks along d without copies)."""
-        if delta != 0.0:
-            if self._moves is not None:
-                self._moves.append(delta)
-            for slot in self.slots:
-                theta = self.theta_of(slot).add_(self.direction_buffer(slot), alpha=delta)
-                self.store_theta(slot, theta)
+        for slot in self.slots:
+            theta = self.theta_of(slot).add_(self.direction_buffer(slot), alpha=delta)
+            self.store_theta(slot, theta)
 
-    def line_loss(self, position: list[float]):
-        def loss_at(gamma: float) -> float:
-            self.move(gamma - position[0])
-            position[0] = gamma
-            return self.loss(grad=False, desc=f"line search g={gamma:.3f}").total
-
-        return loss_at
+    def line_walk(self) -> LineWalk:
+        """What the step rule evaluates the loss along d with (out of core: `StillWalk`)."""
+        return LineWalk(self)
 
     def label(self, pick: int) -> str:
         return "zero" if pick == ZERO else self.pool.labels[pick]
@@ -300,14 +316,11 @@ class FrankWolfe:
             )
             for slot in self.slots:
                 apply_merge_fn_(slot.param.grad, fn, density, seed, t, slot.name)
-        position = [0.0]
-        self._moves = record.moves  # every in-place move of theta, for the write's replay
-        previous = self._previous_gamma
-        gamma = self.step_rule.choose(
-            t, report.total, self.line_loss(position), self.slope(table, vertex, steps), previous
-        )
-        self.move(gamma - position[0])
-        self._moves = None
+        walk = self.line_walk()
+        slope = self.slope(table, vertex, steps)
+        gamma = self.step_rule.choose(t, report.total, walk, slope, self._previous_gamma)
+        walk.settle(gamma)
+        record.moves = walk.moves  # every in-place move of theta, for the write's replay
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
         if steps is not None:

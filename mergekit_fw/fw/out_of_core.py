@@ -20,9 +20,23 @@ from pathlib import Path
 
 import torch
 
-from mergekit_fw.fw.loop import FrankWolfe, Slot
+from mergekit_fw.fw.loop import FrankWolfe, LineWalk, Slot
 from mergekit_fw.fw.offload import Offloaded, TensorStore
 from mergekit_fw.fw.start_grid import choose, set_combination
+
+
+class StillWalk(LineWalk):
+    """Out of core, the loss at theta + gamma d is formed per block from the two stores, so
+    theta on disk does not move until `settle` (one write per iteration)."""
+
+    def __call__(self, gamma: float) -> float:
+        loop = self.loop
+
+        def weights(name: str) -> torch.Tensor:
+            return loop.theta.get(name).add_(loop.grad.get(name), alpha=gamma)
+
+        with loop.engine.use(weights):
+            return FrankWolfe.loss(loop, False, f"line search g={gamma:.3f}").total
 
 
 class OutOfCoreFrankWolfe(FrankWolfe):
@@ -80,18 +94,8 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         with self.engine.use(self.theta.get, self.grad.add_ if grad else None):
             return super().loss(grad, desc, batches)
 
-    def line_loss(self, position: list[float]):
-        """Loss at theta + gamma d, formed per block; theta on disk does not move (the
-        loop's final `move(gamma)` is the one write)."""
-
-        def loss_at(gamma: float) -> float:
-            def weights(name: str) -> torch.Tensor:
-                return self.theta.get(name).add_(self.grad.get(name), alpha=gamma)
-
-            with self.engine.use(weights):
-                return FrankWolfe.loss(self, False, f"line search g={gamma:.3f}").total
-
-        return loss_at
+    def line_walk(self) -> StillWalk:
+        return StillWalk(self)
 
     def row_loss(self, row: list[float]) -> float:
         """Calibration loss of sum_k row_k v_k (every tensor alike), formed block by block
