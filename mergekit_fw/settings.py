@@ -37,6 +37,8 @@ def out_of_core_clash(settings) -> str | None:
         return f"merge_fn: {settings.merge_fn}"
     if settings.lora_mode == "factors":
         return "lora_mode: factors"
+    if settings.init_kind in ("method", "recipe"):  # a mergekit merge held in memory
+        return f"init: {settings.init} (a mergekit merge as the start)"
     return None
 
 

@@ -141,10 +141,15 @@ def test_out_of_core_plan_equals_in_memory(zoo, noisy, options):
         ]
 
 
-def test_out_of_core_refuses_what_it_cannot_run(zoo):
+@pytest.mark.parametrize(
+    "option, named",
+    [({"variant": "soft"}, "variant: soft"), ({"init": "ties"}, r"init: ties \(a mergekit merge")],
+)
+def test_out_of_core_refuses_what_it_cannot_run(zoo, option, named):
+    """Refused by the options, before any model is built or data read."""
     from mergekit_fw.settings import FWConfigError
 
     cfg = config(zoo["base"], [zoo["reverse"]], calibration=f"{zoo['calib']}/reverse.jsonl",
-                 iterations=2, prepass="out_of_core", variant="soft")  # fmt: skip
-    with pytest.raises(FWConfigError, match="prepass: out_of_core .* variant: soft"):
+                 iterations=2, prepass="out_of_core", **option)  # fmt: skip
+    with pytest.raises(FWConfigError, match=f"prepass: out_of_core .* {named}"):
         prepare(cfg, MergeOptions(quiet=True))

@@ -78,15 +78,15 @@ def compute_plan(
     LOG.info("pre-pass %s: %s", "out of core" if out_of_core else "in memory", why)
     if out_of_core:  # a weightless skeleton; blocks read theta from disk (fw/out_of_core.py)
         model = skeleton(objective, base_path, dtype, device, options.trust_remote_code)
-        slots = build_slots(model, set(pool.tensor_names(0)))
     else:
         with host_bars(options.quiet):  # transformers' "Loading weights" bar, on a terminal
             model = objective.auto_class().from_pretrained(
                 base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
             )
         model.to(device)
-        slots = build_slots(model, set(pool.tensor_names(0)))
-        with torch.no_grad():  # theta_0 is exactly what mergekit's loader reads
+    slots = build_slots(model, set(pool.tensor_names(0)))
+    if not out_of_core:  # theta_0 is exactly what mergekit's loader reads
+        with torch.no_grad():
             for slot in slots:
                 slot.param.copy_(pool.tensor(0, slot.name))
     if settings.lora_mode == "factors":  # authors' G-hard: theta = LoRA factors (adapters.py)
@@ -140,8 +140,7 @@ def choose_prepass(settings, pool, device, dtype, recipe) -> tuple[bool, str]:
 
     if settings.prepass != "auto":
         return settings.prepass == "out_of_core", f"prepass: {settings.prepass}"
-    clash = out_of_core_clash(settings) or (f"a mergekit start (init: {settings.init})"
-          if settings.init_kind in ("method", "recipe") else None)  # fmt: skip
+    clash = out_of_core_clash(settings)
     need = estimate_pool(pool, settings, dtype).in_memory_peak
     free = device_free_bytes(device)
     if free is None or need <= 0.8 * free:
@@ -179,18 +178,14 @@ def skeleton(objective, base_path: str, dtype, device, trust_remote_code: bool):
 def out_of_core_start(settings, n: int, init_table: list):
     """The loop's `prepare` out of core: `init: auto` compares the base and the
     task-arithmetic grid, formed block by block from the pool (TIES starts need a
-    mergekit merge held in memory and are left out)."""
+    mergekit merge held in memory and are left out; a mergekit start is refused by the
+    settings, `out_of_core_clash`)."""
     from mergekit_fw.fw.start_grid import builtin_rows
 
     def prepare(loop) -> None:
         if settings.init_kind == "auto":
             LOG.info("init: auto out of core: base and task-arithmetic starts (no TIES)")
             init_table.extend(loop.choose_start(builtin_rows(settings, n)))
-        elif settings.init_kind in ("method", "recipe"):
-            raise FWConfigError(
-                f"init: {settings.init} (a mergekit merge as the start) needs the in-memory "
-                "pre-pass; use prepass: in_memory, or init: auto | base | task_arithmetic"
-            )
 
     return prepare
 
