@@ -35,8 +35,7 @@ class StillWalk(LineWalk):
         def weights(name: str) -> torch.Tensor:
             return loop.theta.get(name).add_(loop.grad.get(name), alpha=gamma)
 
-        with loop.engine.use(weights):
-            return FrankWolfe.loss(loop, False, f"line search g={gamma:.3f}").total
+        return loop.loss_with(weights, f"line search g={gamma:.3f}")
 
 
 class OutOfCoreFrankWolfe(FrankWolfe):
@@ -94,6 +93,11 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         with self.engine.use(self.theta.get, self.grad.add_ if grad else None):
             return super().loss(grad, desc, batches)
 
+    def loss_with(self, weights, desc: str) -> float:
+        """Calibration loss (no gradient) with each block's weights from `weights(name)`."""
+        with self.engine.use(weights):
+            return FrankWolfe.loss(self, False, desc).total
+
     def line_walk(self) -> StillWalk:
         return StillWalk(self)
 
@@ -102,11 +106,11 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         from the pool: how `init: auto` scores its starts out of core."""
 
         def weights(name: str) -> torch.Tensor:
-            stored = self.theta.get(name)  # shape and dtype of the iterate's tensor
-            return set_combination(stored, self.pool, name, row)
+            shape, dtype = self.theta.meta[name]  # the iterate's tensor, not read
+            out = torch.empty(shape, dtype=dtype, device=self.theta.device)
+            return set_combination(out, self.pool, name, row)
 
-        with self.engine.use(weights):
-            return FrankWolfe.loss(self, False, "start").total
+        return self.loss_with(weights, "start")
 
     def choose_start(self, rows: list[tuple[str, list[float]]]) -> list[dict]:
         """`init: auto` over the given coefficient rows; the winner becomes the start."""

@@ -93,10 +93,11 @@ class QuadraticStep:
     at a trial step g1 (twice the previous step, capped at 1; 1 at first) fits
     q(gamma) = f0 + slope gamma + a gamma^2. If f(g1) < f0, q's minimiser is evaluated too
     and the lower of the two wins; when that minimiser is no better than g1 (the loss is not
-    a parabola there), the parabola through the three losses gives one more point. If not, the step backtracks to q's minimiser, kept
-    within [0.1, 0.5] of the last step (Armijo backtracking with quadratic interpolation,
-    Nocedal & Wright 3.5), until a step lowers the loss or `evals` passes are spent, so the
-    loss never rises. Without a descent slope (merge_fn ties / dare) it is `LineSearch`.
+    a parabola there), the parabola through the three losses gives one more point. If
+    f(g1) >= f0, the step backtracks to q's minimiser, kept within [0.1, 0.5] of the last
+    step (Armijo backtracking with quadratic interpolation, Nocedal & Wright 3.5), until a
+    step lowers the loss or `evals` passes are spent, so the loss never rises. Without a
+    descent slope (merge_fn ties / dare) it is `LineSearch`.
     """
 
     def __init__(self, evals: int = 10):
