@@ -33,15 +33,28 @@ def _ratio(a, b, digits: int = 2) -> str:
     return "—" if a is None or b is None or not b else f"{a / b:.{digits}f}"
 
 
+def _row(*cells) -> str:
+    """One markdown table line."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _header(*columns: str) -> list[str]:
+    """A markdown table's header line and rule."""
+    return [_row(*columns), "|" + "---|" * len(columns)]
+
+
+def _depths(scale: dict) -> list[str]:
+    """The measured depths (the results' numeric keys), shallowest first."""
+    return sorted((k for k in scale if k.isdigit()), key=int)
+
+
 def memory_table(scale: dict) -> list[str]:
-    depths = sorted((k for k in scale if k.isdigit()), key=int)
-    rows = [
-        "| layers | parameters | one checkpoint | bf16 forward + backward | FW out of core, "
-        "pre-pass | FW out of core, merge | same, 200 MB shards | mergekit TIES | same, 200 MB "
-        "shards | FW in memory, merge |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for depth in depths:
+    rows = _header(
+        "layers", "parameters", "one checkpoint", "bf16 forward + backward",
+        "FW out of core, pre-pass", "FW out of core, merge", "same, 200 MB shards",
+        "mergekit TIES", "same, 200 MB shards", "FW in memory, merge",
+    )  # fmt: skip
+    for depth in _depths(scale):
         e = scale[depth]
         cells = [
             _mib(_peak(e, run))
@@ -49,9 +62,7 @@ def memory_table(scale: dict) -> list[str]:
                         "fw_out_of_core_shards", "ties", "ties_shards", "fw_in_memory")
         ]  # fmt: skip
         rows.append(
-            f"| {depth} | {e['params'] / 1e6:.0f} M | {e['checkpoint_bytes'] / MIB:,.0f} | "
-            + " | ".join(cells)
-            + " |"
+            _row(depth, f"{e['params'] / 1e6:.0f} M", f"{e['checkpoint_bytes'] / MIB:,.0f}", *cells)
         )
     return rows
 
@@ -77,8 +88,7 @@ def ratio_lines(scale: dict) -> list[str]:
 def reads_table(scale: dict) -> list[str]:
     e = scale.get("8", {})
     pool = e.get("checkpoint_bytes", 0) * 5
-    rows = ["| what (8 layers, pool = base + 4 candidates) | bytes read (GiB) | / pool |",
-            "|---|---|---|"]  # fmt: skip
+    rows = _header("what (8 layers, pool = base + 4 candidates)", "bytes read (GiB)", "/ pool")
 
     def diff(a: str, b: str):
         if a in e and b in e:
@@ -88,9 +98,11 @@ def reads_table(scale: dict) -> list[str]:
     cold = e.get("prepass_in_memory", {})
     if cold.get("cold_cache") and "storage_read_bytes" in cold:
         rows.append(
-            f"| whole in-memory pre-pass, 2 iterations, from storage (page cache emptied "
-            f"first) | {cold['storage_read_bytes'] / GIB:.2f} | "
-            f"{_ratio(cold['storage_read_bytes'], pool)} |"
+            _row(
+                "whole in-memory pre-pass, 2 iterations, from storage (page cache emptied first)",
+                f"{cold['storage_read_bytes'] / GIB:.2f}",
+                _ratio(cold["storage_read_bytes"], pool),
+            )
         )
     for label, value in (
         ("one FW iteration, in memory", diff("prepass_in_memory", "plan_in_memory_1")),
@@ -99,73 +111,84 @@ def reads_table(scale: dict) -> list[str]:
          diff("plan_in_memory_auto_1", "plan_in_memory_1")),
     ):  # fmt: skip
         cell = "not measured" if value is None else f"{value / GIB:.2f}"
-        rows.append(f"| {label} | {cell} | {_ratio(value, pool)} |")
+        rows.append(_row(label, cell, _ratio(value, pool)))
     return rows
 
 
 def time_table(scale: dict) -> list[str]:
-    depths = sorted((k for k in scale if k.isdigit()), key=int)
     runs = ("ties", "fw_in_memory", "fw_out_of_core", "ties_shards", "fw_out_of_core_shards")
-    rows = ["| layers | TIES (s) | FW in memory (s) | FW out of core (s) | in memory / TIES "
-            "| out of core / TIES | the same, 200 MB shards: out of core / TIES |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for depth in depths:
+    rows = _header(
+        "layers", "TIES (s)", "FW in memory (s)", "FW out of core (s)", "in memory / TIES",
+        "out of core / TIES", "the same, 200 MB shards: out of core / TIES",
+    )  # fmt: skip
+    for depth in _depths(scale):
         t = {k: scale[depth].get(k, {}).get("seconds") for k in runs}
         cells = ["—" if t[k] is None else f"{t[k]:.0f}" for k in runs[:3]]
         rows.append(
-            f"| {depth} | {' | '.join(cells)} | {_ratio(t['fw_in_memory'], t['ties'], 1)} "
-            f"| {_ratio(t['fw_out_of_core'], t['ties'], 1)} "
-            f"| {_ratio(t['fw_out_of_core_shards'], t['ties_shards'], 1)} |"
+            _row(
+                depth,
+                *cells,
+                _ratio(t["fw_in_memory"], t["ties"], 1),
+                _ratio(t["fw_out_of_core"], t["ties"], 1),
+                _ratio(t["fw_out_of_core_shards"], t["ties_shards"], 1),
+            )  # fmt: skip
         )
     return rows
 
 
 def estimate_table(scale: dict) -> list[str]:
-    depths = sorted((k for k in scale if k.isdigit()), key=int)
-    rows = ["| layers | run | estimated peak (MiB) | measured peak (MiB) | estimate / measured |",
-            "|---|---|---|---|---|"]  # fmt: skip
+    rows = _header(
+        "layers", "run", "estimated peak (MiB)", "measured peak (MiB)", "estimate / measured"
+    )
     pairs = (("out_of_core_peak", "prepass_out_of_core", "FW out of core, pre-pass"),
              ("in_memory_peak", "prepass_in_memory", "FW in memory, pre-pass"),
              ("ties_peak", "ties", "mergekit TIES"))  # fmt: skip
-    for depth in depths:
+    for depth in _depths(scale):
         e = scale[depth]
         est = e.get("estimate", {})
         for key, run, label in pairs:
             measured = _peak(e, run)
             if measured is None or key not in est:
                 continue
-            rows.append(f"| {depth} | {label} | {_mib(est[key])} | {_mib(measured)} "
-                        f"| {_ratio(est[key], measured)} |")  # fmt: skip
+            rows.append(
+                _row(depth, label, _mib(est[key]), _mib(measured), _ratio(est[key], measured))
+            )
     return rows
 
 
 def step_table(steps: dict) -> list[str]:
-    rows = ["| setting | rule | gradient passes | forward passes | gradient-equivalents "
-            "per iteration | final calibration loss | held-out loss (mean) |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = _header(
+        "setting", "rule", "gradient passes", "forward passes",
+        "gradient-equivalents per iteration", "final calibration loss", "held-out loss (mean)",
+    )  # fmt: skip
     for name, runs in steps.get("settings", {}).items():
         for rule in ("line_search", "quadratic"):
             r = runs[rule]
             rows.append(
-                f"| {name} | {rule} | {r['gradient_passes']} | {r['forward_passes']} "
-                f"| {r['gradient_equivalents_per_iteration']:.2f} "
-                f"| {r['final_calibration_loss']:.4f} | {r['held_out_mean']:.4f} |"
+                _row(
+                    name,
+                    rule,
+                    r["gradient_passes"],
+                    r["forward_passes"],
+                    f"{r['gradient_equivalents_per_iteration']:.2f}",
+                    f"{r['final_calibration_loss']:.4f}",
+                    f"{r['held_out_mean']:.4f}",
+                )  # fmt: skip
             )
     return rows
 
 
 def projection_table(projection: dict) -> list[str]:
-    rows = [
-        "| model, bf16, base + 16 candidates | one model | pool on disk | FW in memory "
-        "(peak) | FW out of core (peak) | mergekit TIES (needed) | reads per FW iteration, "
-        "out of core | reads, TIES (whole merge) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = _header(
+        "model, bf16, base + 16 candidates", "one model", "pool on disk", "FW in memory (peak)",
+        "FW out of core (peak)", "mergekit TIES (needed)",
+        "reads per FW iteration, out of core", "reads, TIES (whole merge)",
+    )  # fmt: skip
     for name, e in projection.items():
         cells = [e[k] / GIB for k in ("model_bytes", "pool_bytes", "in_memory_peak",
                                       "out_of_core_peak", "ties_needed", "reads_out_of_core",
                                       "ties_reads")]  # fmt: skip
-        rows.append(f"| {name} | " + " | ".join(f"{c:,.1f} GiB" for c in cells) + " |")
+        rows.append(_row(name, *(f"{c:,.1f} GiB" for c in cells)))
     return rows
 
 
