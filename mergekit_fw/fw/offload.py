@@ -200,9 +200,6 @@ class TensorStore:
     def _path(self, name: str) -> Path:
         return self.folder / (name.replace("/", "%") + ".bin")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.meta
-
     def put(self, name: str, x: torch.Tensor) -> None:
         x = x.detach().to("cpu").contiguous()
         with open(self._path(name), "wb") as handle:

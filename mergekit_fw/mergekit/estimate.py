@@ -11,6 +11,7 @@ results file records the estimate beside every measured figure).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -73,17 +74,18 @@ def estimate_tensors(
 ) -> Estimate:
     """The estimate from tensor shapes (name -> shape of the base), the pool's bytes and the
     tokens of the largest padded calibration batch (rows x longest sample)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    numels = {name: _numel(shape) for name, shape in shapes.items()}
+    size = dtype.itemsize
+    numels = {name: math.prod(shape) for name, shape in shapes.items()}
     params = sum(numels.values())
     model = params * size
     blocks: dict[str, int] = {}
     for name, numel in numels.items():
-        blocks[block_key(name)] = blocks.get(block_key(name), 0) + numel
+        key = block_key(name)
+        blocks[key] = blocks.get(key, 0) + numel
     layers = sum(1 for key in blocks if _LAYER.search(key + "."))
     block = max(blocks.values(), default=0) * size
-    largest = max(shapes.values(), key=_numel, default=(0,))
-    tensor = _numel(largest) * size
+    largest = max(shapes.values(), key=math.prod, default=(0,))
+    tensor = math.prod(largest) * size
     # the largest 2-D tensor is the embedding (or head): vocabulary x hidden
     vocab, hidden = (max(largest), min(largest)) if len(largest) == 2 else (0, 1)
     logits = 4 * batch_tokens * vocab * 4  # float32 logits, log-softmax and their grads
@@ -119,13 +121,6 @@ def estimate_tensors(
     )
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def estimate_pool(pool, settings, dtype: torch.dtype, batch_tokens: int = 0) -> Estimate:
     """The estimate of a VertexPool (pool/vertices.py): headers only."""
     names = pool.tensor_names(0)
@@ -137,7 +132,7 @@ def estimate_pool(pool, settings, dtype: torch.dtype, batch_tokens: int = 0) -> 
                 continue
             if k == 0:
                 shapes[name] = entry.shape
-            pool_bytes += entry.numel * torch.empty((), dtype=entry.dtype).element_size()
+            pool_bytes += entry.numel * entry.dtype.itemsize
     for adapter in getattr(pool, "adapters", []):
         pool_bytes += adapter_bytes(adapter)
     return estimate_tensors(shapes, pool_bytes, len(pool), dtype, settings, batch_tokens)

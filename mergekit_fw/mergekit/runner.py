@@ -135,13 +135,13 @@ def compute_plan(
 def choose_prepass(settings, pool, device, dtype, recipe) -> tuple[bool, str]:
     """(out of core?, why): the recipe's `prepass`, or for `auto` the estimate against the
     math device's free memory (mergekit/estimate.py)."""
-    from mergekit_fw.mergekit.estimate import device_free_bytes, estimate_pool
+    from mergekit_fw.mergekit.estimate import device_free_bytes, estimate_recipe
     from mergekit_fw.settings import out_of_core_clash
 
     if settings.prepass != "auto":
         return settings.prepass == "out_of_core", f"prepass: {settings.prepass}"
     clash = out_of_core_clash(settings)
-    need = estimate_pool(pool, settings, dtype).in_memory_peak
+    need = estimate_recipe(recipe, pool, dtype).in_memory_peak  # calibration batch included
     free = device_free_bytes(device)
     if free is None or need <= 0.8 * free:
         return False, f"prepass: auto, about {need / 2**30:.2f} GiB needed, fits {device}"
