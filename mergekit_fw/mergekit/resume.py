@@ -169,6 +169,14 @@ def _changed_files(a: dict, b: dict) -> list[str]:
 # -- the output lock and the state folder -------------------------------------------------
 
 
+def _locked(out_path, lock: Path, holder: str) -> FWConfigError:
+    """The error for an OUT whose lock another run holds (`holder`: the lock file's text)."""
+    return FWConfigError(
+        f"Another frank_wolfe run ({holder.strip() or 'another process'}) is writing to "
+        f"{out_path} (lock: {lock}); wait for it to finish or choose another output folder."
+    )
+
+
 class OutputGuard:
     """Holds `<OUT>.fw-state/lock` (flock: released by the kernel if the process dies)."""
 
@@ -191,11 +199,7 @@ class OutputGuard:
         except OSError as error:
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return  # unreadable: __enter__ reports it
-            holder = lock.read_text().strip() or "another process"
-            raise FWConfigError(
-                f"Another frank_wolfe run ({holder}) is writing to {out_path} (lock: {lock}); "
-                "wait for it to finish or choose another output folder."
-            ) from None
+            raise _locked(out_path, lock, lock.read_text()) from None
 
     def __enter__(self) -> OutputGuard:
         self.started = time.time()
@@ -225,16 +229,12 @@ class OutputGuard:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             self._handle.seek(0)
-            holder = self._handle.read().strip() or "another process"
+            holder = self._handle.read()
             self._handle.close()
             self._handle = None
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            raise FWConfigError(
-                f"Another frank_wolfe run ({holder}) is writing to {self.out_path} "
-                f"(lock: {self.folder / LOCK_FILE}); wait for it to finish or choose another "
-                "output folder."
-            ) from None
+            raise _locked(self.out_path, self.folder / LOCK_FILE, holder) from None
         self._handle.seek(0)
         self._handle.truncate()
         self._handle.write(f"pid {os.getpid()}")
