@@ -84,13 +84,13 @@ def main() -> None:
     print(f"base: {lm.base_dir()} ({'cached' if info['cached'] else 'converted'})", flush=True)
     result["data"] = write_data(lm.CACHE / "data")
 
-    for name in tasks.TASKS:
+    for name in [*tasks.TASKS, tasks.NOISE]:
         out = adapter_dir(name)
         if (out / "adapter_model.safetensors").exists() and name in result["adapters"]:
             continue
         worked = True
-        rec = lm.train_lora(lm.base_dir(), tasks.splits(name)["train"], out, args.steps,
-                            args.batch, args.lr, seed=0)  # fmt: skip
+        pairs = tasks.noise_train() if name == tasks.NOISE else tasks.splits(name)["train"]
+        rec = lm.train_lora(lm.base_dir(), pairs, out, args.steps, args.batch, args.lr, seed=0)
         result["adapters"][name] = rec
         result["stages"]["train_s"] = sum(r["seconds"] for r in result["adapters"].values())
         print(f"trained lora_{name}: {rec['seconds']:.0f} s, loss {rec['first_loss']:.3f} -> "
@@ -98,7 +98,7 @@ def main() -> None:
         save()
 
     tok = lm.load_tokenizer(lm.base_dir())
-    for model_name in ["base", *(f"lora_{t}" for t in tasks.TASKS)]:
+    for model_name in ["base", *(f"lora_{t}" for t in [*tasks.TASKS, tasks.NOISE])]:
         if model_name in result["matrix"]:
             continue
         worked = True

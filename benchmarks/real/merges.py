@@ -1,18 +1,24 @@
 """Merges of the real tier's LoRA adapters through the stock CLI, scored by greedy exact match.
 
-    nice -n 10 python -m benchmarks.real.merges [--pools targets4,all8] \
-        [--methods task_arithmetic,ties,frank_wolfe] [--fw-iterations 5] [--fw-calib 8]
+    nice -n 10 python -m benchmarks.real.merges [--pools targets4,all8] [--methods M1,M2,...] \
+        [--fw-iterations 5] [--fw-calib 8] [--fw-step-iterations 10] [--fw-step-calib 16] \
+        [--chosen-from targets4] [--keep M1,M2]
 
-Needs `python -m benchmarks.real.build` first. For each pool (the 4 target adapters; all 8) and
-method it writes recipes under $BENCH_CACHE/real/merges/, runs `mergekit-yaml RECIPE OUT` for
-each (LoRA adapters as `base+adapter` for the stock methods, densified into one shared
-`--lora-merge-cache`; FW takes them as factors through `parameters.adapters`), records the
-command's wall time and peak RSS (the child's ru_maxrss), scores the output on the 32
-calibration inputs of every target task, keeps the stock method's setting with the best
-calibration mean and scores that one on the 100 test inputs of every target task. FW is run
-once per pool with the recipe defaults except the budget (FW_ITERATIONS iterations, the first
-FW_CALIB calibration samples of each target task). A setting already in the results file is
-not run again. Results: benchmarks/real/results/merges.json (rewritten after every command).
+Needs `python -m benchmarks.real.build` first. For each pool (POOLS: the 4 target adapters,
++2 irrelevant ones, all 8, all 8 + the noise adapter) and method it writes recipes under
+$BENCH_CACHE/real/merges/, runs one merge command per setting: `mergekit-yaml RECIPE OUT` for
+the stock methods (LoRA adapters as `base+adapter`, densified into one shared
+`--lora-merge-cache`) and for FW (adapters as factors through `parameters.adapters`);
+`python -m benchmarks.real.svd_merges` for TSV-M, Iso-C and Iso-CTS. It records the command's
+wall time and peak RSS (the child's ru_maxrss), scores the output on the 32 calibration inputs
+of every target task, keeps each method's setting with the best calibration mean and scores
+that one on the 100 test inputs of every target task. FW runs once per pool and recipe:
+`frank_wolfe` with the recipe defaults except the budget (FW_ITERATIONS iterations, the first
+FW_CALIB calibration samples of each target task), `frank_wolfe_step` with `step: quadratic`
+(10 iterations, 16 samples by default). `--chosen-from POOL` runs, for the methods other than
+task arithmetic and TIES, only the setting chosen on POOL's calibration (the same calibration
+data in every pool). A setting already in the results file is not run again. Results:
+benchmarks/real/results/merges.json (rewritten after every command).
 """
 
 from __future__ import annotations
@@ -32,14 +38,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks.real import lm, tasks  # noqa: E402
 
 ROOT = lm.CACHE / "merges"
+LORA_CACHE = lm.CACHE / "lora_merge_cache"
 BIN = Path(sys.executable).parent
-POOLS = {"targets4": list(tasks.TARGETS), "all8": list(tasks.TASKS)}
+POOLS = {
+    "targets4": list(tasks.TARGETS),
+    "targets6": [*tasks.TARGETS, *tasks.OTHERS[:2]],  # the Table 3 analogue's middle pool
+    "all8": list(tasks.TASKS),
+    "all8_noise": [*tasks.TASKS, tasks.NOISE],  # + the adapter trained on random answers
+}
 GRIDS = {
     "task_arithmetic": [{"weight": w} for w in (0.1, 0.2, 0.3, 0.6, 1.0)],
     "ties": [
         {"weight": w, "density": d, "normalize": False} for d in (0.3, 0.7) for w in (0.5, 1.0)
     ],
+    # the other stock methods: small grids around task arithmetic's and TIES's chosen weights
+    "linear": [{"weight": 1.0, "normalize": True}],
+    "dare_ties": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
+    "dare_linear": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
+    "breadcrumbs": [{"weight": w, "density": 0.9, "gamma": 0.01} for w in (0.3, 0.5)],
+    "breadcrumbs_ties": [{"weight": w, "density": 0.9, "gamma": 0.01} for w in (0.3, 0.5)],
+    "della": [
+        {"weight": w, "density": 0.5, "epsilon": 0.15, "normalize": False} for w in (0.3, 0.5)
+    ],  # fmt: skip
+    "della_linear": [{"weight": w, "density": 0.5, "epsilon": 0.15} for w in (0.3, 0.5)],
+    "model_stock": [{}],
+    "sce": [{"select_topk": 0.1}],
+    # data-free SVD merges written here from their papers (benchmarks/real/svd_merges.py)
+    "tsv_m": [{"alpha": a} for a in (0.3, 0.6, 1.0)],
+    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
+    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
 }
+SVD_METHODS = ("tsv_m", "iso_c", "iso_cts")
+FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--chosen-from or not)
+METHODS = ["frank_wolfe", "frank_wolfe_step", *GRIDS]
+PER_MODEL = ("weight", "density", "gamma", "epsilon")
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first
 # 8 of the 32 calibration samples of each target task; the other options are the defaults
 FW_ITERATIONS, FW_CALIB = 5, 8
@@ -63,17 +95,36 @@ def calib_manifest(samples: int) -> Path:
 
 def stock_recipe(method: str, pool: list[str], setting: dict) -> str:
     base = lm.base_dir()
-    per_model = {k: v for k, v in setting.items() if k in ("weight", "density")}
-    lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
+    per_model = {k: v for k, v in setting.items() if k in PER_MODEL}
+    overall = {k: v for k, v in setting.items() if k not in PER_MODEL}
+    lines = [f"merge_method: {method}"]
+    if method != "linear":  # linear averages the listed models only
+        lines.append(f"base_model: {base}")
+    lines += ["dtype: float32", "models:"]
     for t in pool:
         params = ", ".join(f"{k}: {v}" for k, v in per_model.items())
-        lines.append(f"  - model: {base}+{adapter(t)}\n    parameters: {{{params}}}")
-    if "normalize" in setting:
-        lines.append(f"parameters:\n  normalize: {str(setting['normalize']).lower()}")
+        lines.append(
+            f"  - model: {base}+{adapter(t)}"
+            + (f"\n    parameters: {{{params}}}" if params else "")
+        )
+    if overall:
+        lines.append("parameters:")
+        lines += [
+            f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in overall.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
-def fw_recipe(pool: list[str], iterations: int, samples: int, folder: Path) -> str:
+def svd_argv(method: str, pool: list[str], setting: dict, out: Path) -> list[str]:
+    """The command of one TSV-M / Iso-C / Iso-CTS merge (benchmarks/real/svd_merges.py)."""
+    return [sys.executable, "-m", "benchmarks.real.svd_merges", "--method", method,
+            "--alpha", str(setting["alpha"]), "--base", str(lm.base_dir()),
+            "--adapters", ",".join(str(adapter(t)) for t in pool), str(out)]  # fmt: skip
+
+
+def fw_recipe(
+    pool: list[str], iterations: int, samples: int, folder: Path, step: str | None = None
+) -> str:
     manifest = folder / "adapters.yaml"
     manifest.write_text(
         "adapters:\n" + "".join(f"  - {{path: {adapter(t)}, name: lora_{t}}}\n" for t in pool)
@@ -83,7 +134,19 @@ def fw_recipe(pool: list[str], iterations: int, samples: int, folder: Path) -> s
         f"merge_method: frank_wolfe\nbase_model: {base}\nmodels:\n  - model: {base}\n"
         f"dtype: float32\nparameters:\n  calibration: {calib_manifest(samples)}\n"
         f"  iterations: {iterations}\n  adapters: {manifest}\n"
+        + (f"  step: {step}\n" if step else "")
     )
+
+
+def merge_argv(method: str, pool: list[str], setting: dict, folder: Path) -> list[str]:
+    """The merge command of one setting (its recipe already in folder/recipe.yaml)."""
+    out = folder / "out"
+    if method in SVD_METHODS:
+        return svd_argv(method, pool, setting, out)
+    argv = [str(BIN / "mergekit-yaml"), str(folder / "recipe.yaml"), str(out)]
+    if not method.startswith("frank_wolfe"):
+        argv += ["--lora-merge-cache", str(LORA_CACHE)]
+    return argv
 
 
 def run_command(argv: list[str], log: Path) -> dict:
@@ -101,6 +164,21 @@ def run_command(argv: list[str], log: Path) -> dict:
     return {"wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def package() -> str:
+    """Which mergekit_fw the merge commands import: a snapshot folder on PYTHONPATH with a
+    COMMIT file (`git archive HEAD mergekit_fw`, so that edits in the working tree made while
+    the benchmark runs do not reach it), else this checkout's HEAD (plus "+edits" if its
+    mergekit_fw/ differs from HEAD)."""
+    for entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if (Path(entry) / "COMMIT").exists() and (Path(entry) / "mergekit_fw").is_dir():
+            return (Path(entry) / "COMMIT").read_text().strip()
+    root = Path(__file__).resolve().parents[2]
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "mergekit_fw"]).returncode
+    return head.stdout.strip() + ("+edits" if dirty else "")
+
+
 def score(out: Path, names, split: str) -> dict:
     tok = lm.load_tokenizer(lm.base_dir())
     model = lm.load_model(out)
@@ -116,7 +194,7 @@ def mean(d: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pools", default="targets4,all8")
-    parser.add_argument("--methods", default="task_arithmetic,ties,frank_wolfe")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--fw-iterations", type=int, default=FW_ITERATIONS)
     parser.add_argument(
         "--fw-calib",
@@ -124,9 +202,24 @@ def main() -> None:
         default=FW_CALIB,
         help="calibration samples per target task given to FW (max_samples)",
     )
+    parser.add_argument("--fw-step-iterations", type=int, default=10)
+    parser.add_argument("--fw-step-calib", type=int, default=16)
+    parser.add_argument(
+        "--fw-step",
+        default="quadratic",
+        help="the step rule of the `frank_wolfe_step` method (FW with that one option changed)",
+    )
     parser.add_argument("--ta-weights", help="task_arithmetic grid, e.g. 0.1,0.3 (default: GRIDS)")
     parser.add_argument("--ties-grid", help="ties grid as density:weight pairs, e.g. 0.3:0.5,0.7:1")
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "merges.json")
+    parser.add_argument(
+        "--chosen-from",
+        help="run only the setting chosen (on calibration) in this pool, where it has one: "
+        "the calibration data are the same in every pool, so this saves the grid",
+    )
+    parser.add_argument(
+        "--keep", default="", help="methods whose chosen merge stays on disk (for lmeval)"
+    )
     args = parser.parse_args()
     lm.threads()
     if args.ta_weights:
@@ -141,7 +234,7 @@ def main() -> None:
     result["targets"] = list(tasks.TARGETS)
     result["pools"] = POOLS
     result["threads"] = int(os.environ.get("BENCH_THREADS", "1"))
-    lora_cache = lm.CACHE / "lora_merge_cache"
+    lora_cache = LORA_CACHE
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +246,16 @@ def main() -> None:
             key = f"{pool_name}/{method}"
             if method == "frank_wolfe":
                 settings = [{"iterations": args.fw_iterations, "calib_per_task": args.fw_calib}]
+            elif method == "frank_wolfe_step":
+                settings = [{"iterations": args.fw_step_iterations,
+                             "calib_per_task": args.fw_step_calib, "step": args.fw_step}]  # fmt: skip
+            elif (
+                args.chosen_from
+                and method not in FULL_GRID
+                and result["runs"].get(f"{args.chosen_from}/{method}")
+            ):
+                ref = result["runs"][f"{args.chosen_from}/{method}"]
+                settings = [max(ref, key=lambda r: r["calib_mean"])["setting"]]
             else:
                 settings = GRIDS[method]
             runs = result["runs"].setdefault(key, [])
@@ -163,22 +266,25 @@ def main() -> None:
                 folder = ROOT / pool_name / f"{method}_{tag}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
-                if method == "frank_wolfe":
-                    text = fw_recipe(pool, setting["iterations"], setting["calib_per_task"], folder)
+                out = folder / "out"
+                if method.startswith("frank_wolfe"):
+                    text = fw_recipe(pool, setting["iterations"], setting["calib_per_task"], folder,
+                                     setting.get("step"))  # fmt: skip
+                elif method in SVD_METHODS:
+                    text = " ".join(svd_argv(method, pool, setting, out)) + "\n"
                 else:
                     text = stock_recipe(method, pool, setting)
                 (folder / "recipe.yaml").write_text(text)
-                out = folder / "out"
-                argv = [str(BIN / "mergekit-yaml"), str(folder / "recipe.yaml"), str(out)]
-                if method != "frank_wolfe":
-                    argv += ["--lora-merge-cache", str(lora_cache)]
+                argv = merge_argv(method, pool, setting, folder)
                 warm = lora_cache.exists() and all(any(lora_cache.glob(f"*{t}*")) for t in pool)
+                pkg = package()
                 cost = run_command(argv, folder / "merge.log")
                 calib = score(out, tasks.TARGETS, "calib")
-                run = {"setting": setting, "recipe": text, **cost, "calib": calib,
+                run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
                        "calib_mean": mean(calib),
-                       "lora_cache_warm": warm if method != "frank_wolfe" else None}  # fmt: skip
-                if method == "frank_wolfe":
+                       "lora_cache_warm": None if method.startswith("frank_wolfe") or method in SVD_METHODS
+                       else warm}  # fmt: skip
+                if method.startswith("frank_wolfe"):
                     plan = json.loads((out / "fw_plan.json").read_text())
                     run["fw"] = {
                         "final_loss": plan["final_loss"], "stopped": plan["stopped"],
@@ -201,16 +307,16 @@ def main() -> None:
                 folder = ROOT / pool_name / f"{method}_{tag}"
                 out = folder / "out"
                 if not (out / "config.json").exists():  # an interrupted run: merge it again
-                    argv = [str(BIN / "mergekit-yaml"), str(folder / "recipe.yaml"), str(out)]
-                    if method != "frank_wolfe":
-                        argv += ["--lora-merge-cache", str(lora_cache)]
-                    run_command(argv, folder / "merge_again.log")
+                    run_command(merge_argv(method, pool, best["setting"], folder),
+                                folder / "merge_again.log")  # fmt: skip
                 best["test"] = score(out, tasks.TARGETS, "test")
                 best["test_mean"] = mean(best["test"])
                 print(f"{key} best {best['setting']}: test target mean {best['test_mean']:.3f}",
                       flush=True)  # fmt: skip
                 save()
             for r in runs:  # every output folder goes once it is scored (~540 MB each)
+                if r is best and method in args.keep.split(","):
+                    continue
                 tag = "_".join(f"{k}{v}" for k, v in r["setting"].items())
                 shutil.rmtree(ROOT / pool_name / f"{method}_{tag}" / "out", ignore_errors=True)
 

@@ -96,6 +96,19 @@ def splits(task: str, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     }
 
 
+NOISE = "noise"  # the adapter trained on random answers (issue 21's noisy expert)
+
+
+def noise_train(seed: int = 0) -> list[tuple[str, str]]:
+    """The noise adapter's training pairs: the train prompts of every task (32 each), each
+    with a random answer of 1-3 random words, so it learns the answer format but no task."""
+    rng = random.Random(f"{NOISE}:{seed}")
+    pairs = [(p, " ".join(rng.sample(WORDS, rng.randint(1, 3))))
+             for t in TASKS for p, _ in splits(t)["train"][:32]]  # fmt: skip
+    rng.shuffle(pairs)
+    return pairs
+
+
 def messages(prompt: str, answer: str | None = None) -> list[dict]:
     out = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
     if answer is not None:
