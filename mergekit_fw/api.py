@@ -211,8 +211,8 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
             model, slots, pool, objective, batches, task_names, settings, quiet,
             start_row=start_row, prepare=progress_hook(progress),
         )  # fmt: skip
-        plan.init_table = table
-        plan.settings["objective"] = objective.name
+        settings = plan.settings.model_copy(update={"objective": objective.name})
+        plan = plan.model_copy(update={"init_table": table, "settings": settings})
         merged = {name: x.detach().clone() for name, x in model.state_dict().items()}
     finally:
         with torch.no_grad():

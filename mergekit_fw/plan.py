@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from mergekit_fw.settings import FWConfigError, FWOptions
 
 PLAN_FORMAT = "mergekit_fw/plan-v1"
 PLAN_FILE = "fw_plan.json"
@@ -24,19 +26,30 @@ LOSS_UNITS = {
 }
 
 
-def loss_unit(settings: Any, objective: str | None = None) -> str:
-    """The unit of the calibration losses of a run with these options (FWSettings or the
-    plan's settings dict; `objective`: the objective's name where the options do not hold
-    it). Classification losses are one term per sample whatever the reduction; a Python
-    loss (`callable:...`) has the user's unit: "". Plans written before `reduction` existed
-    used per-token losses."""
-    get = settings.get if isinstance(settings, dict) else lambda k, d=None: getattr(settings, k, d)
-    objective = objective or get("objective", "causal_lm")
+def loss_unit(settings: FWOptions, objective: str | None = None) -> str:
+    """The unit of the calibration losses of a run with these options (`objective`: the
+    objective's name where the options do not hold it). Classification losses are one term
+    per sample whatever the reduction; a Python loss (`callable:...`) has the user's unit: ""."""
+    objective = objective or settings.objective
     if str(objective).startswith("callable"):
         return ""
     if objective == "classification":
         return "nats/sample"
-    return LOSS_UNITS.get(get("reduction", "token"), "nats")
+    return LOSS_UNITS.get(settings.reduction, "nats")
+
+
+class PlanSettings(FWOptions):
+    """The options a plan was computed with (fw_plan.json's `settings`): typed and frozen.
+
+    No rule across options is checked again: the run that wrote the plan checked them. A
+    plan written before an option existed loads with what its absence meant then.
+    """
+
+    calibration: str | None = None  # None: the Python API's data= (no data file)
+    objective: str = "causal_lm"  # also a Python loss's name, callable:<name>
+    constraint: Literal["hull", "box", "simplex"] = "hull"  # before box / simplex: the hull
+    reduction: Literal["sequence", "token", "sample_mean"] = "token"  # before: per token
+    init: str = "base"  # before init: auto, the base
 
 
 class IterationRecord(BaseModel):
@@ -68,8 +81,12 @@ class ExcludedCandidate(BaseModel):
 
 
 class FWPlan(BaseModel):
+    """A finished pre-pass: a frozen value (a changed copy: `model_copy(update=...)`)."""
+
+    model_config = ConfigDict(frozen=True)
+
     format: str = PLAN_FORMAT
-    settings: dict[str, Any]
+    settings: PlanSettings
     base_model: str
     models: list[str]  # str(ModelReference); index 0 is the base
     labels: list[str]  # short names, same order
@@ -128,6 +145,22 @@ class FWPlan(BaseModel):
             raise ValueError(f"{path} is not a {PLAN_FORMAT} file")
         return cls.model_validate(data)
 
+    def linear_recipe_refusal(self) -> str | None:
+        """Why no stock mergekit `linear` recipe reproduces this merge, if none does."""
+        if self.adapters:
+            return (
+                "has LoRA adapter vertices, which a mergekit `linear` recipe cannot express "
+                "(mergekit would densify them)"
+            )
+        if self.settings.merge_fn != "linear":
+            return f"took merge_fn: {self.settings.merge_fn} steps, which are not linear in the vertices"
+        if self.start:
+            return (
+                f"has a mergekit start vertex ({self.start['id']}), which only existed in "
+                "memory; a mergekit `linear` recipe cannot name it"
+            )
+        return None
+
     def linear_recipe(self, dtype: str | None = None) -> dict[str, Any]:
         """A stock mergekit `linear` recipe with one filter per tensor.
 
@@ -135,27 +168,11 @@ class FWPlan(BaseModel):
         come first: a name can only be a substring of a longer one. Unplanned tensors
         fall back to the base, as they do in the FW kernel.
         """
-        if self.adapters:
-            from mergekit_fw.settings import FWConfigError
-
+        why_not = self.linear_recipe_refusal()
+        if why_not:
             raise FWConfigError(
-                "This plan has LoRA adapter vertices, which a mergekit `linear` recipe cannot "
-                "express (mergekit would densify them); re-run the frank_wolfe recipe instead."
-            )
-        if self.settings.get("merge_fn", "linear") != "linear":
-            from mergekit_fw.settings import FWConfigError
-
-            raise FWConfigError(
-                f"merge_fn: {self.settings['merge_fn']} steps are not linear in the vertices, "
-                "so no mergekit `linear` recipe gives this merge; re-run the frank_wolfe recipe."
-            )
-        if self.start:
-            from mergekit_fw.settings import FWConfigError
-
-            raise FWConfigError(
-                f"This plan has a mergekit start vertex ({self.start['id']}), which only existed "
-                "in memory; a mergekit `linear` recipe cannot name it. Re-run the frank_wolfe "
-                "recipe instead."
+                f"This plan {why_not}, so no mergekit `linear` recipe gives this merge; "
+                "re-run the frank_wolfe recipe instead."
             )
         names = sorted({*self.coefficients, *self.aliases}, key=lambda n: (-len(n), n))
         models = []

@@ -42,8 +42,12 @@ def out_of_core_clash(settings) -> str | None:
     return None
 
 
-class FWSettings(BaseModel):
-    """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
+class FWOptions(BaseModel):
+    """The Frank-Wolfe options, their types, ranges and defaults: no rule across options.
+
+    Shared by a recipe's settings (FWSettings, which adds the rules) and the options a plan
+    records (plan.PlanSettings, which fills what older plans lack).
+    """
 
     # extra keys are allowed only as `init_<name>`: the parameters of a mergekit start
     # (`init: ties`), validated against that method's specs by mergekit/start.py
@@ -158,6 +162,29 @@ class FWSettings(BaseModel):
         description="soft: free -> Adam learning rate (default 0.05); simplex -> first trial "
         "move of the largest weight (default 1.0, a full step), then adaptive",
     )
+
+    @property
+    def init_kind(self) -> str:
+        """builtin (base, task_arithmetic) | auto | recipe (a YAML file) | method (mergekit)."""
+        if self.init in ("base", "task_arithmetic"):
+            return "builtin"
+        if self.init == "auto":
+            return "auto"
+        if self.init.endswith((".yaml", ".yml")):
+            return "recipe"
+        return "method"
+
+    @property
+    def init_parameters(self) -> dict[str, Any]:
+        """`init_density: 0.5` -> {"density": 0.5}: the mergekit start's parameters."""
+        return {k[len(INIT_PREFIX) :]: v for k, v in (self.model_extra or {}).items()}
+
+    def public_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class FWSettings(FWOptions):
+    """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
 
     @model_validator(mode="after")
     def _finite(self) -> FWSettings:
@@ -291,22 +318,6 @@ class FWSettings(BaseModel):
                 "task_arithmetic there."
             )
 
-    @property
-    def init_kind(self) -> str:
-        """builtin (base, task_arithmetic) | auto | recipe (a YAML file) | method (mergekit)."""
-        if self.init in ("base", "task_arithmetic"):
-            return "builtin"
-        if self.init == "auto":
-            return "auto"
-        if self.init.endswith((".yaml", ".yml")):
-            return "recipe"
-        return "method"
-
-    @property
-    def init_parameters(self) -> dict[str, Any]:
-        """`init_density: 0.5` -> {"density": 0.5}: the mergekit start's parameters."""
-        return {k[len(INIT_PREFIX) :]: v for k, v in (self.model_extra or {}).items()}
-
     @classmethod
     def keys(cls) -> list[str]:
         return list(cls.model_fields)
@@ -349,9 +360,6 @@ class FWSettings(BaseModel):
                         f"parameters.{where}: {item['msg']} (got {item.get('input')!r})"
                     )
             raise FWConfigError("Invalid frank_wolfe options: " + "; ".join(problems)) from None
-
-    def public_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
 
 RECIPE_ONLY = {

@@ -199,7 +199,7 @@ def test_pool_rules(zoo, loras, tmp_path):
     with pytest.raises(FWConfigError, match="no such file"):
         check(zoo, tmp_path, None, adapters=str(tmp_path / "missing.yaml"))
     ok = check(zoo, tmp_path, [loras["reverse"]])
-    assert [a.label for a in ok.adapters] == ["lora_reverse"] and ok.candidates == []
+    assert [a.label for a in ok.adapters] == ["lora_reverse"] and ok.candidates == ()
     with pytest.raises(FWConfigError, match="dense candidates"):
         check(zoo, tmp_path, [loras["reverse"]], models=[zoo["base"], zoo["add"]], lora_mode="factors", init="task_arithmetic", constraint="hull")  # fmt: skip
     with pytest.raises(FWConfigError, match="init: task_arithmetic"):

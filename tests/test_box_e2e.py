@@ -28,7 +28,7 @@ def box_merge(zoo, tmp_path_factory):
 
 def test_box_plan_has_a_negative_base_coefficient(box_merge):
     plan = box_merge["plan"]
-    assert plan.settings["constraint"] == "box"
+    assert plan.settings.constraint == "box"
     assert min(row[0] for row in plan.coefficients.values()) < -0.1
 
 

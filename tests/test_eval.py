@@ -207,7 +207,8 @@ def test_lora_candidates_of_a_plan_are_the_base_plus_adapter(merged, tmp_path):
     (out / "config.json").write_text("{}")
     (tmp_path / "lora").mkdir()
     entry = f"adapter:{tmp_path / 'lora'}"
-    plan.models[2], plan.adapters = entry, {entry: str(tmp_path / "lora")}
+    plan.models[2] = entry
+    plan = plan.model_copy(update={"adapters": {entry: str(tmp_path / "lora")}})
     plan.save(out / "fw_plan.json")
     models, _ = evaluate.models_to_compare(out)
     assert (models[3].pretrained, models[3].peft) == (plan.models[0], str(tmp_path / "lora"))

@@ -132,7 +132,7 @@ def test_one_task_gives_the_same_merge_several_tasks_are_reweighted(zoo):
 
     two = f"{zoo['calib']}/two_tasks.yaml"
     token, sequence = _plan(zoo, two, "token"), _plan(zoo, two, "sequence")
-    assert token.settings["reduction"] == "token"
+    assert token.settings.reduction == "token"
     differ = [n for n, row in token.coefficients.items()
               if sequence.coefficients[n] != pytest.approx(row, abs=1e-6)]  # fmt: skip
     assert differ, "two tasks of different target lengths should weigh differently"

@@ -213,3 +213,26 @@ def test_heatmap_rows_name_the_tensor_inside_each_layer_group():
     big = synthetic_plan(layers=80, candidates=2)  # 323 rows in 24 inches: groups only
     ticks = [t.get_text() for t in coefficients_figure(big).axes[0].get_yticklabels()]
     assert "layer 79" in ticks and "mlp.down_proj" not in ticks
+
+
+def test_a_plan_is_a_typed_frozen_value_and_old_plans_load(tmp_path):
+    """plan.settings is typed (PlanSettings); a plan written before constraint, reduction
+    and init: auto existed loads with what their absence meant then (hull, per token, base)."""
+    import pydantic
+
+    plan = synthetic_plan(layers=2, candidates=2)
+    assert (plan.settings.constraint, plan.settings.reduction, plan.settings.init) == (
+        "hull", "token", "base",
+    )  # fmt: skip
+    assert plan.loss_unit == "nats/token" and plan.linear_recipe_refusal() is None
+    with pytest.raises(pydantic.ValidationError):
+        plan.final_loss = 0.0
+    with pytest.raises(pydantic.ValidationError):
+        plan.settings.merge_fn = "ties"
+    ties = plan.model_copy(
+        update={"settings": plan.settings.model_copy(update={"merge_fn": "ties"})}
+    )
+    ties.save(tmp_path / "fw_plan.json")
+    again = FWPlan.load(tmp_path / "fw_plan.json")
+    assert again.settings == ties.settings
+    assert "merge_fn: ties" in again.linear_recipe_refusal()

@@ -111,8 +111,7 @@ def test_a_plan_whose_candidate_changed_is_refused(planned, zoo, tmp_path, no_da
 
 
 def test_a_plan_without_fingerprint_or_file_is_refused(planned, tmp_path, no_data):
-    plan = FWPlan.load(planned["plan"])
-    plan.fingerprint = {}
+    plan = FWPlan.load(planned["plan"]).model_copy(update={"fingerprint": {}})
     plan.save(tmp_path / "old.json")
     for path, message in [
         (tmp_path / "old.json", "has no input fingerprint"),

@@ -397,9 +397,8 @@ class FrankWolfe:
         if not self.quiet:
             LOG.info("final calibration loss %.5f %s", final.total, self.loss_unit)
         plan = self._plan(history, final, stopped, time.perf_counter() - started)
-        plan.task_preferences = preferences
-        plan.start_row = list(self.start_row) if self.start_row is not None else None
-        return plan
+        start_row = list(self.start_row) if self.start_row is not None else None
+        return plan.model_copy(update={"task_preferences": preferences, "start_row": start_row})
 
     @property
     def loss_unit(self) -> str:

@@ -133,7 +133,11 @@ class EntropyObjective:
         return _weighted_rows((_entropy(logits[:, :-1]) * mask).sum(dim=1), batch)
 
 
-def make_objective(name: str, architectures: list[str] | None):
+# an objective a recipe can name (the Python API also takes a callable: fw/user_loss.py)
+NamedObjective = CausalLMObjective | ClassificationObjective | EntropyObjective
+
+
+def make_objective(name: str, architectures: list[str] | None) -> NamedObjective:
     """The objective a recipe names, checked against the base model's architecture."""
     arch = (architectures or [""])[0]
     is_classifier = arch.endswith("ForSequenceClassification")

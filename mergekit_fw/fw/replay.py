@@ -10,8 +10,6 @@ d and one vertex tensor of one tensor; each iteration reads one vertex tensor.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from mergekit_fw.fw.constraints import Vertex, make_constraint
@@ -27,12 +25,9 @@ def start_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     x = pool.tensor(0, name).clone()
     if plan.start_row is not None:  # FrankWolfe.init_combination
         set_combination(x, pool, name, plan.start_row)
-    elif s.get("init") == "task_arithmetic":  # FrankWolfe.init_task_arithmetic
-        set_combination(x, pool, name, ta_row(s["init_scale"], len(pool) - 1))
+    elif s.init == "task_arithmetic":  # FrankWolfe.init_task_arithmetic
+        set_combination(x, pool, name, ta_row(s.init_scale, len(pool) - 1))
     return x
-
-
-SETTING_DEFAULTS = {"constraint": "hull", "scale": 1.0, "zero_vertex": False, "lmo": "inner"}
 
 
 def recorded_vertex(pick: str, index: dict[str, int], constraint) -> Vertex:
@@ -58,14 +53,14 @@ def replay_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
     s = plan.settings
     index = {label: k for k, label in enumerate(plan.labels)}
     x = start_tensor(pool, plan, primary)
-    constraint = make_constraint(SimpleNamespace(**{**SETTING_DEFAULTS, **s}))
+    constraint = make_constraint(s)
     for record in plan.iterations:
         if not record.moves:
             continue
         d = torch.empty_like(x)
         vertex = recorded_vertex(record.picks[primary], index, constraint)
         constraint.direction_(pool, 0, primary, vertex, x, d)
-        apply_merge_fn_(d, s["merge_fn"], s["merge_density"], s["seed"], record.t, primary)
+        apply_merge_fn_(d, s.merge_fn, s.merge_density, s.seed, record.t, primary)
         for delta in record.moves:
             x.add_(d, alpha=delta)
         del d

@@ -6,39 +6,50 @@ mid-merge. Everything here reads configs, tokenizers and safetensors headers onl
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import yaml
 from mergekit.common import ModelReference, dtype_from_name
 from mergekit.config import MergeConfiguration
 
 from mergekit_fw.data.calibration import CalibrationSet, load_calibration
-from mergekit_fw.fw.objectives import make_objective
+from mergekit_fw.fw.objectives import NamedObjective, make_objective
 from mergekit_fw.mergekit.start import start_config
+from mergekit_fw.plan import ExcludedCandidate
 from mergekit_fw.pool.integrity import FIX, safetensors_problem, weights_problems
 from mergekit_fw.pool.lora_checks import load_adapters
+from mergekit_fw.pool.lora_files import Adapter
 from mergekit_fw.pool.reader import tensor_shapes
 from mergekit_fw.settings import FWConfigError, FWSettings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 METHOD_NAME = "frank_wolfe"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
+    """A checked frank_wolfe recipe: its options and inputs, resolved before any gradient.
+
+    A frozen value: the foreign screen returns a changed copy (`dataclasses.replace`); what
+    the pre-pass computes (the plan, a mergekit start vertex) is returned, not stored here.
+    """
+
     settings: FWSettings
     base: ModelReference
-    candidates: list[ModelReference]
-    tokenizer: object
+    candidates: tuple[ModelReference, ...]
+    tokenizer: PreTrainedTokenizerBase | None  # None: checked without calibration data
     calibration: CalibrationSet | None
-    objective: object = None
-    adapters: list = field(default_factory=list)  # adapters.Adapter vertices (parameters.adapters)
-    distances: dict = field(default_factory=dict)  # foreign screen (mergekit/foreign.py)
-    excluded: list = field(default_factory=list)  # plan.ExcludedCandidate of the screen
-    init_config: object = None  # mergekit recipe of a mergekit start (start.py), checked here
-    start: object = None  # its StartVertex once the pre-pass computed it (write phase reads it)
+    objective: NamedObjective
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapter vertices (parameters.adapters)
+    distances: dict[str, float] = field(default_factory=dict)  # foreign screen (foreign.py)
+    excluded: tuple[ExcludedCandidate, ...] = ()  # candidates the screen left out
 
 
 # dtypes the pre-pass can take gradients in and mergekit can write (mergekit.common.dtype_from_name)
@@ -358,15 +369,13 @@ def check_recipe(
     for ref in candidates:
         check_model_path(ref, "model")
     check_compatible(base, candidates)
-    adapters = load_adapters(settings, base, candidates)  # [] without parameters.adapters
-    init_config = start_config(settings, base, candidates, config.dtype)
+    adapters = tuple(load_adapters(settings, base, candidates))  # () without parameters.adapters
+    start_config(settings, base, candidates, config.dtype)  # a mergekit start's recipe, checked
     base_config = load_base_config(base, trust_remote_code)
     objective = make_objective(settings.objective, getattr(base_config, "architectures", None))
+    checked = Recipe(settings, base, tuple(candidates), None, None, objective, adapters)
     if not with_calibration:
-        return Recipe(
-            settings, base, candidates, None, None, objective, adapters=adapters,
-            init_config=init_config,
-        )  # fmt: skip
+        return checked
     tokenizer = load_tokenizer(base, trust_remote_code)
     sequence = objective.sequence_level
     calibration = load_calibration(
@@ -382,7 +391,4 @@ def check_recipe(
             f"{settings.calibration} has one task; use a manifest with several tasks, or "
             "`select: topk`."
         )
-    return Recipe(
-        settings, base, candidates, tokenizer, calibration, objective, adapters=adapters,
-        init_config=init_config,
-    )  # fmt: skip
+    return dataclasses.replace(checked, tokenizer=tokenizer, calibration=calibration)

@@ -53,20 +53,20 @@ def screen_foreign(recipe: Recipe) -> Recipe:
     if s.foreign == "keep" or not far:
         return dataclasses.replace(recipe, distances=distances)
     gone = {entry for entry, _, _ in far}
-    candidates = [ref for ref in recipe.candidates if str(ref) not in gone]
-    adapters = [a for a in recipe.adapters if a.id not in gone]
+    candidates = tuple(ref for ref in recipe.candidates if str(ref) not in gone)
+    adapters = tuple(a for a in recipe.adapters if a.id not in gone)
     if not candidates and not adapters:
         raise FWConfigError(
             f"Every candidate is farther from the base than max_distance {s.max_distance} "
             f"({', '.join(f'{label}: {d:.3f}' for _, label, d in far)}); nothing is left to "
             "merge. Check base_model, or raise max_distance / set foreign: keep."
         )
-    excluded = [
+    excluded = tuple(
         ExcludedCandidate(
             model=entry, label=label, distance=d, max_distance=s.max_distance, reason=why
         )
         for entry, label, d in far
-    ]
+    )
     return dataclasses.replace(
         recipe, candidates=candidates, adapters=adapters, distances=distances, excluded=excluded
     )

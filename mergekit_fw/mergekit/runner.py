@@ -40,7 +40,7 @@ from mergekit_fw.mergekit.summary import plain_messages, summary
 from mergekit_fw.plan import PLAN_FILE, FWPlan
 from mergekit_fw.pool.labels import unique_labels
 from mergekit_fw.pool.lora_factors import factor_problem
-from mergekit_fw.pool.start_vertex import StartedPool
+from mergekit_fw.pool.start_vertex import StartedPool, StartVertex
 from mergekit_fw.pool.vertices import VertexPool
 from mergekit_fw.settings import FWConfigError
 
@@ -57,10 +57,12 @@ def math_device(options: MergeOptions) -> torch.device:
 
 def compute_plan(
     recipe: Recipe, config: MergeConfiguration, options: MergeOptions, checkpoint=None
-) -> FWPlan:
+) -> tuple[FWPlan, StartVertex | None]:
     """The FW pre-pass: build the base model on the math device and run the loop.
 
-    `checkpoint` (resume.Checkpointer): save the state after every iteration, resume a saved one.
+    Returns the plan and the mergekit start vertex it used, if any (held in memory: the
+    write phase streams the same tensors). `checkpoint` (resume.Checkpointer): save the
+    state after every iteration, resume a saved one.
     """
     settings = recipe.settings
     device = math_device(options)
@@ -103,14 +105,14 @@ def compute_plan(
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
     task_names = [t.name for t in recipe.calibration.tasks]
-    start_row, init_table = None, []
+    start_row, init_table, start = None, [], None
     prepare = None if checkpoint is None else checkpoint.attach
     if out_of_core:
         if checkpoint is not None:
             LOG.info("prepass: out_of_core keeps no resumable state (a re-run starts over)")
         prepare = out_of_core_start(settings, len(pool) - 1, init_table)
     elif settings.init_kind != "builtin":  # a mergekit start, or init: auto
-        pool, start_row, init_table = build_start(
+        pool, start, start_row, init_table = build_start(
             recipe, options, model, slots, pool, objective, batches, task_names, device, dtype
         )
     plan = run_frank_wolfe(
@@ -118,18 +120,17 @@ def compute_plan(
         start_row=start_row, prepare=prepare, out_of_core=out_of_core,
         scratch=None if checkpoint is None else str(checkpoint.folder / "scratch"),
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
-    plan.adapters = {adapter.id: adapter.path for adapter in recipe.adapters}
-    plan.distances, plan.excluded = recipe.distances, recipe.excluded
-    plan.init_table = init_table
-    if recipe.start is not None:
-        plan.start = {
-            "id": recipe.start.id,
-            "label": recipe.start.label,
-            "recipe": recipe.start.recipe,
-        }
+    found = {
+        "adapters": {adapter.id: adapter.path for adapter in recipe.adapters},
+        "distances": recipe.distances,
+        "excluded": list(recipe.excluded),
+        "init_table": init_table,
+    }
+    if start is not None:
+        found["start"] = {"id": start.id, "label": start.label, "recipe": start.recipe}
     del slots, model
     gc.collect()
-    return plan
+    return plan.model_copy(update=found), start
 
 
 def choose_prepass(settings, pool, device, dtype, recipe) -> tuple[bool, str]:
@@ -191,10 +192,11 @@ def out_of_core_start(settings, n: int, init_table: list):
 
 
 def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):
-    """The start of a mergekit / auto run: (pool with the start vertex, start row, table).
+    """The start of a mergekit / auto run: (pool with the start vertex, the vertex, start
+    row, table); the vertex is None where auto chose a builtin start.
 
-    The start vertex is kept in memory (pool/start_vertex.py) and on `recipe.start`, so the
-    write phase streams the same tensors; no copy of it is written to disk.
+    The start vertex is kept in memory (pool/start_vertex.py), so the write phase streams
+    the same tensors; no copy of it is written to disk.
     """
     started = time.perf_counter()
     table: list[dict] = []
@@ -210,9 +212,8 @@ def build_start(recipe, options, model, slots, pool, objective, batches, task_na
         )  # fmt: skip
         row = None
     if vertex is None:
-        return pool, row, table
+        return pool, None, row, table
     vertex.label = unique_labels(pool.labels, [vertex.label])[0]
-    recipe.start = vertex
     started_pool = StartedPool(pool, vertex)
     if row is None:
         row = [0.0] * len(pool) + [1.0]
@@ -220,7 +221,7 @@ def build_start(recipe, options, model, slots, pool, objective, batches, task_na
         "start %s: %.1f MiB in memory, %.1f s",
         vertex.id, vertex.nbytes() / 2**20, time.perf_counter() - started,
     )  # fmt: skip
-    return started_pool, row, table
+    return started_pool, vertex, row, table
 
 
 def checked_recipe(
@@ -235,35 +236,31 @@ def checked_recipe(
 
 
 def prepare(config: MergeConfiguration, options: MergeOptions) -> FWPlan:
-    return compute_plan(checked_recipe(config, options), config, options)
+    return compute_plan(checked_recipe(config, options), config, options)[0]
 
 
-def vertex_pool(recipe: Recipe, config: MergeConfiguration, options: MergeOptions) -> VertexPool:
-    """[base, candidates, adapters] on the math device in the merge dtype (headers only;
-    nothing is read yet): for the pre-pass, and again for the write phase."""
+def vertex_pool(
+    recipe: Recipe,
+    config: MergeConfiguration,
+    options: MergeOptions,
+    start: StartVertex | None = None,
+) -> VertexPool | StartedPool:
+    """[base, candidates, adapters(, start)] on the math device in the merge dtype (headers
+    only; nothing is read yet): for the pre-pass, and again for the write phase."""
     dtype = dtype_from_name(config.dtype) or torch.float32
     pool = VertexPool(
         [recipe.base, *recipe.candidates], math_device(options), dtype, adapters=recipe.adapters
     )
-    return pool if recipe.start is None else StartedPool(pool, recipe.start)
+    return pool if start is None else StartedPool(pool, start)
 
 
 def write_artifacts(out_path: str, plan: FWPlan, config: MergeConfiguration) -> None:
     from mergekit_fw.report.card import append_card_section, report_after_merge
 
     out = Path(out_path)
-    if plan.adapters:  # a mergekit `linear` recipe cannot express adapter vertices
-        LOG.info("No %s: the plan has LoRA adapter vertices", LINEAR_RECIPE_FILE)
-    elif plan.settings.get("merge_fn", "linear") != "linear":  # nor a non-linear step
-        LOG.info(
-            "No %s: merge_fn %s is not linear in the vertices",
-            LINEAR_RECIPE_FILE,
-            plan.settings["merge_fn"],
-        )
-    elif plan.start:  # nor a start vertex that only existed in memory
-        LOG.info(
-            "No %s: the plan has a mergekit start vertex (%s)", LINEAR_RECIPE_FILE, plan.start["id"]
-        )
+    why_not = plan.linear_recipe_refusal()
+    if why_not:
+        LOG.info("No %s: the plan %s", LINEAR_RECIPE_FILE, why_not)
     else:
         with open(out / LINEAR_RECIPE_FILE, "w", encoding="utf-8") as handle:
             yaml.safe_dump(plan.linear_recipe(config.dtype), handle, sort_keys=False)
@@ -302,15 +299,15 @@ def run_fw_merge(
             stale.unlink()
         if plan_file is not None:  # no data, no gradients
             dtype = dtype_from_name(config.dtype) or torch.float32
-            recipe.start = saved_start(plan_file, options, dtype)
-            ids = vertex_pool(recipe, config, options).ids
+            start = saved_start(plan_file, options, dtype)
+            ids = vertex_pool(recipe, config, options, start).ids
             plan = load_matching_plan(plan_file, recipe, config, math_device(options), ids)
         else:
             fingerprint = run_fingerprint(recipe, config, math_device(options))
             checkpoint = Checkpointer(guard.folder, fingerprint, resume=request.resume)
-            plan = compute_plan(recipe, config, options, checkpoint)
-            plan.fingerprint = fingerprint
-        write_merge(plan, recipe, config, out_path, options, config_source, run_merge)
+            plan, start = compute_plan(recipe, config, options, checkpoint)
+            plan = plan.model_copy(update={"fingerprint": fingerprint})
+        write_merge(plan, recipe, start, config, out_path, options, config_source, run_merge)
     for line in summary(plan, out_path, time.perf_counter() - started, plan_file):
         LOG.info("%s", line)
     return plan
@@ -324,8 +321,8 @@ def plan_only(config: MergeConfiguration, plan_path: str, options: MergeOptions)
     with OutputGuard(plan_path, folder=False) as guard:
         fingerprint = run_fingerprint(recipe, config, math_device(options))
         checkpoint = Checkpointer(guard.folder, fingerprint, resume=current_request().resume)
-        plan = compute_plan(recipe, config, options, checkpoint)
-        plan.fingerprint = fingerprint
+        plan = compute_plan(recipe, config, options, checkpoint)[0]
+        plan = plan.model_copy(update={"fingerprint": fingerprint})
         try:
             partial = Path(f"{plan_path}.partial")
             plan.save(partial)
@@ -335,9 +332,12 @@ def plan_only(config: MergeConfiguration, plan_path: str, options: MergeOptions)
     return plan
 
 
-def write_merge(plan, recipe, config, out_path, options, config_source, run_merge=None) -> None:
-    """The write phase; fw_plan.json last. A failed write (disk full, read-only) is one
-    clear error, and the folder has no fw_plan.json, so it never looks finished."""
+def write_merge(
+    plan, recipe, start, config, out_path, options, config_source, run_merge=None
+) -> None:
+    """The write phase (`start`: the plan's mergekit start vertex, in memory); fw_plan.json
+    last. A failed write (disk full, read-only) is one clear error, and the folder has no
+    fw_plan.json, so it never looks finished."""
     from mergekit_fw.mergekit.streaming import streamed_gather
 
     if run_merge is None:
@@ -346,11 +346,11 @@ def write_merge(plan, recipe, config, out_path, options, config_source, run_merg
         # the stock run_merge under every wrapper (runner's, errors.py's presenting one)
         run_merge = inspect.unwrap(mergekit.merge.run_merge)
     try:
-        if plan.settings.get("lora_mode") == "factors":  # a LoRA adapter, not a dense model
+        if plan.settings.lora_mode == "factors":  # a LoRA adapter, not a dense model
             write_factor_adapter(plan, out_path, dtype_from_name(config.dtype))
         else:
             with (
-                streamed_gather(plan, vertex_pool(recipe, config, options)),
+                streamed_gather(plan, vertex_pool(recipe, config, options, start)),
                 quiet_host_deprecations(),
             ):
                 kept = kept_config(config, recipe)  # without the foreign candidates

@@ -100,7 +100,7 @@ class StreamedGather(GatherTensors):
         row = plan.coefficients_for(wi.name)
         if row is None:  # not optimised (a buffer, a stored constant): the base's, as stored
             return {base: pool.stored(0, name)}
-        if plan.settings.get("merge_fn", "linear") != "linear":  # ties / dare: not linear
+        if plan.settings.merge_fn != "linear":  # ties / dare: not linear
             return {base: replay_tensor(pool, plan, wi.name)}
         return {base: combine(pool, row, name)}
 

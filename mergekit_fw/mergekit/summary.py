@@ -61,7 +61,7 @@ def plain_messages(quiet: bool = False) -> Iterator[None]:
 
 def start_name(plan) -> str:
     """The start FW took: init: auto's chosen entry, or the recipe's `init`."""
-    init = plan.settings.get("init", "base")
+    init = plan.settings.init
     chosen = [e for e in plan.init_table or [] if e.get("chosen")]
     if chosen:
         return f"{chosen[0]['start']} (init: auto, best of {len(plan.init_table)} starts)"

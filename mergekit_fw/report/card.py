@@ -56,7 +56,7 @@ def summary_table(plan: FWPlan) -> list[str]:
     return [
         "| summary | |",
         "|---|---|",
-        f"| iterations run / budget | {len(plan.iterations)} / {plan.settings.get('iterations')} "
+        f"| iterations run / budget | {len(plan.iterations)} / {plan.settings.iterations} "
         f"(stopped: {plan.stopped}) |",
         f"| calibration loss{_unit(plan)} | {start}{plan.final_loss:.4f} |",
         f"| final FW gap | {last.gap:.4g} |" if last else "| final FW gap | - |",
@@ -140,14 +140,14 @@ def init_table_lines(plan: FWPlan) -> list[str]:
 def _what_it_is(plan: FWPlan) -> str:
     """Dense merges have a linear-recipe twin; adapter vertices and factor merges do not."""
     where = f"the coefficients and the whole trajectory are in the plan, `{PLAN_FILE}`"
-    if plan.settings.get("lora_mode") == "factors":
+    if plan.settings.lora_mode == "factors":
         return (
             "This folder is a PEFT LoRA adapter: each of its LoRA factors is a linear "
             f"combination of the candidate adapters' factors; {where}."
         )
-    if plan.settings.get("merge_fn", "linear") != "linear":
+    if plan.settings.merge_fn != "linear":
         return (
-            f"Each step applied a `{plan.settings['merge_fn']}` merge function to the direction, "
+            f"Each step applied a `{plan.settings.merge_fn}` merge function to the direction, "
             f"which is not linear in the candidates; {where}, and the writer replays it per "
             "tensor. There is no `fw_linear.yaml`: no `linear` recipe gives this merge."
         )
@@ -194,13 +194,13 @@ def card_section(plan: FWPlan, plots: Sequence[str] = (), evaluation: dict | Non
         "",
         "| setting | value |",
         "|---|---|",
-        f"| calibration | `{s.get('calibration')}` |",
-        f"| LMO | {s.get('lmo')}, granularity {s.get('granularity')}, zero vertex {s.get('zero_vertex')} |",
-        f"| constraint | {s.get('constraint', 'hull')}"
-        + (f", scale {s.get('scale')}" if s.get("constraint", "hull") != "hull" else "")
+        f"| calibration | `{s.calibration}` |",
+        f"| LMO | {s.lmo}, granularity {s.granularity}, zero vertex {s.zero_vertex} |",
+        f"| constraint | {s.constraint}"
+        + (f", scale {s.scale}" if s.constraint != "hull" else "")
         + " |",
-        f"| start | {s.get('init')} |",
-        f"| step rule | {s.get('step')} |",
+        f"| start | {s.init} |",
+        f"| step rule | {s.step} |",
         "",
         "### Trajectory",
         "",
