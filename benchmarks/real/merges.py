@@ -51,16 +51,17 @@ GRIDS = {
     "ties": [
         {"weight": w, "density": d, "normalize": False} for d in (0.3, 0.7) for w in (0.5, 1.0)
     ],
-    # the other stock methods: small grids around task arithmetic's and TIES's chosen weights
+    # the other stock methods, small grids on a shared 2-core machine: task arithmetic's
+    # chosen weight (0.3) for the methods without sign election, 0.3 and TIES's 0.5 with it
     "linear": [{"weight": 1.0, "normalize": True}],
+    "dare_linear": [{"weight": 0.3, "density": 0.5}],
+    "della_linear": [{"weight": 0.3, "density": 0.5, "epsilon": 0.15}],
+    "breadcrumbs": [{"weight": 0.3, "density": 0.9, "gamma": 0.01}],
     "dare_ties": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
-    "dare_linear": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
-    "breadcrumbs": [{"weight": w, "density": 0.9, "gamma": 0.01} for w in (0.3, 0.5)],
-    "breadcrumbs_ties": [{"weight": w, "density": 0.9, "gamma": 0.01} for w in (0.3, 0.5)],
     "della": [
         {"weight": w, "density": 0.5, "epsilon": 0.15, "normalize": False} for w in (0.3, 0.5)
     ],  # fmt: skip
-    "della_linear": [{"weight": w, "density": 0.5, "epsilon": 0.15} for w in (0.3, 0.5)],
+    "breadcrumbs_ties": [{"weight": w, "density": 0.9, "gamma": 0.01} for w in (0.3, 0.5)],
     "model_stock": [{}],
     "sce": [{"select_topk": 0.1}],
     # data-free SVD merges written here from their papers (benchmarks/real/svd_merges.py)
@@ -278,7 +279,16 @@ def main() -> None:
                 argv = merge_argv(method, pool, setting, folder)
                 warm = lora_cache.exists() and all(any(lora_cache.glob(f"*{t}*")) for t in pool)
                 pkg = package()
-                cost = run_command(argv, folder / "merge.log")
+                try:
+                    cost = run_command(argv, folder / "merge.log")
+                except RuntimeError as error:  # recorded; the other settings still run
+                    tail = (folder / "merge.log").read_text(errors="replace")[-600:]
+                    result.setdefault("failed", {}).setdefault(key, []).append(
+                        {"setting": setting, "error": str(error), "log_tail": tail, "package": pkg}
+                    )
+                    print(f"{key} {setting}: FAILED ({error})", flush=True)
+                    save()
+                    continue
                 calib = score(out, tasks.TARGETS, "calib")
                 run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
                        "calib_mean": mean(calib),
@@ -301,6 +311,8 @@ def main() -> None:
                 best = max(runs, key=lambda r: r["calib_mean"])
                 if best is not run:
                     shutil.rmtree(keep, ignore_errors=True)
+            if not runs:
+                continue
             best = max(runs, key=lambda r: r["calib_mean"])
             if "test" not in best:
                 tag = "_".join(f"{k}{v}" for k, v in best["setting"].items())
