@@ -65,9 +65,9 @@ GRIDS = {
     "model_stock": [{}],
     "sce": [{"select_topk": 0.1}],
     # data-free SVD merges written here from their papers (benchmarks/real/svd_merges.py)
-    "tsv_m": [{"alpha": a} for a in (0.3, 0.6, 1.0)],
-    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
-    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
+    "tsv_m": [{"alpha": a} for a in (0.3, 0.6, 1.0, 1.5, 2.0)],
+    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0)],
+    "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0)],
 }
 SVD_METHODS = ("tsv_m", "iso_c", "iso_cts")
 FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--chosen-from or not)
