@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
 from mergekit_fw.plan import FWPlan, IterationRecord, loss_unit
-from mergekit_fw.settings import APIOptions, FWConfigError
+from mergekit_fw.settings import (
+    APIOptions,
+    ConstraintName,
+    FWConfigError,
+    ObjectiveName,
+    ReductionName,
+    StepName,
+)
 
-NAMED_LOSSES = ("causal_lm", "classification", "entropy")
+NAMED_LOSSES = get_args(ObjectiveName)
 
 
 def frank_wolfe_merge(
@@ -34,11 +41,11 @@ def frank_wolfe_merge(
     *,
     labels: Sequence[str] | None = None,
     iterations: int = 10,
-    constraint: Literal["box", "hull", "simplex"] = "box",
+    constraint: ConstraintName = "box",
     scale: float = 1.0,
     init: Literal["auto", "base", "task_arithmetic"] = "auto",
     init_scale: float = 0.3,
-    step: Literal["line_search", "quadratic", "schedule", "constant"] = "line_search",
+    step: StepName = "line_search",
     step_size: float = 1.0,
     line_search_evals: int = 10,
     tolerance: float = 0.0,
@@ -48,7 +55,7 @@ def frank_wolfe_merge(
     fw_steps: Literal["vanilla", "away", "pairwise"] = "vanilla",
     merge_fn: Literal["linear", "ties", "dare"] = "linear",
     merge_density: float = 0.2,
-    reduction: Literal["sequence", "token", "sample_mean"] = "sequence",
+    reduction: ReductionName = "sequence",
     variant: Literal["hard", "soft"] = "hard",
     topk: int = 2,
     select: Literal["topk", "per_task"] = "topk",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from mergekit_fw.settings import FWConfigError, FWOptions
+from mergekit_fw.settings import ConstraintName, FWConfigError, FWOptions, ReductionName
 
 PLAN_FORMAT = "mergekit_fw/plan-v1"
 PLAN_FILE = "fw_plan.json"
@@ -47,8 +47,8 @@ class PlanSettings(FWOptions):
 
     calibration: str | None = None  # None: the Python API's data= (no data file)
     objective: str = "causal_lm"  # also a Python loss's name, callable:<name>
-    constraint: Literal["hull", "box", "simplex"] = "hull"  # before box / simplex: the hull
-    reduction: Literal["sequence", "token", "sample_mean"] = "token"  # before: per token
+    constraint: ConstraintName = "hull"  # before box / simplex: the hull
+    reduction: ReductionName = "token"  # before: per token
     init: str = "base"  # before init: auto, the base
 
 

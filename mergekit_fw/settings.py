@@ -1,18 +1,32 @@
 """The FW options a recipe may set under `parameters:`, validated before any model loads.
 
-`FWSettings` is the single source of truth: mergekit's `ParameterSpec`s are derived from it
-(method.py), and so are the error messages for typos, which mergekit itself would drop.
+`FWOptions` holds each option's type, range, default and description: mergekit's
+`ParameterSpec`s are derived from it (method.py), and so are the error messages for typos,
+which mergekit itself would drop. `FWSettings` adds the rules across options: the `CLASHES`
+table (which choice of one option does not apply with which choices of others, why, and the
+fix), checked in one place with one message format; the task-arithmetic start is checked by
+the constraint set itself (fw/constraints.py `start_problem`). A recipe and the Python API
+(`APIOptions`) go through one error path, `FWSettings.validated`, which only words an
+option's name their way (`Wording`).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 INIT_PREFIX = "init_"  # init_<name>: a parameter of the mergekit start (`init: ties`)
+# the values of the options a new constraint set, step rule or objective adds to (one place:
+# the recipe schema, the plan's settings and the Python API's keywords all use these)
+ConstraintName = Literal["hull", "box", "simplex"]
+StepName = Literal["line_search", "quadratic", "schedule", "constant"]
+ObjectiveName = Literal["causal_lm", "classification", "entropy"]
+ReductionName = Literal["sequence", "token", "sample_mean"]
 
 
 class FWConfigError(ValueError):
@@ -27,19 +41,137 @@ class FWConfigError(ValueError):
         self.message = message
 
 
-def out_of_core_clash(settings) -> str | None:
-    """The option that keeps a run from the out-of-core pre-pass, if any."""
-    if settings.variant == "soft":
-        return "variant: soft"
-    if settings.fw_steps != "vanilla":
-        return f"fw_steps: {settings.fw_steps}"
-    if settings.merge_fn != "linear":
-        return f"merge_fn: {settings.merge_fn}"
-    if settings.lora_mode == "factors":
+# -- combinations ------------------------------------------------------------------------
+# Each option holds one choice (variant hard | soft, constraint hull | box | simplex, fw_steps
+# vanilla | away | pairwise, ...). A choice that only works with some choices of other options
+# says so here, once: `Clash` rows, checked in order by FWSettings, one message format.
+
+Choice = Callable[[Any], "str | None"]  # the choice as a message names it, if the options hold it
+
+
+def chosen(key: str, *values: Any, label: str = "") -> Choice:
+    """The choice `key` is one of `values`, named `label` (default `key: value`)."""
+
+    def name(options: Any) -> str | None:
+        value = getattr(options, key)
+        if value not in values:
+            return None
+        shown = str(value).lower() if isinstance(value, bool) else value
+        return label or f"{key}: {shown}"
+
+    return name
+
+
+def mergekit_start(options: Any) -> str | None:
+    """A mergekit merge as the start (`init: ties`, `init: recipe.yaml`), held in memory."""
+    return f"init: {options.init}" if options.init_kind in ("method", "recipe") else None
+
+
+def lora_vertices(options: Any) -> str | None:
+    if options.lora_mode == "factors":
         return "lora_mode: factors"
-    if settings.init_kind in ("method", "recipe"):  # a mergekit merge held in memory
-        return f"init: {settings.init} (a mergekit merge as the start)"
-    return None
+    return "parameters.adapters (LoRA adapter vertices)" if options.adapters else None
+
+
+def both(first: Choice, second: Choice) -> Choice:
+    """Two choices together (named as the first)."""
+    return lambda options: first(options) if first(options) and second(options) else None
+
+
+SOFT = chosen("variant", "soft")
+AWAY = chosen("fw_steps", "away", "pairwise")
+NONLINEAR = chosen("merge_fn", "ties", "dare")
+FACTORS = chosen("lora_mode", "factors")
+ZERO_VERTEX = chosen("zero_vertex", True, label="zero_vertex: true")
+
+
+def not_hull(options: Any) -> str | None:
+    """Any set but the hull: options that rank or add whole vertices do not apply there."""
+    return None if options.constraint == "hull" else f"constraint: {options.constraint}"
+
+
+def scale_below_1(options: Any) -> str | None:
+    """A box or simplex too small to hold a whole task vector (lambda = 1)."""
+    if options.constraint == "hull" or options.scale >= 1.0:
+        return None
+    return f"constraint: {options.constraint} with scale {options.scale}"
+
+
+@dataclass(frozen=True)
+class Clash:
+    """`choice` does not work with any of `others`: `why` (after the choice's name) and
+    `fix` (what to write instead) make the one message."""
+
+    choice: Choice
+    others: tuple[Choice, ...]
+    why: str
+    fix: str
+
+    def problem(self, options: Any) -> str | None:
+        mine = self.choice(options)
+        if not mine:
+            return None
+        for other in self.others:
+            theirs = other(options)
+            if theirs:
+                return f"{mine} {self.why}; it does not apply with {theirs}. {self.fix}"
+        return None
+
+
+# what keeps a run from the out-of-core pre-pass (runner.choose_prepass asks too)
+OUT_OF_CORE_CLASHES: tuple[Choice, ...] = (
+    SOFT, AWAY, NONLINEAR, FACTORS,
+    lambda o: f"{mergekit_start(o)} (a mergekit merge as the start)" if mergekit_start(o) else None,
+)  # fmt: skip
+
+CLASHES = (
+    Clash(mergekit_start, (scale_below_1,),
+          "adds the mergekit start as one more vertex, a task vector tau = start - base at "
+          "lambda = 1, outside a box or simplex of scale below 1",
+          "Use scale >= 1, constraint: hull, or init: base / task_arithmetic."),
+    Clash(mergekit_start, (lora_vertices,), "runs a mergekit merge over dense models",
+          "Use init: auto (it then compares the base and task arithmetic), base or "
+          "task_arithmetic there."),
+    Clash(NONLINEAR, (SOFT, FACTORS, AWAY),
+          "is a hard-variant step over dense tensors, replayed per tensor at write time",
+          "Use merge_fn: linear there."),
+    Clash(chosen("prepass", "out_of_core"), OUT_OF_CORE_CLASHES,
+          "runs the hard variant with vanilla linear steps over dense weights",
+          "Use prepass: in_memory (or auto) there."),
+    Clash(AWAY, (SOFT,),
+          "applies to the hard variant (one vertex per step; FW-soft fits its own "
+          "coefficients)", "Use variant: hard or fw_steps: vanilla."),
+    Clash(AWAY, (ZERO_VERTEX,),
+          "needs every vertex in the coefficient matrix, and the origin has no column there",
+          "Remove zero_vertex or use fw_steps: vanilla."),
+    Clash(AWAY, (FACTORS,), "is only built for the dense pool (the factor pool takes vanilla "
+          "steps)", "Use fw_steps: vanilla."),
+    Clash(chosen("zero_vertex", True, label="zero_vertex"), (SOFT,),
+          "applies to the hard variant only (the origin as one more vertex to step to)",
+          "Remove it or use variant: hard."),
+    Clash(ZERO_VERTEX, (not_hull,),
+          "adds the origin as a vertex of the hull; a box or simplex already contains the "
+          "base and its LMO never picks the origin", "Remove zero_vertex, or use constraint: hull."),
+    Clash(chosen("lmo", "cosine"), (not_hull,),
+          "ranks whole vertices of the hull; a box or simplex selects task vectors by the "
+          "sign (box) or size (simplex) of <g, tau_i>, which is lmo: inner",
+          "Use lmo: inner, or constraint: hull."),
+    Clash(FACTORS, (not_hull,),
+          "runs FW on the LoRA factors, whose set is the hull of the adapters",
+          "Add constraint: hull (the authors' settings), or use lora_mode: weights."),
+    Clash(both(chosen("coefficients", "free"), SOFT), (not_hull,),
+          "fits unconstrained weights, which ignores the set",
+          "Use coefficients: simplex (the fit projected onto the set), or constraint: hull."),
+)  # fmt: skip
+
+
+def first_clash(options: Any, choices: tuple[Choice, ...]) -> str | None:
+    return next((name for name in (c(options) for c in choices) if name), None)
+
+
+def out_of_core_clash(options: Any) -> str | None:
+    """The option that keeps a run from the out-of-core pre-pass, if any."""
+    return first_clash(options, OUT_OF_CORE_CLASHES)
 
 
 class FWOptions(BaseModel):
@@ -64,7 +196,7 @@ class FWOptions(BaseModel):
         "tensor", description="tensor: layer-wise LMO; model: task-wise LMO"
     )
     zero_vertex: bool = Field(False, description="origin as an extra vertex (authors' NLP code)")
-    constraint: Literal["hull", "box", "simplex"] = Field(
+    constraint: ConstraintName = Field(
         "box",
         description="set over task vectors tau_i = theta_i - base: hull (paper): lambda >= 0, "
         "sum <= 1 | box: 0 <= lambda_i <= scale | simplex: lambda >= 0, sum <= scale",
@@ -96,7 +228,7 @@ class FWOptions(BaseModel):
     merge_density: float = Field(
         0.2, gt=0.0, le=1.0, description="ties: fraction of d kept; dare: keep probability"
     )
-    step: Literal["line_search", "quadratic", "schedule", "constant"] = Field(
+    step: StepName = Field(
         "line_search",
         description="line_search: halving + golden section (up to line_search_evals forward "
         "passes) | quadratic: fit from the loss, the slope (-FW gap) and 1-2 forward passes, "
@@ -124,10 +256,10 @@ class FWOptions(BaseModel):
         description="weights: adapter vertex W0 + s B A, dense output | factors: authors' "
         "G-hard on the A/B factors, writes a LoRA adapter",
     )
-    objective: Literal["causal_lm", "classification", "entropy"] = Field(
+    objective: ObjectiveName = Field(
         "causal_lm", description="causal_lm | classification (sequence classifiers) | entropy"
     )
-    reduction: Literal["sequence", "token", "sample_mean"] = Field(
+    reduction: ReductionName = Field(
         "sequence",
         description="a task's loss: sequence: mean over samples of the summed target NLL "
         "(-log P(response)) | token: mean over target tokens | sample_mean: mean over "
@@ -187,92 +319,26 @@ class FWSettings(FWOptions):
     """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
 
     @model_validator(mode="after")
-    def _finite(self) -> FWSettings:
+    def _rules(self) -> FWSettings:
+        """Rules across options: numbers, the form of `init`, the clashes (CLASHES), the
+        task-arithmetic start inside the set; the first broken one is the error."""
         if not math.isfinite(self.init_scale):
             raise ValueError("init_scale must be a finite number")
         if math.isnan(self.tolerance):
             raise ValueError("tolerance must not be NaN")
-        self._check_init()
-        if self.merge_fn != "linear":
-            clash = (
-                "variant: soft" if self.variant == "soft"
-                else "lora_mode: factors" if self.lora_mode == "factors"
-                else f"fw_steps: {self.fw_steps}" if self.fw_steps != "vanilla"
-                else None
-            )  # fmt: skip
-            if clash:
-                raise ValueError(
-                    f"merge_fn: {self.merge_fn} is a hard-variant step over dense tensors, "
-                    f"replayed per tensor at write time; it does not apply with {clash}. "
-                    "Use merge_fn: linear there."
-                )
-        if self.prepass == "out_of_core":
-            clash = out_of_core_clash(self)
-            if clash:
-                raise ValueError(
-                    f"prepass: out_of_core runs the hard variant with vanilla linear steps "
-                    f"over dense weights; it does not apply with {clash}. Use prepass: "
-                    "in_memory (or auto) there."
-                )
-        if self.fw_steps != "vanilla":
-            if self.variant == "soft":
-                raise ValueError(
-                    f"fw_steps: {self.fw_steps} applies to the hard variant (one vertex per "
-                    "step); FW-soft fits its own coefficients. Use variant: hard or fw_steps: "
-                    "vanilla."
-                )
-            if self.zero_vertex:
-                raise ValueError(
-                    f"fw_steps: {self.fw_steps} needs every vertex in the coefficient matrix; "
-                    "the origin (zero_vertex: true) has no column there. Remove zero_vertex "
-                    "or use fw_steps: vanilla."
-                )
-            if self.lora_mode == "factors":
-                raise ValueError(
-                    f"fw_steps: {self.fw_steps} is not available with lora_mode: factors "
-                    "(the factor pool is only built for vanilla steps); use fw_steps: vanilla."
-                )
-        if self.variant == "soft" and self.zero_vertex:
-            raise ValueError(
-                "zero_vertex applies to the hard variant only; remove it or use variant: hard"
-            )
-        return self._constraint_combinations()
-
-    def _constraint_combinations(self) -> FWSettings:
-        """Options that only make sense with the hull (fw/constraints.py)."""
         if not math.isfinite(self.scale) or not math.isfinite(self.max_distance):
             raise ValueError("scale and max_distance must be finite numbers")
-        if self.constraint == "hull":
-            return self
-        where = f"constraint: {self.constraint}"
-        if self.zero_vertex:
-            raise ValueError(
-                f"zero_vertex adds the origin as a vertex of the hull; {where} already "
-                "contains the base and its LMO never picks the origin. Remove zero_vertex, or "
-                "use constraint: hull"
-            )
-        if self.lmo == "cosine":
-            raise ValueError(
-                f"lmo: cosine ranks whole vertices of the hull; {where} selects task vectors by "
-                "the sign (box) or size (simplex) of <g, tau_i>, which is lmo: inner. Use lmo: "
-                "inner, or constraint: hull"
-            )
-        if self.lora_mode == "factors":
-            raise ValueError(
-                f"lora_mode: factors runs FW on the LoRA factors, whose set is the hull of "
-                f"the adapters; {where} applies to lora_mode: weights only. Add constraint: "
-                "hull (the authors' settings), or use lora_mode: weights."
-            )
-        if self.variant == "soft" and self.coefficients == "free":
-            raise ValueError(
-                f"coefficients: free fits unconstrained weights, which ignores {where}; use "
-                "coefficients: simplex (the fit projected onto the set), or constraint: hull"
-            )
-        if self.init == "task_arithmetic" and not 0.0 <= self.init_scale <= self.scale:
-            raise ValueError(
-                f"init: task_arithmetic starts at lambda_i = init_scale = {self.init_scale}, "
-                f"outside {where} with scale {self.scale}; use 0 <= init_scale <= scale"
-            )
+        self._check_init()
+        for clash in CLASHES:
+            problem = clash.problem(self)
+            if problem:
+                raise ValueError(problem)
+        if self.init == "task_arithmetic" and self.constraint != "hull":
+            from mergekit_fw.fw.constraints import make_constraint  # torch: only here
+
+            problem = make_constraint(self).start_problem(self.init_scale, None)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def _check_init(self) -> None:
@@ -297,26 +363,6 @@ class FWSettings(FWOptions):
                 f"{', '.join(extra)} only apply to a mergekit method start (e.g. init: ties); "
                 f"{where}. Remove them or name a mergekit method under init.{hint}"
             )
-        if (
-            self.init_kind in ("method", "recipe")
-            and self.constraint != "hull"
-            and self.scale < 1.0
-        ):
-            raise ValueError(
-                f"init: {self.init} adds the mergekit start as one more vertex; under "
-                f"constraint: {self.constraint} that is a task vector tau = start - base at "
-                f"lambda = 1, outside scale {self.scale}. Use scale >= 1, constraint: hull, or "
-                "init: base / task_arithmetic."
-            )
-        if self.init_kind in ("method", "recipe") and (
-            self.lora_mode == "factors" or self.adapters
-        ):
-            raise ValueError(
-                f"init: {self.init} runs a mergekit merge over dense models; it does not apply "
-                "to LoRA adapter vertices (parameters.adapters / lora_mode: factors). Use "
-                "init: auto (it then compares the base and task arithmetic), base or "
-                "task_arithmetic there."
-            )
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -325,6 +371,12 @@ class FWSettings(FWOptions):
     @classmethod
     def from_parameters(cls, raw: dict[str, Any] | None) -> FWSettings:
         """Validate a recipe's `parameters:` block, with messages that name the fix."""
+        return cls.validated(raw, RECIPE_WORDS)
+
+    @classmethod
+    def validated(cls, raw: dict[str, Any] | None, words: Wording) -> Any:
+        """The one error path of options, a recipe's or the API's: every problem becomes
+        one FWConfigError whose option names are `words`'."""
         raw = dict(raw or {})
         unknown = [
             key for key in raw if key not in cls.model_fields and not key.startswith(INIT_PREFIX)
@@ -334,13 +386,12 @@ class FWSettings(FWOptions):
             close = difflib.get_close_matches(key, cls.keys(), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise FWConfigError(
-                f"Unknown key '{key}' under parameters: for merge_method frank_wolfe.{hint} "
-                f"Valid keys: {', '.join(cls.keys())}."
+                f"{words.unknown.format(key)}{hint} Valid keys: {', '.join(cls.keys())}."
             )
         for key, value in raw.items():
             if isinstance(value, (list, dict)):
                 raise FWConfigError(
-                    f"parameters.{key} must be a single value for frank_wolfe, not a "
+                    f"{words.option.format(key)} must be a single value for frank_wolfe, not a "
                     f"{type(value).__name__} (per-layer gradients and filters do not apply "
                     "to FW options)."
                 )
@@ -349,17 +400,31 @@ class FWSettings(FWOptions):
         except ValidationError as error:
             problems = []
             for item in error.errors():
-                where = ".".join(str(p) for p in item["loc"]) or "parameters"
+                where = ".".join(str(p) for p in item["loc"])
                 if not item["loc"]:  # a model-level rule: its message names the keys
                     problems.append(item["msg"].removeprefix("Value error, "))
                 elif item["type"] == "missing":
                     desc = cls.model_fields[where].description if where in cls.model_fields else ""
-                    problems.append(f"parameters.{where} is required ({desc})")
+                    problems.append(f"{words.option.format(where)} is required ({desc})")
                 else:
                     problems.append(
-                        f"parameters.{where}: {item['msg']} (got {item.get('input')!r})"
+                        f"{words.option.format(where)}: {item['msg']} (got {item.get('input')!r})"
                     )
             raise FWConfigError("Invalid frank_wolfe options: " + "; ".join(problems)) from None
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How an error names an option: a recipe's `parameters.<key>`, or the API's keyword."""
+
+    option: str  # "{}": the key
+    unknown: str  # the sentence for a key there is no option of
+
+
+RECIPE_WORDS = Wording(
+    "parameters.{}", "Unknown key '{}' under parameters: for merge_method frank_wolfe."
+)
+API_WORDS = Wording("option {}", "Unknown option '{}'.")
 
 
 RECIPE_ONLY = {
@@ -383,20 +448,14 @@ class APIOptions(FWSettings):
 
     @classmethod
     def from_options(cls, raw: dict[str, Any]) -> APIOptions:
-        """Validate keyword options, with the recipe's checks and API-worded messages."""
+        """Validate keyword options: the recipe's checks, worded for a Python caller."""
         for key in raw:
             if key in RECIPE_ONLY or key == "calibration":
                 fix = RECIPE_ONLY.get(key, "pass the batches as data=")
                 raise FWConfigError(
                     f"frank_wolfe_merge() does not take '{key}' (a recipe option): {fix}."
                 )
-        try:
-            settings = cls.from_parameters(raw)
-        except FWConfigError as error:
-            message = error.message.replace(" under parameters: for merge_method frank_wolfe", "")
-            raise FWConfigError(
-                message.replace("parameters.", "option ").replace("Unknown key", "Unknown option")
-            ) from None
+        settings = cls.validated(raw, API_WORDS)
         if settings.init_kind in ("method", "recipe"):
             raise FWConfigError(
                 f"frank_wolfe_merge() cannot start from init={settings.init!r}: a mergekit merge "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -42,3 +44,33 @@ def test_mergekit_spec_is_derived_from_the_schema():
     lmo = next(p for p in spec.parameters if p.name == "lmo")
     with pytest.raises(ValidationError):
         lmo.validate("dot")
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"variant": "soft", "zero_vertex": True}, "it does not apply with variant: soft"),
+        ({"lmo": "cosine"}, "it does not apply with constraint: box. Use lmo: inner"),
+        ({"fw_steps": "away", "merge_fn": "dare"}, "it does not apply with fw_steps: away"),
+        ({"init": "task_arithmetic", "init_scale": 2.0}, "use 0 <= init_scale <= scale"),
+    ],
+)
+def test_a_combination_is_refused_once_for_recipe_and_api(options, named):
+    """One rule table (settings.CLASHES) and one error path: a recipe and the Python API
+    get the same message; the task-arithmetic start is checked by the constraint set."""
+    from mergekit_fw.settings import APIOptions
+
+    with pytest.raises(FWConfigError, match=re.escape(named)) as recipe:
+        FWSettings.from_parameters({"calibration": "c", "iterations": 1, **options})
+    with pytest.raises(FWConfigError) as api:
+        APIOptions.from_options({"iterations": 1, **options})
+    assert api.value.message == recipe.value.message
+
+
+def test_a_bad_value_names_the_recipe_key_or_the_api_option():
+    from mergekit_fw.settings import APIOptions
+
+    with pytest.raises(FWConfigError, match=r"parameters\.step_size: .* \(got 1\.5\)"):
+        FWSettings.from_parameters({"calibration": "c", "iterations": 1, "step_size": 1.5})
+    with pytest.raises(FWConfigError, match=r"option step_size: .* \(got 1\.5\)"):
+        APIOptions.from_options({"iterations": 1, "step_size": 1.5})

@@ -73,7 +73,7 @@ class Hull:
                 rows[i, pick] = 1.0
         return Vertex(rows, [[p] for p in picks])
 
-    def start_problem(self, init_scale: float, n: int) -> str | None:
+    def start_problem(self, init_scale: float, n: int | None) -> str | None:
         return None  # the authors' task-arithmetic start may lie outside the hull
 
     def contains(self, lam: torch.Tensor) -> bool:
@@ -101,14 +101,18 @@ class _TaskVectorSet:
         """[L, n-1] lambda of the vertex from [L, n-1] <g, tau> (rows of one block)."""
         raise NotImplementedError
 
-    def start_problem(self, init_scale: float, n: int) -> str | None:
-        """Why the task-arithmetic start lambda_i = init_scale is outside the set, if it is."""
-        if self.contains(torch.full((1, n), float(init_scale), dtype=torch.float64)):
+    def start_problem(self, init_scale: float, n: int | None) -> str | None:
+        """Why the task-arithmetic start lambda_i = init_scale is outside the set, if it is:
+        the one check, for the options (`n` None: any number of candidates, so one) and for
+        the loop (the pool's n)."""
+        if self.contains(torch.full((1, n or 1), float(init_scale), dtype=torch.float64)):
             return None
+        each = f" for each of the {n} candidates" if n else ""
+        bound = f"{n} * init_scale" if n and self.name == "simplex" else "init_scale"
         return (
-            f"init: task_arithmetic starts at lambda_i = init_scale = {init_scale} for each of "
-            f"the {n} candidates, outside constraint: {self.name} with scale {self.scale}; "
-            f"lower init_scale (or raise scale)"
+            f"init: task_arithmetic starts at lambda_i = init_scale = {init_scale}{each}, "
+            f"outside constraint: {self.name} with scale {self.scale}; use 0 <= {bound} <= "
+            "scale (lower init_scale or raise scale)"
         )
 
     def contains(self, lam: torch.Tensor) -> bool:
