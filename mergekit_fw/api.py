@@ -186,6 +186,7 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
     """frank_wolfe_merge after its keyword arguments are gathered."""
     from mergekit_fw.data.user_batches import callable_batches, named_batches, task_batches
     from mergekit_fw.fw.driver import run_frank_wolfe
+    from mergekit_fw.fw.problem import CalibrationProblem
     from mergekit_fw.pool.state_dicts import StateDictPool
 
     if not isinstance(model, torch.nn.Module):
@@ -195,10 +196,10 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
     quiet = progress != "passes"
     slots = select_slots(model, include)
     tasks = task_batches(data)
-    task_names = list(tasks)
     objective, batches = make_objective(
         model, loss, tasks, callable_batches, named_batches, settings.reduction
     )
+    problem = CalibrationProblem(objective, batches, list(tasks))
     base = {slot.name: slot.param.detach().clone() for slot in slots}
     pool = StateDictPool(base, list(candidates), labels=labels)
     flags = {id(p): (p, p.requires_grad) for p in model.parameters()}
@@ -208,14 +209,12 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
             param.requires_grad_(False)  # only the merged parameters get gradients
         for slot in slots:
             slot.param.requires_grad_(True)
-        check_loss(model, objective, batches, task_names)
+        check_loss(model, problem)
         start_row, table = None, []
         if settings.init_kind == "auto":  # the base or task arithmetic, by calibration loss
-            start_row, table = auto_start(
-                model, slots, pool, objective, batches, task_names, settings
-            )
+            start_row, table = auto_start(model, slots, pool, problem, settings)
         plan = run_frank_wolfe(
-            model, slots, pool, objective, batches, task_names, settings, quiet,
+            model, slots, pool, problem, settings, quiet,
             start_row=start_row, prepare=progress_hook(progress),
         )  # fmt: skip
         settings = plan.settings.model_copy(update={"objective": objective.name})
@@ -267,30 +266,21 @@ def progress_hook(progress):
     return prepare
 
 
-def auto_start(model, slots, pool, objective, batches, task_names, settings):
+def auto_start(model, slots, pool, problem, settings):
     """`init: auto` without mergekit: (start row, table) over the base and task arithmetic."""
-    from mergekit_fw.fw.start_grid import builtin_rows, calibration_loss, choose, score_rows
+    from mergekit_fw.fw.start_grid import builtin_rows, choose, score_rows
 
-    loss = calibration_loss(model, objective, batches, task_names)
+    loss = problem.loss_of(model)
     rows = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss)
-    chosen, table = choose(rows, loss_unit(settings, getattr(objective, "name", None)))
+    chosen, table = choose(rows, loss_unit(settings, getattr(problem.objective, "name", None)))
     return chosen["row"], table
 
 
 def select_slots(model: torch.nn.Module, include: Callable[[str], bool] | None) -> list:
     """One slot per merged floating-point parameter (tied names: one slot with aliases)."""
-    from mergekit_fw.fw.loop import Slot
+    from mergekit_fw.fw.slots import select_slots as chosen_slots
 
-    groups: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), (param, []))[1].append(name)
-    slots = []
-    for param, names in groups.values():
-        if not param.dtype.is_floating_point:
-            continue
-        chosen = [n for n in names if include is None or include(n)]
-        if chosen:
-            slots.append(Slot(chosen[0], param, [n for n in names if n != chosen[0]]))
+    slots = chosen_slots(model, include)
     if not slots:
         some = ", ".join(n for n, _ in list(model.named_parameters())[:3])
         raise FWConfigError(
@@ -320,11 +310,12 @@ def make_objective(
     )
 
 
-def check_loss(model, objective, batches: list, task_names: list[str]) -> None:
+def check_loss(model, problem) -> None:
     """The loss on each task's first batch, at the base: a finite scalar with a gradient."""
+    objective, task_names = problem.objective, problem.task_names
     seen: set[int] = set()
     model.eval()
-    for batch in batches:
+    for batch in problem.batches:
         if batch.task in seen:
             continue
         seen.add(batch.task)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mergekit_fw.fw.away import ActiveSets
-from mergekit_fw.fw.constraints import Hull
+from mergekit_fw.fw.constraints import Box, Hull
 from mergekit_fw.fw.loop import FrankWolfe, Slot
 from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.settings import FWConfigError, FWSettings
@@ -123,7 +123,7 @@ def test_model_granularity_uses_one_away_vertex_for_all_rows():
 
 def test_box_corners_decompose_and_rebuild_the_coefficients():
     settings = SimpleNamespace(granularity="tensor", fw_steps="away")
-    box = SimpleNamespace(name="box", scale=2.0)
+    box = Box(2.0, "tensor")
     row = torch.tensor([[1.0 - 0.6 - 1.0 - 0.2, 0.6, 1.0, 0.2]], dtype=torch.float64)
     active = ActiveSets(box, row, settings)
     corners = active.sets[0]

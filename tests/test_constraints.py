@@ -9,13 +9,9 @@ import pytest
 import torch
 from mergekit.options import MergeOptions
 
-from mergekit_fw.fw.constraints import (
-    Box,
-    Hull,
-    Simplex,
-    project_capped_simplex,
-)
+from mergekit_fw.fw.constraints import Box, Hull, Simplex
 from mergekit_fw.fw.oracles import ScoreTable
+from mergekit_fw.fw.projections import project_capped_simplex
 from mergekit_fw.mergekit.runner import prepare
 from mergekit_fw.settings import FWConfigError, FWSettings
 from tests.helpers import config
@@ -198,7 +194,7 @@ def test_simplex_start_outside_the_set_is_rejected_before_any_gradient(zoo, monk
 
 
 def test_projected_fit_recovers_the_clamped_optimum():
-    from mergekit_fw.fw.constraints import project_box
+    from mergekit_fw.fw.projections import project_box
     from mergekit_fw.fw.soft import fit_coefficients
 
     target = torch.tensor([[1.5, -0.3, 0.4]], dtype=torch.float64)

@@ -58,7 +58,7 @@ class ActiveSets:
     """The active set of every row, its away choice, direction vertex and update."""
 
     def __init__(self, constraint, coefficients: torch.Tensor, settings):
-        self.kind = constraint.name
+        self.constraint, self.kind = constraint, constraint.name
         self.scale = float(getattr(constraint, "scale", 1.0))
         self.n = coefficients.shape[1]
         self.blocks = blocks_of(coefficients.shape[0], settings.granularity)
@@ -73,14 +73,7 @@ class ActiveSets:
 
     # -- corners ---------------------------------------------------------------------------
     def corner_row(self, corner: Corner) -> torch.Tensor:
-        row = torch.zeros(self.n, dtype=torch.float64)
-        if self.kind == "hull":
-            row[next(iter(corner))] = 1.0
-            return row
-        for k in corner:
-            row[k] = self.scale
-        row[0] = 1.0 - self.scale * len(corner)
-        return row
+        return self.constraint.corner_row(sorted(corner), self.n)
 
     def row_of(self, weights: dict[Corner, float]) -> torch.Tensor:
         row = torch.zeros(self.n, dtype=torch.float64)

@@ -76,6 +76,18 @@ class Hull:
     def start_problem(self, init_scale: float, n: int | None) -> str | None:
         return None  # the authors' task-arithmetic start may lie outside the hull
 
+    def corner_row(self, members, n: int) -> torch.Tensor:
+        """The row over n vertices of the vertex `members` ([k]; [ZERO]: the origin)."""
+        row = torch.zeros(n, dtype=torch.float64)
+        for k in members:
+            if k != ZERO:
+                row[k] = 1.0
+        return row
+
+    def vertex_of(self, members: list[int], n: int) -> Vertex:
+        """One tensor's vertex from its members (a recorded pick, fw/replay.py)."""
+        return Vertex(self.corner_row(members, n)[None], [list(members)])
+
     def contains(self, lam: torch.Tensor) -> bool:
         """Task-vector weights [L, n-1] inside the hull: lambda >= 0, sum lambda <= 1."""
         return bool((lam >= 0).all() and (lam.sum(dim=-1) <= 1 + 1e-9).all())
@@ -114,6 +126,21 @@ class _TaskVectorSet:
             f"outside constraint: {self.name} with scale {self.scale}; use 0 <= {bound} <= "
             "scale (lower init_scale or raise scale)"
         )
+
+    def corner_row(self, members, n: int) -> torch.Tensor:
+        """base + kappa sum_{i in members} tau_i as a row over n vertices (the base's
+        coefficient 1 - kappa |members| may be negative)."""
+        row = torch.zeros(n, dtype=torch.float64)
+        for k in members:
+            row[k] = self.scale
+        row[0] = 1.0 - self.scale * len(members)
+        return row
+
+    def vertex_of(self, members: list[int], n: int) -> Vertex:
+        """One tensor's vertex from its members (a recorded pick, fw/replay.py); the base
+        is no task vector."""
+        members = sorted(k for k in members if k != 0)
+        return Vertex(self.corner_row(members, n)[None], [members])
 
     def contains(self, lam: torch.Tensor) -> bool:
         raise NotImplementedError
@@ -176,26 +203,3 @@ def make_constraint(settings) -> Hull | Box | Simplex:
     if settings.constraint == "simplex":
         return Simplex(settings.scale, settings.granularity)
     raise ValueError(f"unknown constraint {settings.constraint!r}")
-
-
-def project_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection onto {low <= v <= high} (elementwise)."""
-    return torch.minimum(torch.maximum(v, low), high)
-
-
-def project_capped_simplex(v: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row onto {x >= 0, sum x <= budget_row}."""
-    budget = budget.clamp_min(0.0)
-    clipped = v.clamp_min(0.0)
-    out = torch.where((budget > 0)[..., None], clipped, torch.zeros_like(clipped))
-    over = (out.sum(dim=-1) > budget) & (budget > 0)
-    if not bool(over.any()):
-        return out
-    rows = v[over] / budget[over, None]
-    u, _ = torch.sort(rows, dim=-1, descending=True)
-    css = u.cumsum(dim=-1) - 1.0
-    ind = torch.arange(1, rows.shape[-1] + 1, dtype=v.dtype)
-    rho = ((u - css / ind) > 0).to(v.dtype).mul(ind).argmax(dim=-1, keepdim=True)
-    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    out[over] = torch.clamp(rows - tau, min=0.0) * budget[over, None]
-    return out

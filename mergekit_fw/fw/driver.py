@@ -12,9 +12,11 @@ from collections.abc import Callable
 
 import torch
 
-from mergekit_fw.fw.loop import FrankWolfe, Slot
+from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.out_of_core import OutOfCoreFrankWolfe
+from mergekit_fw.fw.problem import CalibrationProblem
 from mergekit_fw.fw.scores import VertexSource
+from mergekit_fw.fw.slots import Slot
 from mergekit_fw.fw.soft_task_vectors import loop_class
 from mergekit_fw.plan import FWPlan
 from mergekit_fw.settings import FWSettings
@@ -24,9 +26,7 @@ def run_frank_wolfe(
     model: torch.nn.Module,
     slots: list[Slot],
     pool: VertexSource,
-    objective,
-    batches: list,
-    task_names: list[str],
+    problem: CalibrationProblem,
     settings: FWSettings,
     quiet: bool = False,
     start_row: list[float] | None = None,
@@ -41,14 +41,11 @@ def run_frank_wolfe(
     `out_of_core`: `model` is a meta-device skeleton; theta and its gradient live in
     `scratch` on disk (fw/out_of_core.py; a temporary folder if None).
     """
+    pieces = (model, slots, pool, problem.objective, problem.batches, problem.task_names)
     if out_of_core:
-        loop = OutOfCoreFrankWolfe(
-            model, slots, pool, objective, batches, task_names, settings, quiet, scratch
-        )
+        loop = OutOfCoreFrankWolfe(*pieces, settings, quiet, scratch)
     else:  # hard | soft over the hull | soft over box / simplex
-        loop = loop_class(settings)(
-            model, slots, pool, objective, batches, task_names, settings, quiet=quiet
-        )
+        loop = loop_class(settings)(*pieces, settings, quiet=quiet)
     loop.start_row = start_row
     if prepare is not None:
         prepare(loop)

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
@@ -26,38 +25,13 @@ from mergekit_fw.fw.oracles import SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
 from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
+from mergekit_fw.fw.slots import Slot, build_slots  # noqa: F401 (importers of fw.loop)
 from mergekit_fw.fw.start_grid import set_combination, ta_row
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
 from mergekit_fw.plan import FWPlan, IterationRecord, loss_unit
 from mergekit_fw.settings import FWConfigError, FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
-
-
-@dataclass
-class Slot:
-    """One mergeable tensor: a model parameter and the checkpoint names it is stored under."""
-
-    name: str
-    param: torch.nn.Parameter
-    aliases: list[str] = field(default_factory=list)
-
-
-def build_slots(model: torch.nn.Module, stored: set[str]) -> list[Slot]:
-    """Map parameters to checkpoint names; tied parameters become one slot with aliases."""
-    groups: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), (param, []))[1].append(name)
-    slots = []
-    for param, names in groups.values():
-        present = [n for n in names if n in stored]
-        if not present:
-            raise ValueError(
-                f"Model parameter {names[0]} is not stored in the base checkpoint under that "
-                "name; mergekit-fw needs checkpoint names that match the transformers model."
-            )
-        slots.append(Slot(present[0], param, [n for n in names if n != present[0]]))
-    return slots
 
 
 class LineWalk:

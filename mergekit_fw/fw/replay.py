@@ -32,18 +32,8 @@ def start_tensor(pool, plan: FWPlan, name: str) -> torch.Tensor:
 
 def recorded_vertex(pick: str, index: dict[str, int], constraint) -> Vertex:
     """The LMO's vertex of one tensor from its recorded pick ("a+b" on the box)."""
-    n = len(index)
-    if constraint.name == "hull":
-        k = ZERO if pick == "zero" else index[pick]
-        rows = torch.zeros(1, n, dtype=torch.float64)
-        if k != ZERO:
-            rows[0, k] = 1.0
-        return Vertex(rows, [[k]])
-    members = sorted(k for k in (index[p] for p in pick.split("+")) if k != 0)
-    rows = torch.zeros(1, n, dtype=torch.float64)
-    rows[0, members] = constraint.scale
-    rows[0, 0] = 1.0 - constraint.scale * len(members)
-    return Vertex(rows, [members])
+    members = [ZERO if label == "zero" else index[label] for label in pick.split("+")]
+    return constraint.vertex_of(members, len(index))
 
 
 @torch.no_grad()

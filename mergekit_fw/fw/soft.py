@@ -23,19 +23,8 @@ from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.objectives import LossReport
 from mergekit_fw.fw.oracles import ScoreTable
 from mergekit_fw.fw.progress import progress
+from mergekit_fw.fw.projections import project_simplex
 from mergekit_fw.plan import IterationRecord
-
-
-def project_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row onto the probability simplex (Duchi et al. 2008)."""
-    m = v.shape[-1]
-    u, _ = torch.sort(v, dim=-1, descending=True)
-    css = u.cumsum(dim=-1) - 1.0
-    ind = torch.arange(1, m + 1, dtype=v.dtype, device=v.device)
-    positive = (u - css / ind) > 0
-    rho = (positive * ind).argmax(dim=-1, keepdim=True)  # last index where positive
-    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return torch.clamp(v - tau, min=0.0)
 
 
 def topk_vertices(scores: torch.Tensor, k: int, per_tensor: bool) -> torch.Tensor:

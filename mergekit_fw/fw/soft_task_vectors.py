@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_fw.fw.constraints import (
-    Box,
-    Vertex,
-    add_task_vector_,
-    project_box,
-    project_capped_simplex,
-    task_vector_scores,
-)
+from mergekit_fw.fw.constraints import Box, Vertex, add_task_vector_, task_vector_scores
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.oracles import ScoreTable
+from mergekit_fw.fw.projections import project_box, project_capped_simplex
 from mergekit_fw.fw.soft import SoftFrankWolfe, add_weighted_directions, fit_coefficients
 
 

@@ -71,16 +71,6 @@ def score_rows(rows, slots, pool, loss: Callable[[], float]) -> list[dict]:
     return table
 
 
-def calibration_loss(model, objective, batches, task_names) -> Callable[[], float]:
-    """The loss `score_rows` calls: one calibration pass over the model as it is now."""
-    from mergekit_fw.fw.objectives import evaluate
-
-    def loss() -> float:
-        return evaluate(model, objective, batches, task_names, grad=False, quiet=True).total
-
-    return loss
-
-
 def choose(table: list[dict], unit: str = "") -> tuple[dict, list[dict]]:
     """(chosen entry, table as the plan records it): the lowest loss wins; the table is logged
     (`unit`: plan.loss_unit of the run)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from mergekit_fw.fw.start_grid import builtin_rows, calibration_loss, choose, inside, score_rows
+from mergekit_fw.fw.start_grid import builtin_rows, choose, inside, score_rows
 from mergekit_fw.mergekit.start import (
     compute_start_vertex,
     describe,
@@ -28,7 +28,7 @@ LOG = logging.getLogger("mergekit_fw")
 TIES_GRID = (0.2, 0.5, 0.8)  # density (weight 1.0, mergekit's defaults otherwise)
 
 
-def choose_start(recipe, options, model, slots, pool, objective, batches, task_names, device):
+def choose_start(recipe, options, *, model, slots, pool, problem, device):
     """Evaluate the grid; returns (start vertex or None, start row, table).
 
     The start row is over the pool's vertices plus, when TIES wins, the start vertex
@@ -37,7 +37,7 @@ def choose_start(recipe, options, model, slots, pool, objective, batches, task_n
     n = len(pool) - 1
     dtype = pool.dtype
 
-    loss = calibration_loss(model, objective, batches, task_names)
+    loss = problem.loss_of(model)
     best_ties, best_ties_loss = None, float("inf")
     settings = recipe.settings
     table = score_rows(builtin_rows(settings, n), slots, pool, loss)

@@ -28,7 +28,8 @@ from mergekit.options import MergeOptions
 
 from mergekit_fw.data.batches import make_batches
 from mergekit_fw.fw.driver import run_frank_wolfe
-from mergekit_fw.fw.loop import build_slots
+from mergekit_fw.fw.problem import CalibrationProblem
+from mergekit_fw.fw.slots import Slot, build_slots
 from mergekit_fw.mergekit.auto_start import choose_start
 from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe, check_source
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
@@ -104,7 +105,7 @@ def compute_plan(
         "Frank-Wolfe pre-pass: %d candidates, %d tensors, %s, on %s",
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
-    task_names = [t.name for t in recipe.calibration.tasks]
+    problem = CalibrationProblem(objective, batches, [t.name for t in recipe.calibration.tasks])
     start_row, init_table, start = None, [], None
     prepare = None if checkpoint is None else checkpoint.attach
     if out_of_core:
@@ -113,10 +114,11 @@ def compute_plan(
         prepare = out_of_core_start(settings, len(pool) - 1, init_table)
     elif settings.init_kind != "builtin":  # a mergekit start, or init: auto
         pool, start, start_row, init_table = build_start(
-            recipe, options, model, slots, pool, objective, batches, task_names, device, dtype
-        )
+            recipe, options, model=model, slots=slots, pool=pool, problem=problem,
+            device=device, dtype=dtype,
+        )  # fmt: skip
     plan = run_frank_wolfe(
-        model, slots, pool, objective, batches, task_names, settings, quiet=options.quiet,
+        model, slots, pool, problem, settings, quiet=options.quiet,
         start_row=start_row, prepare=prepare, out_of_core=out_of_core,
         scratch=None if checkpoint is None else str(checkpoint.folder / "scratch"),
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
@@ -191,7 +193,17 @@ def out_of_core_start(settings, n: int, init_table: list):
     return prepare
 
 
-def build_start(recipe, options, model, slots, pool, objective, batches, task_names, device, dtype):
+def build_start(
+    recipe: Recipe,
+    options: MergeOptions,
+    *,
+    model: torch.nn.Module,
+    slots: list[Slot],
+    pool: VertexPool,
+    problem: CalibrationProblem,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[VertexPool | StartedPool, StartVertex | None, list[float] | None, list[dict]]:
     """The start of a mergekit / auto run: (pool with the start vertex, the vertex, start
     row, table); the vertex is None where auto chose a builtin start.
 
@@ -202,7 +214,7 @@ def build_start(recipe, options, model, slots, pool, objective, batches, task_na
     table: list[dict] = []
     if recipe.settings.init_kind == "auto":
         vertex, row, table = choose_start(
-            recipe, options, model, slots, pool, objective, batches, task_names, device
+            recipe, options, model=model, slots=slots, pool=pool, problem=problem, device=device
         )
     else:  # re-derived over the current candidates (a screen may have removed some)
         config = start_config(recipe.settings, recipe.base, recipe.candidates, dtype_name(dtype))

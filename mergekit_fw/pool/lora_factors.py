@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergekit_fw.fw.loop import Slot
+from mergekit_fw.fw.slots import Slot
 from mergekit_fw.pool.labels import short_labels, unique_labels
 from mergekit_fw.pool.lora_files import PEFT_PREFIX, Adapter, LoraModule
 from mergekit_fw.settings import FWConfigError
