@@ -271,7 +271,7 @@ def auto_start(model, slots, pool, problem, settings):
     from mergekit_fw.fw.start_grid import builtin_rows, choose, score_rows
 
     loss = problem.loss_of(model)
-    rows = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss)
+    rows = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss, model)
     chosen, table = choose(rows, loss_unit(settings, getattr(problem.objective, "name", None)))
     return chosen["row"], table
 

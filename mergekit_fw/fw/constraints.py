@@ -25,6 +25,8 @@ import torch
 
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
 
+ACTIVE = 1e-12  # a corner weight above this is in an active set (fw/away.py)
+
 
 @dataclass
 class Vertex:
@@ -59,6 +61,7 @@ class Hull:
     """conv{base, candidates} (the paper): one vertex per block, exactly as before."""
 
     name = "hull"
+    task_vector_form = False  # d = v_pick - theta (fw/scores.py Fold)
 
     def __init__(self, lmo: str, granularity: str, zero_vertex: bool):
         self.score = SCORES[lmo]
@@ -88,9 +91,18 @@ class Hull:
         """One tensor's vertex from its members (a recorded pick, fw/replay.py)."""
         return Vertex(self.corner_row(members, n)[None], [list(members)])
 
+    def corners(self, row: list[float]) -> dict[frozenset, float]:
+        """A convex decomposition of a coefficient row into corners (fw/away.py's active
+        set): on the hull, the vertices themselves with their coefficients."""
+        return {frozenset([k]): c for k, c in enumerate(row) if c > ACTIVE}
+
     def contains(self, lam: torch.Tensor) -> bool:
         """Task-vector weights [L, n-1] inside the hull: lambda >= 0, sum lambda <= 1."""
         return bool((lam >= 0).all() and (lam.sum(dim=-1) <= 1 + 1e-9).all())
+
+    def correct_(self, pool, i: int, name: str, vertex: Vertex, predicted, theta, out) -> None:
+        """d for a pick other than the predicted one: formed again (one vertex read)."""
+        self.direction_(pool, i, name, vertex, theta, out)
 
     def direction_(self, pool, i: int, name: str, vertex: Vertex, theta, out) -> None:
         (pick,) = vertex.members[i]
@@ -104,6 +116,7 @@ class _TaskVectorSet:
     """Shared by box and simplex: s = base + sum_i lambda_i tau_i."""
 
     name = ""
+    task_vector_form = True  # d = (base - theta) + sum lambda_i tau_i (fw/scores.py Fold)
 
     def __init__(self, scale: float, granularity: str):
         self.scale = scale
@@ -142,6 +155,19 @@ class _TaskVectorSet:
         members = sorted(k for k in members if k != 0)
         return Vertex(self.corner_row(members, n)[None], [members])
 
+    def corners(self, row: list[float]) -> dict[frozenset, float]:
+        """A convex decomposition of a coefficient row into corners (fw/away.py's active
+        set): a corner is a set S of task vectors at kappa, the base the empty one."""
+        lam = [v / self.scale for v in row[1:]]  # fraction of kappa per task vector
+        out, rest = self.corner_weights(lam)
+        if rest > ACTIVE:
+            out[frozenset()] = rest
+        return out
+
+    def corner_weights(self, lam: list[float]) -> tuple[dict[frozenset, float], float]:
+        """(the corners with task vectors and their weights, the base's weight)."""
+        raise NotImplementedError
+
     def contains(self, lam: torch.Tensor) -> bool:
         raise NotImplementedError
 
@@ -163,6 +189,17 @@ class _TaskVectorSet:
             add_task_vector_(pool, k, name, out, float(vertex.rows[i, k]), base)
         del base
 
+    def correct_(self, pool, i: int, name: str, vertex: Vertex, predicted, theta, out) -> None:
+        """d of the predicted row -> d of the LMO's row: + sum_k (lambda_k - predicted_k) tau_k,
+        reading the base and only the vertices whose weight changed (both rows sum to 1)."""
+        delta = [float(a) - float(b) for a, b in zip(vertex.rows[i].tolist(), predicted)]
+        changed = [k for k in range(1, len(delta)) if delta[k] != 0.0]
+        is_adapter = getattr(pool, "is_adapter", lambda k: False)
+        base = pool.tensor(0, name) if any(not is_adapter(k) for k in changed) else None
+        for k in changed:
+            add_task_vector_(pool, k, name, out, delta[k], base)
+        del base
+
 
 class Box(_TaskVectorSet):
     """0 <= lambda_i <= kappa: kappa on every task vector the gradient descends along."""
@@ -174,6 +211,17 @@ class Box(_TaskVectorSet):
 
     def contains(self, lam: torch.Tensor) -> bool:
         return bool(((lam >= 0) & (lam <= self.scale * (1 + 1e-9))).all())
+
+    def corner_weights(self, lam: list[float]) -> tuple[dict[frozenset, float], float]:
+        """Corners {top j} with weights lam_(j) - lam_(j+1): a staircase."""
+        order = sorted(range(len(lam)), key=lambda k: -lam[k])
+        out, previous = {}, 0.0
+        for j in range(len(order), 0, -1):
+            value = lam[order[j - 1]]
+            if value - previous > ACTIVE:
+                out[frozenset(k + 1 for k in order[:j])] = value - previous
+            previous = max(previous, value)
+        return out, 1.0 - (lam[order[0]] if order else 0.0)
 
 
 class Simplex(_TaskVectorSet):
@@ -192,6 +240,11 @@ class Simplex(_TaskVectorSet):
 
     def contains(self, lam: torch.Tensor) -> bool:
         return bool((lam >= 0).all() and (lam.sum(dim=-1) <= self.scale * (1 + 1e-9)).all())
+
+    def corner_weights(self, lam: list[float]) -> tuple[dict[frozenset, float], float]:
+        """Corners kappa tau_i, each with its lambda_i / kappa."""
+        out = {frozenset([k + 1]): x for k, x in enumerate(lam) if x > ACTIVE}
+        return out, 1.0 - sum(lam)
 
 
 def make_constraint(settings) -> Hull | Box | Simplex:

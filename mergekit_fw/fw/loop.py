@@ -24,7 +24,7 @@ from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.oracles import SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
-from mergekit_fw.fw.scores import VertexSource, score_tensor, vertex_ids
+from mergekit_fw.fw.scores import Fold, VertexSource, score_tensor, vertex_ids
 from mergekit_fw.fw.slots import Slot, build_slots  # noqa: F401 (importers of fw.loop)
 from mergekit_fw.fw.start_grid import set_combination, ta_row
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
@@ -90,6 +90,11 @@ class FrankWolfe:
         self.start_row: list[float] | None = None
         self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
         self._previous_gamma: float | None = None  # the quadratic step's first trial
+        # lmo_pass: the last s per tensor (the next pass's prediction); tensors whose d came
+        # from the scoring read (folded), and of those, how many picked otherwise (corrected:
+        # the changed vertices read again)
+        self._last_rows: torch.Tensor | None = None
+        self.folded = self.corrected = 0
         # resume hooks (mergekit/resume.py): called after every finished iteration with the
         # records so far and the stop reason; a saved state to continue from
         self.on_iteration: Callable[[FrankWolfe, list[IterationRecord], str | None], None] | None
@@ -159,9 +164,10 @@ class FrankWolfe:
     @torch.no_grad()
     def lmo_pass(self, form_direction: bool) -> tuple[ScoreTable, Vertex | None]:
         """The score table and, with `form_direction` (an LMO that decides each tensor
-        alone), the LMO's vertex with d = s - theta formed right after each tensor's scores,
-        while the vertex tensors just read are still in the page cache: the pool comes
-        from storage once per iteration, not twice."""
+        alone), the LMO's vertex with d = s - theta for every tensor. d comes from the scoring
+        read itself when the LMO picks what the last iteration picked for that tensor (a
+        `Fold`: the pool is read once per iteration); otherwise it is formed right after the
+        tensor's scores, while the vertex tensors just read are still in the page cache."""
         n, rows = len(self.pool), len(self.slots)
         picked: list[Vertex] = []
         dots = torch.zeros(rows, n, dtype=torch.float64)
@@ -171,7 +177,8 @@ class FrankWolfe:
         current = torch.zeros(rows, dtype=torch.float64)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
             g, theta = self.gradient_of(slot), self.theta_of(slot)
-            scores = score_tensor(self.pool, slot.name, g, theta, need_norms)
+            fold = self._fold(slot, i) if form_direction else None
+            scores = score_tensor(self.pool, slot.name, g, theta, need_norms, fold)
             del g, theta
             check_scores(scores, slot.name, self.pool.labels, need_norms)
             dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
@@ -182,13 +189,31 @@ class FrankWolfe:
                 own = ScoreTable(dots[i : i + 1], norms[i : i + 1], grad_norms[i : i + 1],
                                  current[i : i + 1])  # fmt: skip
                 picked.append(self.constraint.lmo(own))
-                self.form_direction(slot, picked[-1], 0)
+                if fold is not None and fold.done:
+                    if fold.row != picked[-1].rows[0].tolist():  # the LMO changed its mind
+                        self.constraint.correct_(self.pool, 0, slot.name, picked[-1], fold.row,
+                                                 self.theta_of(slot), fold.out)  # fmt: skip
+                        self.corrected += 1
+                    self.store_direction(slot, fold.out)
+                    self.folded += 1
+                else:  # no prediction: s is read again (page-cache hot)
+                    self.form_direction(slot, picked[-1], 0)
         self._norms = norms
         table = ScoreTable(dots, norms, grad_norms, current)
         if not form_direction:
             return table, None
         rows = torch.cat([v.rows for v in picked])
+        self._last_rows = rows
         return table, Vertex(rows, [m for v in picked for m in v.members])
+
+    def _fold(self, slot: Slot, i: int) -> Fold | None:
+        """The last iteration's s for this tensor as the prediction (None on the first, and
+        under merge_fn ties / dare, whose write phase replays d bit for bit as
+        `constraint.direction_` forms it: fw/replay.py)."""
+        if self._last_rows is None or self.settings.merge_fn != "linear":
+            return None
+        row = self._last_rows[i].tolist()
+        return Fold(row, self.constraint.task_vector_form, self.direction_buffer(slot))
 
     @torch.no_grad()
     def direction_pass(self, vertex: Vertex) -> None:
@@ -364,6 +389,11 @@ class FrankWolfe:
             if stop:
                 stopped = stop
                 break
+        if self.folded:
+            LOG.info(
+                "LMO: d came from the scoring read in %d tensor steps; %d of them picked "
+                "otherwise and read the changed vertices again", self.folded, self.corrected,
+            )  # fmt: skip
         preferences = self.task_preferences() if len(self.task_names) > 1 else {}
         self.model.zero_grad(set_to_none=True)
         final = self.loss(grad=False, desc="final loss")

@@ -81,7 +81,8 @@ class Offloaded:
     def __init__(self, model: torch.nn.Module, names: dict[int, str], device: torch.device):
         self.model, self.device = model, device
         config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "use_cache"):
+        self._use_cache = getattr(config, "use_cache", None)
+        if self._use_cache is not None:
             config.use_cache = False  # a cache would grow again when backward recomputes
         self.blocks = find_blocks(model, names)
         self.weights: Weights | None = None  # set for each pass (`use`)
@@ -91,6 +92,13 @@ class Offloaded:
         self._anchor = torch.zeros((), device=device, requires_grad=True)
         for index, block in enumerate(self.blocks):
             block.module.forward = self._wrapped(index, block.module.forward)
+
+    def release(self) -> None:
+        """Give the blocks their own forwards back (a real model borrowed for a while)."""
+        for block in self.blocks:
+            block.module.__dict__.pop("forward", None)
+        if self._use_cache is not None:
+            self.model.config.use_cache = self._use_cache
 
     @contextlib.contextmanager
     def use(self, weights: Weights, sink: Sink | None = None) -> Iterator[None]:

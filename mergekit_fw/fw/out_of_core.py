@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from mergekit_fw.fw.constraints import add_task_vector_
 from mergekit_fw.fw.loop import FrankWolfe, LineWalk, Slot
 from mergekit_fw.fw.offload import Offloaded, TensorStore
-from mergekit_fw.fw.start_grid import choose, set_combination
+from mergekit_fw.fw.start_grid import choose, line_position, set_combination
 
 
 class StillWalk(LineWalk):
@@ -113,8 +114,24 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         return self.loss_with(weights, "start")
 
     def choose_start(self, rows: list[tuple[str, list[float]]]) -> list[dict]:
-        """`init: auto` over the given coefficient rows; the winner becomes the start."""
-        table = [{"start": name, "loss": self.row_loss(row), "row": row} for name, row in rows]
+        """`init: auto` over the given coefficient rows; the winner becomes the start. Rows
+        on the task-arithmetic line are scored from the base (theta's store) and the summed
+        task vector (put in the gradient's store from one read of the pool)."""
+        positions = [line_position(row) for _, row in rows]
+        if None not in positions:
+            with torch.no_grad():
+                for slot in self._bar(self.slots, "task vectors"):
+                    base = self.theta.get(slot.name)
+                    t = torch.zeros_like(base)
+                    for k in range(1, len(self.pool)):
+                        add_task_vector_(self.pool, k, slot.name, t, 1.0, base)
+                    self.grad.put(slot.name, t)
+                    del base, t
+            losses = [self.line_walk()(lam) for lam in positions]
+            self.zero_gradient()
+        else:
+            losses = [self.row_loss(row) for _, row in rows]
+        table = [{"start": name, "loss": x, "row": row} for (name, row), x in zip(rows, losses)]
         chosen, public = choose(table)
         self.start_row = list(chosen["row"])
         return public

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from mergekit_fw.fw.constraints import make_constraint
+from mergekit_fw.fw.constraints import add_task_vector_, make_constraint
 from mergekit_fw.fw.finite import check_vertex
 
 LOG = logging.getLogger("mergekit_fw")
@@ -62,13 +62,68 @@ def set_combinations(slots, pool, row: list[float]) -> None:
         set_combination(slot.param, pool, slot.name, row)
 
 
-def score_rows(rows, slots, pool, loss: Callable[[], float]) -> list[dict]:
-    """The table entries {start, loss, row} of the given starts."""
-    table = []
-    for name, row in rows:
-        set_combinations(slots, pool, row)
-        table.append({"start": name, "loss": loss(), "row": row})
-    return table
+def line_position(row: list[float]) -> float | None:
+    """lam if the row is base + lam * sum_i tau_i (`ta_row`; the base: lam 0), else None."""
+    n, lam = len(row) - 1, row[1] if len(row) > 1 else 0.0
+    return lam if row == ta_row(lam, n) else None
+
+
+@torch.no_grad()
+def sum_task_vectors_(theta: torch.Tensor, t: torch.Tensor, pool, name: str) -> None:
+    """theta = base and t = sum_i (theta_i - base) for one tensor: every task-arithmetic
+    start base + lam t is then a point of one line, from one read of each vertex."""
+    set_combination(theta, pool, name, [1.0] + [0.0] * (len(pool) - 1))
+    t.zero_()
+    for k in range(1, len(pool)):
+        add_task_vector_(pool, k, name, t, 1.0, theta)
+
+
+def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list[dict]:
+    """The table entries {start, loss, row} of the given starts. When every row is a point
+    of the task-arithmetic line and `model` splits into blocks (fw/offload.py), the pool is
+    read once: the parameters hold the base, their gradient buffers the summed task vector
+    t, and each start's weights base + lam t are formed block by block as it runs;
+    otherwise each start is formed in the model from the pool."""
+    positions = [line_position(row) for _, row in rows]
+    engine = _line_engine(model, slots) if None not in positions else None
+    if engine is None:
+        table = []
+        for name, row in rows:
+            set_combinations(slots, pool, row)
+            table.append({"start": name, "loss": loss(), "row": row})
+        return table
+    by_name = {slot.name: slot for slot in slots}
+    try:
+        for slot in slots:
+            slot.param.grad = torch.empty_like(slot.param)
+            sum_task_vectors_(slot.param.data, slot.param.grad, pool, slot.name)
+        table = []
+        for (name, row), lam in zip(rows, positions):
+
+            def weights(tensor: str, lam=lam) -> torch.Tensor:
+                param = by_name[tensor].param
+                return param.detach().add(param.grad, alpha=lam)
+
+            with engine.use(weights):
+                table.append({"start": name, "loss": loss(), "row": row})
+        return table
+    finally:
+        engine.release()
+        for slot in slots:
+            slot.param.grad = None
+
+
+def _line_engine(model, slots):
+    """An `Offloaded` view of the in-memory model (None where its blocks cannot be found)."""
+    from mergekit_fw.fw.offload import Offloaded
+
+    if model is None:
+        return None
+    device = slots[0].param.device if slots else torch.device("cpu")
+    try:
+        return Offloaded(model, {id(s.param): s.name for s in slots}, device)
+    except (ValueError, KeyError):
+        return None
 
 
 def choose(table: list[dict], unit: str = "") -> tuple[dict, list[dict]]:

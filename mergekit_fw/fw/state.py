@@ -6,7 +6,9 @@ recomputed from the coefficients: sum_k c_k theta_k rounds differently from the 
 in-place updates `theta += gamma (s - theta)`, and a resumed run must pick, step and write
 exactly what an uninterrupted one does (tests/test_resume.py measures the difference).
 The vertex norms of the cosine LMO are not saved: they are a deterministic function of the
-vertices and are recomputed in the first score pass after a resume.
+vertices and are recomputed in the first score pass after a resume. The LMO's last picks
+are saved: the next pass forms d from its prediction (fw/scores.py Fold), and a resumed
+run must round d as the uninterrupted one does.
 
 Layout of a state folder (atomic at every point a kill can hit):
   theta-<t>.safetensors   theta, coefficients and RNG after iteration t - 1 (written, then renamed)
@@ -31,6 +33,7 @@ STATE_FORMAT = "mergekit_fw/state-v1"
 STATE_FILE = "state.json"
 _COEFFICIENTS = "__fw_state__/coefficients"
 _RNG = "__fw_state__/rng"
+_LAST_ROWS = "__fw_state__/last_rows"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LoopState:
     history: list[IterationRecord]
     stopped: str | None  # set when the loop already stopped (tolerance, no_descent)
     rng: torch.Tensor
+    last_rows: torch.Tensor | None = None  # the LMO's last s per tensor (FrankWolfe._last_rows)
 
 
 def capture(loop, history: list[IterationRecord], stopped: str | None) -> LoopState:
@@ -52,6 +56,7 @@ def capture(loop, history: list[IterationRecord], stopped: str | None) -> LoopSt
         history=list(history),
         stopped=stopped,
         rng=torch.get_rng_state(),
+        last_rows=None if loop._last_rows is None else loop._last_rows.clone(),
     )
 
 
@@ -67,6 +72,7 @@ def restore(loop, state: LoopState) -> None:
                 raise ValueError(f"the saved state's {slot.name} has another shape or dtype")
             slot.param.copy_(saved)
     loop.coefficients.copy_(state.coefficients)
+    loop._last_rows = None if state.last_rows is None else state.last_rows.clone()
     torch.set_rng_state(state.rng)
 
 
@@ -78,6 +84,8 @@ def save(state: LoopState, folder: str | Path, fingerprint: dict[str, Any]) -> N
     tensors = {name: t.contiguous() for name, t in state.theta.items()}
     tensors[_COEFFICIENTS] = state.coefficients
     tensors[_RNG] = state.rng
+    if state.last_rows is not None:
+        tensors[_LAST_ROWS] = state.last_rows
     partial = folder / (theta_name + ".partial")
     save_file(tensors, str(partial))
     os.replace(partial, folder / theta_name)
@@ -109,8 +117,11 @@ def load(folder: str | Path) -> tuple[LoopState, dict[str, Any]] | None:
         tensors = load_file(str(Path(folder) / document["theta_file"]))
         coefficients = tensors.pop(_COEFFICIENTS)
         rng = tensors.pop(_RNG)
+        last_rows = tensors.pop(_LAST_ROWS, None)
         history = [IterationRecord.model_validate(r) for r in document["history"]]
     except (OSError, ValueError, KeyError, RuntimeError):
         return None  # unreadable state: start over (the caller logs it)
-    state = LoopState(document["next_t"], coefficients, tensors, history, document["stopped"], rng)
+    state = LoopState(
+        document["next_t"], coefficients, tensors, history, document["stopped"], rng, last_rows
+    )
     return state, document["fingerprint"]

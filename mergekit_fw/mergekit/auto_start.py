@@ -40,7 +40,7 @@ def choose_start(recipe, options, *, model, slots, pool, problem, device):
     loss = problem.loss_of(model)
     best_ties, best_ties_loss = None, float("inf")
     settings = recipe.settings
-    table = score_rows(builtin_rows(settings, n), slots, pool, loss)
+    table = score_rows(builtin_rows(settings, n), slots, pool, loss, model)
     # TIES: one more vertex, a task vector at lambda 1; mergekit merges the dense candidates
     # only, so a pool with LoRA adapter vertices compares the builtin starts alone
     ties_grid = TIES_GRID if inside(settings, [1.0]) and not recipe.adapters else ()

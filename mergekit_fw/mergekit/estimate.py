@@ -110,8 +110,10 @@ def estimate_tensors(
         vertices=vertices,
         in_memory_peak=in_memory,
         out_of_core_peak=out_of_core,
-        reads_in_memory=2 * pool_bytes,
-        reads_out_of_core=2 * pool_bytes + scratch,
+        # the LMO's one read; a tensor whose pick changed reads its changed vertices again
+        # (fw/scores.py Fold), which this figure leaves out
+        reads_in_memory=pool_bytes,
+        reads_out_of_core=pool_bytes + scratch,
         # mergekit maps every input (resident once read) and holds the output until a shard
         # (5 GB by default) is full
         ties_peak=RUNTIME + pool_bytes + min(model, 5 * 10**9),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_fw.fw.scores import TensorScores, _dense_score, score_tensor
+from mergekit_fw.fw.scores import Fold, TensorScores, _dense_score, score_tensor
 
 
 class StartVertex:
@@ -57,6 +57,9 @@ class StartedPool:
     def ids(self) -> list[str]:
         return [*self.inner.ids, self.start_vertex.id]
 
+    def is_adapter(self, k: int) -> bool:
+        return k != self.start_index and self.inner.is_adapter(k)
+
     def has(self, k: int, name: str) -> bool:
         return self.start_vertex.has(name) if k == self.start_index else self.inner.has(k, name)
 
@@ -71,9 +74,16 @@ class StartedPool:
     def tensor_names(self, k: int = 0) -> list[str]:
         return self.inner.tensor_names(0 if k == self.start_index else k)
 
-    def score_tensor(self, name, g, theta, with_norms: bool) -> TensorScores:
-        scores = score_tensor(self.inner, name, g, theta, with_norms)
+    def score_tensor(self, name, g, theta, with_norms: bool, fold=None) -> TensorScores:
+        """The start's dot first (a fold may overwrite g); the inner pool folds d when the
+        predicted s leaves the start vertex out."""
         dot, norm = _dense_score(g, self.tensor(self.start_index, name), with_norms)
+        inner_fold = None
+        if fold is not None and fold.row[self.start_index] == 0.0:
+            inner_fold = Fold(fold.row[: self.start_index], fold.task_vector, fold.out)
+        scores = score_tensor(self.inner, name, g, theta, with_norms, inner_fold)
+        if inner_fold is not None:
+            fold.done = inner_fold.done
         scores.dots.append(dot)
         if with_norms:
             scores.norms.append(norm)

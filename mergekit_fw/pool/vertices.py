@@ -16,7 +16,7 @@ import torch
 from mergekit.common import ModelReference
 from mergekit.io.tasks import LoaderCache
 
-from mergekit_fw.fw.scores import TensorScores, as_work, flat32, whole_tensor_scores
+from mergekit_fw.fw.scores import Fold, TensorScores, as_work, flat32, whole_tensor_scores
 from mergekit_fw.pool.labels import short_labels, unique_labels
 from mergekit_fw.pool.lora_math import add_delta_, factor_dot, factor_norm_sq
 from mergekit_fw.pool.reader import TensorReader, weights_only
@@ -60,6 +60,10 @@ class VertexPool:
     def _adapter(self, k: int):
         return self.adapters[k - len(self.refs)] if k >= len(self.refs) else None
 
+    def is_adapter(self, k: int) -> bool:
+        """Whether vertex k is a LoRA adapter (its task vector needs no base tensor)."""
+        return self._adapter(k) is not None
+
     def has(self, k: int, name: str) -> bool:
         k = 0 if self._adapter(k) is not None else k
         return name in self.loaders[k].index.tensor_paths
@@ -99,17 +103,22 @@ class VertexPool:
         return list(self.loaders[k].index.tensor_paths)
 
     def score_tensor(
-        self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool
-    ) -> TensorScores:
+        self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool,
+        fold: Fold | None = None,
+    ) -> TensorScores:  # fmt: skip
         """The LMO's numbers for one tensor: <g, v_k> (and ||v_k||) for every vertex, plus
-        ||g|| and <g, theta>, in one blocked pass where it applies.
+        ||g|| and <g, theta>, in one blocked pass where it applies; with a `fold`, d = s - theta
+        of the predicted s from the same read (fw/scores.py `Fold`).
 
         Adapter vertices are scored from their factors plus the base's own dot and norm
-        (pool/lora_math.py).
+        (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
         """
-        scores = self._blocked_scores(name, g, theta, with_norms)
+        work_g = as_work(g) if self.adapters else None
+        factor_dots = [factor_dot(a, name, work_g, 0.0) for a in self.adapters]
+        dense = len(self.refs)
+        scores = self._blocked_scores(name, g, theta, with_norms, fold)
         if scores is None:
-            scores = whole_tensor_scores(self, len(self.refs), name, g, theta, with_norms)
+            scores = whole_tensor_scores(self, dense, name, g, theta, with_norms, fold)
         dots, norms = scores.dots, scores.norms
         if self.adapters:
             base_dot = dots[0]
@@ -121,16 +130,21 @@ class VertexPool:
                     factor_norm_sq(a, name, w0, base_norm * base_norm) for a in self.adapters
                 ]
                 del w0
-            work_g = as_work(g)
             for j, adapter in enumerate(self.adapters):
-                dots.append(factor_dot(adapter, name, work_g, base_dot))
+                dots.append(base_dot + factor_dots[j])
                 if with_norms:
                     norms.append(adapter_sq[j].clamp_min(0.0).sqrt())
+                if fold is not None:  # the adapter's delta; its base part is folded already
+                    add_delta_(adapter, fold.out, name, alpha=fold.row[dense + j])
         return scores
 
-    def _blocked_scores(self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool):
+    def _blocked_scores(
+        self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool,
+        fold: Fold | None,
+    ):  # fmt: skip
         """TensorScores of the dense vertices, read block by block: each gradient block is
-        used by every vertex while it is in cache.
+        used by every vertex while it is in cache; a `fold`'s block of d is formed from the
+        same blocks and written (possibly over g's block) once every dot of it is taken.
 
         None where it does not apply (a GPU, or a vertex that is not plain safetensors);
         the caller then reads whole tensors.
@@ -147,6 +161,7 @@ class VertexPool:
         size = min(BLOCK, numel)
         raw = {e.dtype: torch.empty(size, dtype=e.dtype) for e in entries}
         work = torch.empty(size, dtype=torch.float32)
+        folding = _BlockFold(fold, theta, len(entries), size, self.dtype) if fold else None
         dots = torch.zeros(len(entries), dtype=torch.float64)
         squares = torch.zeros(len(entries), dtype=torch.float64)
         grad_sq = current = 0.0
@@ -157,10 +172,44 @@ class VertexPool:
             current += torch.dot(g_block, here[start:stop]).item()
             for k, (reader, entry) in enumerate(zip(self.readers, entries)):
                 x = reader.read(name, start, stop, out=raw[entry.dtype])
+                if folding is not None:
+                    folding.take(k, x, start, stop)
                 if x.dtype != torch.float32:
                     x = work[: stop - start].copy_(x)
                 dots[k] += torch.dot(g_block, x).item()
                 if with_norms:
                     squares[k] += torch.dot(x, x).item()
+            if folding is not None:  # every dot of this block is taken: g's block is free
+                folding.write(start, stop)
+        if folding is not None:
+            fold.done = True
         norms = list(squares.sqrt()) if with_norms else None
         return TensorScores(list(dots), norms, math.sqrt(grad_sq), current)
+
+
+class _BlockFold:
+    """A `Fold` formed block by block in float32 (float64 for float64 merges), each vertex
+    block rounded through the merge dtype first, as `VertexPool.tensor` would."""
+
+    def __init__(self, fold: Fold, theta: torch.Tensor, dense: int, size: int, dtype):
+        self.fold, self.dense, self.dtype = fold, dense, dtype
+        work = torch.float64 if fold.out.dtype == torch.float64 else torch.float32
+        self.theta = theta.detach().reshape(-1)
+        self.out = fold.out.view(-1)
+        self.acc = torch.empty(size, dtype=work)
+        self.x = torch.empty(size, dtype=work)
+        self.base = torch.empty(size, dtype=work) if fold.needs_base(dense) else None
+
+    def take(self, k: int, raw: torch.Tensor, start: int, stop: int) -> None:
+        m = stop - start
+        x = self.x[:m].copy_(raw.to(self.dtype))
+        if k == 0:
+            theta = self.theta[start:stop].to(self.acc.dtype)
+            self.fold.begin_(self.acc[:m], x, theta, self.dense)
+            if self.base is not None:
+                self.base[:m].copy_(x)
+        else:
+            self.fold.add_(self.acc[:m], k, x, None if self.base is None else self.base[:m])
+
+    def write(self, start: int, stop: int) -> None:
+        self.out[start:stop].copy_(self.acc[: stop - start])
