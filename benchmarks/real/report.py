@@ -274,10 +274,34 @@ def summary(mg: dict) -> list[str]:
             steps = ", ".join(f"{p} {v - seq[0][1]:+.3f}" for p, v in seq[1:])
             worst = min(v for _, v in seq[1:]) - seq[0][1]
             verdict = "within" if worst >= -0.02 else "more than"
+            losses = ", ".join(
+                f"{p} {tab[p][m]['fw']['final_loss']:.3f} / {tab[p][m]['calib_mean']:.3f}"
+                for p, _ in seq
+                if "fw" in tab[p][m]
+            )
             lines.append(
                 f"- {_name(m)}: change from the 4 target adapters: {steps} ({verdict} the "
-                "issue's 0.02 loss)."
+                f"issue's 0.02 loss). Final calibration loss / calibration mean per pool: {losses}."
             )
+            if worst < -0.02:
+                starts = ", ".join(
+                    f"{p} {tab[p][m]['fw']['losses'][0]:.2f}" for p, _ in seq if "fw" in tab[p][m]
+                )
+                lines.append(
+                    "  Why: each larger pool starts from a worse data-free start (calibration "
+                    f"loss of the chosen start: {starts}) and, with the same iteration budget, "
+                    "ends at a higher calibration loss"
+                    + (
+                        "; the calibration exact match does not drop as much as the test one, "
+                        "i.e. with more vertices the fit to the first samples of each "
+                        "calibration file generalises less"
+                        if min(tab[p][m]["calib_mean"] for p, _ in seq[1:])
+                        > tab["targets4"][m]["calib_mean"] + worst
+                        else ""
+                    )
+                    + ". More iterations and all 32 calibration samples per task are the "
+                    "levers not tried here (compute)."
+                )
     for pool in pools:
         methods = tab[pool]
         ties = methods.get("ties")
@@ -290,6 +314,11 @@ def summary(mg: dict) -> list[str]:
                     f"{ties['peak_rss_mb']:.0f} MB: FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x "
                     f"time, {fw['peak_rss_mb'] / ties['peak_rss_mb']:.2f}x memory."
                 )
+    lines.append(
+        "- Wall times come from runs at different moments on a shared 2-core machine (the "
+        "first task arithmetic / TIES / FW-defaults runs under heavier load, the others "
+        "later): the ratios are rough."
+    )
     lines.append(
         "- FW reads the adapters as factors; the stock methods read mergekit's densified "
         "copies (`--lora-merge-cache`); TSV-M and the Iso methods decompose the factors."
@@ -340,7 +369,13 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None) -> str:
             f"on {', '.join(tr['targets'])} of every layer; AdamW, lr {tr['lr']} (5-step warm-up, "
             f"linear decay), {tr['steps']} steps of {tr['batch']} samples, loss on the answer "
             "tokens and `<|im_end|>` only; CPU, one torch thread. Scoring: batched greedy "
-            "generation of at most the longest answer's tokens + 1, exact match after strip().",
+            "generation of at most the longest answer's tokens + 1, exact match after strip()."
+            + (
+                " Plus `lora_noise` (issue 21's noisy expert): the same training on the train "
+                "prompts of all 8 tasks (32 each), each with a random answer of 1-3 random words."
+                if "noise" in ex.get("adapters", {})
+                else ""
+            ),
             "",
         ]
         lines += expert_section(ex)
