@@ -9,7 +9,8 @@ instead move weight off the worst active atom a:
   theta - a (weight leaves a for the rest of the active set), else a FW step;
 - pairwise: step along s - a (weight moves from a straight to s).
 
-Atoms ("corners") per constraint set (fw/constraints.py):
+Atoms ("corners") per constraint set, each set decomposing a coefficient row itself
+(fw/constraints.py `corners`, `corner_row`):
 
 - hull: the vertices themselves; the active set *is* the coefficient row (c_k > 0);
 - box (0 <= lambda_i <= kappa): a corner is a set S of task vectors at kappa
@@ -32,11 +33,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mergekit_fw.fw.constraints import Vertex
+from mergekit_fw.fw.constraints import ACTIVE, Vertex
 from mergekit_fw.settings import FWConfigError
 
 FW, AWAY, PAIRWISE = "fw", "away", "pairwise"
-ACTIVE = 1e-12  # a weight above this is in the active set
 
 Corner = frozenset  # hull: {vertex index}; box / simplex: task-vector columns at kappa
 
@@ -59,7 +59,6 @@ class ActiveSets:
 
     def __init__(self, constraint, coefficients: torch.Tensor, settings):
         self.constraint, self.kind = constraint, constraint.name
-        self.scale = float(getattr(constraint, "scale", 1.0))
         self.n = coefficients.shape[1]
         self.blocks = blocks_of(coefficients.shape[0], settings.granularity)
         self.sets = [self.decompose(row) for row in coefficients]
@@ -82,29 +81,8 @@ class ActiveSets:
         return row
 
     def decompose(self, row: torch.Tensor) -> dict[Corner, float]:
-        """A convex decomposition of one coefficient row into corners."""
-        values = row.tolist()
-        if self.kind == "hull":
-            return {Corner([k]): c for k, c in enumerate(values) if c > ACTIVE}
-        lam = [v / self.scale for v in values[1:]]  # fraction of kappa per task vector
-        if self.kind == "simplex":
-            out = {Corner([k + 1]): x for k, x in enumerate(lam) if x > ACTIVE}
-            rest = 1.0 - sum(lam)
-        else:  # box: corners {top j} with weights lam_(j) - lam_(j+1) (a staircase)
-            order = sorted(range(len(lam)), key=lambda k: -lam[k])
-            out, previous = {}, 0.0
-            for j in range(len(order), 0, -1):
-                value = lam[order[j - 1]]
-                if value - previous > ACTIVE:
-                    out[Corner(k + 1 for k in order[:j])] = value - previous
-                previous = max(previous, value)
-            rest = 1.0 - (lam[order[0]] if order else 0.0)
-        if rest > ACTIVE:
-            out[self.base_corner()] = rest
-        return out
-
-    def base_corner(self) -> Corner:
-        return Corner([0]) if self.kind == "hull" else Corner()
+        """A convex decomposition of one coefficient row into corners (the set's own)."""
+        return self.constraint.corners(row.tolist())
 
     def vertex_corner(self, vertex: Vertex, i: int) -> Corner:
         """The LMO's vertex of row i as a corner (hull: {k}; box/simplex: its task vectors)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mergekit_fw.fw.oracles import ORACLES, SCORES, ZERO, ScoreTable
+from mergekit_fw.fw.projections import project_box, project_capped_simplex
 
 ACTIVE = 1e-12  # a corner weight above this is in an active set (fw/away.py)
 
@@ -212,6 +213,15 @@ class Box(_TaskVectorSet):
     def contains(self, lam: torch.Tensor) -> bool:
         return bool(((lam >= 0) & (lam <= self.scale * (1 + 1e-9))).all())
 
+    def fit_projection(self, coefficients: torch.Tensor, selected: torch.Tensor, per_tensor: bool):
+        """FW-soft's fit (fw/soft_task_vectors.py): the projection of the change Delta
+        [rows, k] of the selected lambdas onto the box, 0 <= lambda + Delta <= kappa."""
+        lam = coefficients.gather(1, selected)  # [L, k] current lambda_j
+        low, high = -lam, self.scale - lam
+        if not per_tensor:
+            low, high = low.max(dim=0, keepdim=True)[0], high.min(dim=0, keepdim=True)[0]
+        return lambda delta: project_box(delta, low, high)
+
     def corner_weights(self, lam: list[float]) -> tuple[dict[frozenset, float], float]:
         """Corners {top j} with weights lam_(j) - lam_(j+1): a staircase."""
         order = sorted(range(len(lam)), key=lambda k: -lam[k])
@@ -240,6 +250,16 @@ class Simplex(_TaskVectorSet):
 
     def contains(self, lam: torch.Tensor) -> bool:
         return bool((lam >= 0).all() and (lam.sum(dim=-1) <= self.scale * (1 + 1e-9)).all())
+
+    def fit_projection(self, coefficients: torch.Tensor, selected: torch.Tensor, per_tensor: bool):
+        """FW-soft's fit (fw/soft_task_vectors.py): the projection of the change Delta
+        [rows, k] of the selected lambdas onto the simplex (the others stay as they are)."""
+        low = -coefficients.gather(1, selected)  # [L, k] minus the current lambda_j
+        budget = self.scale - coefficients[:, 1:].sum(dim=1)  # sum Delta <= budget per tensor
+        if not per_tensor:
+            low, budget = low.max(dim=0, keepdim=True)[0], budget.min().reshape(1)
+        room = budget - low.sum(dim=1)  # x = Delta - low: x >= 0, sum x <= room
+        return lambda delta: low + project_capped_simplex(delta - low, room)
 
     def corner_weights(self, lam: list[float]) -> tuple[dict[frozenset, float], float]:
         """Corners kappa tau_i, each with its lambda_i / kappa."""

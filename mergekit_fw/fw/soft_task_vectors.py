@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_fw.fw.constraints import Box, Vertex, add_task_vector_, task_vector_scores
+from mergekit_fw.fw.constraints import Vertex, add_task_vector_, task_vector_scores
 from mergekit_fw.fw.loop import FrankWolfe
 from mergekit_fw.fw.oracles import ScoreTable
-from mergekit_fw.fw.projections import project_box, project_capped_simplex
 from mergekit_fw.fw.soft import SoftFrankWolfe, add_weighted_directions, fit_coefficients
 
 
@@ -43,20 +42,9 @@ class TaskVectorSoftFrankWolfe(SoftFrankWolfe):
         return self.constraint.lmo(table)
 
     def bounds(self, selected: torch.Tensor, per_tensor: bool):
-        """Projection of Delta [rows, k] onto the set around the current lambdas."""
-        lam = self.coefficients.gather(1, selected)  # [L, k] current lambda_j
-        kappa = self.constraint.scale
-        low = -lam
-        if isinstance(self.constraint, Box):
-            high = kappa - lam
-            if not per_tensor:
-                low, high = low.max(dim=0, keepdim=True)[0], high.min(dim=0, keepdim=True)[0]
-            return lambda delta: project_box(delta, low, high)
-        budget = kappa - self.coefficients[:, 1:].sum(dim=1)  # sum Delta <= budget per tensor
-        if not per_tensor:
-            low, budget = low.max(dim=0, keepdim=True)[0], budget.min().reshape(1)
-        room = budget - low.sum(dim=1)  # x = Delta - low: x >= 0, sum x <= room
-        return lambda delta: low + project_capped_simplex(delta - low, room)
+        """Projection of Delta [rows, k] onto the set around the current lambdas (the
+        set's own, `fit_projection`)."""
+        return self.constraint.fit_projection(self.coefficients, selected, per_tensor)
 
     def fit(self, t: int, selected: torch.Tensor) -> torch.Tensor:
         """Fit Delta, then move theta and the coefficients by it. Returns Delta [L, k]."""
