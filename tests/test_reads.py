@@ -249,3 +249,41 @@ def test_the_task_arithmetic_starts_come_from_one_read(zoo, monkeypatch):
     assert "forward" not in model.model.layers[0].__dict__  # the model has its forwards back
     formed = score_rows(rows, slots, pool, loss)  # no model: each start formed in place
     assert [e["loss"] for e in table] == pytest.approx([e["loss"] for e in formed], rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_task_preferences_read_the_pool_once(zoo, monkeypatch):
+    """Two calibration tasks: their preferences come from one read of the pool, and equal
+    what scoring each task's gradient in its own pass gives."""
+    from mergekit_fw.fw.loop import FrankWolfe
+    from mergekit_fw.mergekit.runner import prepare
+    from tests.helpers import config
+
+    read = _counting_reads(monkeypatch)
+    seen = {}
+    stock = FrankWolfe.task_preferences
+
+    def preferences(self):
+        before = read["bytes"]
+        found = stock(self)
+        seen["bytes"] = read["bytes"] - before
+        seen["pool"] = sum(
+            r.entry(s.name).numel * r.entry(s.name).dtype.itemsize
+            for s in self.slots
+            for r in self.pool.readers
+        )
+        seen["separate"] = {}
+        for index, name in enumerate(self.task_names):  # one pass per task, as before
+            self.task_gradient(index, desc=name)
+            table = self.score_pass()
+            seen["separate"][name] = self.wins(self.constraint.lmo(table, origin=False))
+        return found
+
+    monkeypatch.setattr(FrankWolfe, "task_preferences", preferences)
+    models = [zoo["reverse"], zoo["add"], zoo["count"]]
+    cfg = config(zoo["base"], models, calibration=f"{zoo['calib']}/two_tasks.yaml",
+                 iterations=2, init="base")  # fmt: skip
+    plan = prepare(cfg, MergeOptions(quiet=True))
+    assert set(plan.task_preferences) == {"reverse", "add"}
+    assert seen["bytes"] == seen["pool"]
+    assert plan.task_preferences == seen["separate"]

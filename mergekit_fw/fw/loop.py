@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -21,10 +22,11 @@ from mergekit_fw.fw.constraints import Vertex, make_constraint
 from mergekit_fw.fw.finite import check_loss, check_scores
 from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
+from mergekit_fw.fw.offload import TensorStore, scratch_folder
 from mergekit_fw.fw.oracles import SCORES, ZERO, ScoreTable
 from mergekit_fw.fw.progress import message as progress_message
 from mergekit_fw.fw.progress import progress
-from mergekit_fw.fw.scores import Fold, VertexSource, score_tensor, vertex_ids
+from mergekit_fw.fw.scores import Fold, VertexSource, score_tensor, score_tensor_many, vertex_ids
 from mergekit_fw.fw.slots import Slot, build_slots  # noqa: F401 (importers of fw.loop)
 from mergekit_fw.fw.start_grid import set_combination, ta_row
 from mergekit_fw.fw.steps import fw_gap, make_step_rule
@@ -355,12 +357,51 @@ class FrankWolfe:
         return self.loss(True, desc, [b for b in self.batches if b.task == index])
 
     def task_preferences(self) -> dict[str, dict[str, int]]:
-        """Which vertex each task's own gradient prefers at the final merge (tensors won)."""
-        preferences = {}
-        for index, name in enumerate(self.task_names):
-            self.task_gradient(index, desc=f"task {name}")
-            preferences[name] = self.wins(self.constraint.lmo(self.score_pass(), origin=False))
-        return preferences
+        """Which vertex each task's own gradient prefers at the final merge (tensors won).
+        Each task's gradient goes to a scratch store on disk (memory stays flat), then one
+        read of the pool scores them all."""
+        stores = []
+        with scratch_folder(self.preference_scratch()) as folder:
+            for index, name in enumerate(self.task_names):
+                self.task_gradient(index, desc=f"task {name}")
+                store = TensorStore(folder / f"task{index}", self.device_of_gradients())
+                for slot in self.slots:
+                    store.put(slot.name, self.gradient_of(slot))
+                stores.append(store)
+            tables = self.score_many(stores)
+        return {
+            name: self.wins(self.constraint.lmo(table, origin=False))
+            for name, table in zip(self.task_names, tables)
+        }
+
+    def preference_scratch(self) -> Path | None:
+        """Where task gradients wait for the one scoring read (None: a temporary folder)."""
+        return None
+
+    def device_of_gradients(self) -> torch.device:
+        return self.slots[0].param.device if self.slots else torch.device("cpu")
+
+    @torch.no_grad()
+    def score_many(self, stores: list) -> list[ScoreTable]:
+        """One ScoreTable per stored gradient, from one streamed read of every vertex."""
+        n, rows = len(self.pool), len(self.slots)
+        need_norms = self._norms is None
+        norms = torch.zeros(rows, n, dtype=torch.float64) if need_norms else self._norms
+        dots = torch.zeros(len(stores), rows, n, dtype=torch.float64)
+        grad_norms = torch.zeros(len(stores), rows, dtype=torch.float64)
+        current = torch.zeros(len(stores), rows, dtype=torch.float64)
+        for i, slot in enumerate(self._bar(self.slots, "task preferences")):
+            grads = [store.get(slot.name) for store in stores]
+            many = score_tensor_many(self.pool, slot.name, grads, self.theta_of(slot), need_norms)
+            del grads
+            for j, scores in enumerate(many):
+                check_scores(scores, slot.name, self.pool.labels, need_norms)
+                dots[j, i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
+                grad_norms[j, i], current[j, i] = scores.grad_norm, scores.current
+            if need_norms:
+                norms[i] = torch.tensor([float(x) for x in many[0].norms], dtype=torch.float64)
+        self._norms = norms
+        return [ScoreTable(dots[j], norms, grad_norms[j], current[j]) for j in range(len(stores))]
 
     def run(self) -> FWPlan:
         started = time.perf_counter()

@@ -236,3 +236,19 @@ class TensorStore:
         self.clear()
         with contextlib.suppress(OSError):
             self.folder.rmdir()
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path | None) -> Iterator[Path]:
+    """A folder for stores that live for one pass: under `parent` (the run's scratch) or a
+    temporary one; removed afterwards, whatever happens."""
+    import shutil
+    import tempfile
+
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="mergekit_fw_", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -99,6 +99,12 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         with self.engine.use(weights):
             return FrankWolfe.loss(self, False, desc).total
 
+    def preference_scratch(self) -> Path:
+        return self.scratch
+
+    def device_of_gradients(self) -> torch.device:
+        return self.grad.device
+
     def line_walk(self) -> StillWalk:
         return StillWalk(self)
 

@@ -89,15 +89,22 @@ class Fold:
 
 
 def whole_tensor_scores(
-    pool, count: int, name: str, g, theta, with_norms: bool, fold: Fold | None = None
-) -> TensorScores:
-    """TensorScores of vertices 0..count-1, one whole `pool.tensor(k, name)` at a time;
-    with a `fold`, d (of those vertices) goes to `fold.out` once every dot is taken."""
-    dots, norms = [], [] if with_norms else None
+    pool, count: int, name: str, grads: list[torch.Tensor], theta, with_norms: bool,
+    fold: Fold | None = None,
+) -> list[TensorScores]:  # fmt: skip
+    """TensorScores of vertices 0..count-1 for each gradient, one whole `pool.tensor(k,
+    name)` at a time; with a `fold`, d (of those vertices) goes to `fold.out` once every
+    dot is taken."""
+    dots = [[] for _ in grads]
+    norms = [] if with_norms else None
     acc = base = None
     for k in range(count):
         x = pool.tensor(k, name)
-        dot, norm = _dense_score(g, x, with_norms)
+        for j, g in enumerate(grads):
+            dot, norm = _dense_score(g, x, with_norms and j == 0)
+            dots[j].append(dot)
+        if with_norms:
+            norms.append(norm)
         if fold is not None:
             if k == 0:
                 acc = torch.empty_like(fold.out)
@@ -106,16 +113,17 @@ def whole_tensor_scores(
             else:
                 fold.add_(acc, k, x, base)
         del x
-        dots.append(dot)
-        if with_norms:
-            norms.append(norm)
-    flat = flat32(g)
-    grad_norm = float(torch.linalg.vector_norm(flat))
-    scores = TensorScores(dots, norms, grad_norm, float(torch.dot(flat, flat32(theta))))
+    many = []
+    for j, g in enumerate(grads):
+        flat = flat32(g)
+        grad_norm = float(torch.linalg.vector_norm(flat))
+        current = float(torch.dot(flat, flat32(theta)))
+        many.append(TensorScores(dots[j], None if norms is None else list(norms), grad_norm,
+                                 current))  # fmt: skip
     if fold is not None:
         fold.out.copy_(acc)
         fold.done = True
-    return scores
+    return many
 
 
 def as_work(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +148,15 @@ def score_tensor(
     own = getattr(pool, "score_tensor", None)
     if own is not None:
         return own(name, g, theta, with_norms, fold)
-    return whole_tensor_scores(pool, len(pool), name, g, theta, with_norms, fold)
+    return whole_tensor_scores(pool, len(pool), name, [g], theta, with_norms, fold)[0]
+
+
+def score_tensor_many(pool, name: str, grads: list[torch.Tensor], theta, with_norms: bool):
+    """TensorScores for each of several gradients from one read of the tensor's vertices."""
+    own = getattr(pool, "score_tensor_many", None)
+    if own is not None:
+        return own(name, grads, theta, with_norms)
+    return whole_tensor_scores(pool, len(pool), name, grads, theta, with_norms)
 
 
 def vertex_ids(pool) -> list[str]:

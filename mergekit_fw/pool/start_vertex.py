@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_fw.fw.scores import Fold, TensorScores, _dense_score, score_tensor
+from mergekit_fw.fw.scores import (
+    Fold,
+    TensorScores,
+    _dense_score,
+    score_tensor,
+    score_tensor_many,
+)
 
 
 class StartVertex:
@@ -88,3 +94,13 @@ class StartedPool:
         if with_norms:
             scores.norms.append(norm)
         return scores
+
+    def score_tensor_many(self, name, grads, theta, with_norms: bool) -> list[TensorScores]:
+        start = self.tensor(self.start_index, name)
+        many = score_tensor_many(self.inner, name, grads, theta, with_norms)
+        for scores, g in zip(many, grads):
+            dot, norm = _dense_score(g, start, with_norms)
+            scores.dots.append(dot)
+            if with_norms:
+                scores.norms.append(norm)
+        return many

@@ -108,40 +108,45 @@ class VertexPool:
     ) -> TensorScores:  # fmt: skip
         """The LMO's numbers for one tensor: <g, v_k> (and ||v_k||) for every vertex, plus
         ||g|| and <g, theta>, in one blocked pass where it applies; with a `fold`, d = s - theta
-        of the predicted s from the same read (fw/scores.py `Fold`).
+        of the predicted s from the same read (fw/scores.py `Fold`)."""
+        return self.score_tensor_many(name, [g], theta, with_norms, fold)[0]
 
-        Adapter vertices are scored from their factors plus the base's own dot and norm
-        (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
+    def score_tensor_many(
+        self, name: str, grads: list[torch.Tensor], theta: torch.Tensor, with_norms: bool,
+        fold: Fold | None = None,
+    ) -> list[TensorScores]:  # fmt: skip
+        """`score_tensor` for several gradients from one read of the tensor (the task
+        preferences). Adapter vertices are scored from their factors plus the base's own dot
+        and norm (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
         """
-        work_g = as_work(g) if self.adapters else None
-        factor_dots = [factor_dot(a, name, work_g, 0.0) for a in self.adapters]
+        factor_dots = [[factor_dot(a, name, as_work(g), 0.0) for a in self.adapters] for g in grads]
         dense = len(self.refs)
-        scores = self._blocked_scores(name, g, theta, with_norms, fold)
-        if scores is None:
-            scores = whole_tensor_scores(self, dense, name, g, theta, with_norms, fold)
-        dots, norms = scores.dots, scores.norms
-        if self.adapters:
-            base_dot = dots[0]
-            base_norm = norms[0] if with_norms else None
-            adapter_sq = []
-            if with_norms:  # the W0 terms of every adapter's norm, from W0 itself
-                w0 = as_work(self.tensor(0, name))
-                adapter_sq = [
-                    factor_norm_sq(a, name, w0, base_norm * base_norm) for a in self.adapters
-                ]
-                del w0
+        many = self._blocked_scores(name, grads, theta, with_norms, fold)
+        if many is None:
+            many = whole_tensor_scores(self, dense, name, grads, theta, with_norms, fold)
+        adapter_norms = []
+        if self.adapters and with_norms:  # the W0 terms of every adapter's norm, from W0
+            base_norm = many[0].norms[0]
+            w0 = as_work(self.tensor(0, name))
+            adapter_norms = [
+                factor_norm_sq(a, name, w0, base_norm * base_norm).clamp_min(0.0).sqrt()
+                for a in self.adapters
+            ]
+            del w0
+        for scores, own in zip(many, factor_dots):
+            base_dot = scores.dots[0]
+            scores.dots.extend(base_dot + dot for dot in own)
+            if with_norms:
+                scores.norms.extend(adapter_norms)
+        if fold is not None:  # each adapter's delta; its base part is folded already
             for j, adapter in enumerate(self.adapters):
-                dots.append(base_dot + factor_dots[j])
-                if with_norms:
-                    norms.append(adapter_sq[j].clamp_min(0.0).sqrt())
-                if fold is not None:  # the adapter's delta; its base part is folded already
-                    add_delta_(adapter, fold.out, name, alpha=fold.row[dense + j])
-        return scores
+                add_delta_(adapter, fold.out, name, alpha=fold.row[dense + j])
+        return many
 
     def _blocked_scores(
-        self, name: str, g: torch.Tensor, theta: torch.Tensor, with_norms: bool,
+        self, name: str, grads: list[torch.Tensor], theta: torch.Tensor, with_norms: bool,
         fold: Fold | None,
-    ):  # fmt: skip
+    ) -> list[TensorScores] | None:  # fmt: skip
         """TensorScores of the dense vertices, read block by block: each gradient block is
         used by every vertex while it is in cache; a `fold`'s block of d is formed from the
         same blocks and written (possibly over g's block) once every dot of it is taken.
@@ -149,34 +154,36 @@ class VertexPool:
         None where it does not apply (a GPU, or a vertex that is not plain safetensors);
         the caller then reads whole tensors.
         """
-        if g.device.type != "cpu" or any(r is None for r in self.readers):
+        if grads[0].device.type != "cpu" or any(r is None for r in self.readers):
             return None
         entries = [r.entry(name) for r in self.readers]
         if any(e is None or not e.dtype.is_floating_point for e in entries):
             return None
-        flat, here = flat32(g), flat32(theta)
-        numel = flat.numel()
+        flats, here = [flat32(g) for g in grads], flat32(theta)
+        numel = here.numel()
         if any(e.numel != numel for e in entries):
             return None
         size = min(BLOCK, numel)
         raw = {e.dtype: torch.empty(size, dtype=e.dtype) for e in entries}
         work = torch.empty(size, dtype=torch.float32)
         folding = _BlockFold(fold, theta, len(entries), size, self.dtype) if fold else None
-        dots = torch.zeros(len(entries), dtype=torch.float64)
+        dots = torch.zeros(len(grads), len(entries), dtype=torch.float64)
         squares = torch.zeros(len(entries), dtype=torch.float64)
-        grad_sq = current = 0.0
+        grad_sq, current = [0.0] * len(grads), [0.0] * len(grads)
         for start in range(0, numel, size):
             stop = min(start + size, numel)
-            g_block = flat[start:stop]
-            grad_sq += torch.dot(g_block, g_block).item()
-            current += torch.dot(g_block, here[start:stop]).item()
+            blocks = [flat[start:stop] for flat in flats]
+            for j, g_block in enumerate(blocks):
+                grad_sq[j] += torch.dot(g_block, g_block).item()
+                current[j] += torch.dot(g_block, here[start:stop]).item()
             for k, (reader, entry) in enumerate(zip(self.readers, entries)):
                 x = reader.read(name, start, stop, out=raw[entry.dtype])
                 if folding is not None:
                     folding.take(k, x, start, stop)
                 if x.dtype != torch.float32:
                     x = work[: stop - start].copy_(x)
-                dots[k] += torch.dot(g_block, x).item()
+                for j, g_block in enumerate(blocks):
+                    dots[j, k] += torch.dot(g_block, x).item()
                 if with_norms:
                     squares[k] += torch.dot(x, x).item()
             if folding is not None:  # every dot of this block is taken: g's block is free
@@ -184,7 +191,11 @@ class VertexPool:
         if folding is not None:
             fold.done = True
         norms = list(squares.sqrt()) if with_norms else None
-        return TensorScores(list(dots), norms, math.sqrt(grad_sq), current)
+        return [
+            TensorScores(list(dots[j]), None if norms is None else list(norms),
+                         math.sqrt(grad_sq[j]), current[j])
+            for j in range(len(grads))
+        ]  # fmt: skip
 
 
 class _BlockFold:
