@@ -69,11 +69,12 @@ clean:
 
 # scale tier (issue 20, docs/benchmarks_scale.md): random LLaMA-shaped pools of width 1024 at
 # 8, 16 and 32 layers (~10 GB of bf16 files in benchmarks/.cache/scale), memory / reads / time
-# of FW in memory, out of core and mergekit TIES; then the step-rule cost and the 7B/70B
+# of FW in memory, out of core and mergekit TIES, and the same memory runs on the real
+# SmolLM2-135M when `make bench-real` has converted it; then the step-rule cost and the 7B/70B
 # projection; the page is rendered from benchmarks/results/
 .PHONY: bench-scale
 bench-scale: install
-	PYTHONPATH=. nice -n 5 $(BIN)/python -m benchmarks.scale.bench
+	PYTHONPATH=. nice -n 5 $(BIN)/python -m benchmarks.scale.bench --smollm2
 	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.step_rules
 	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.projection
 	PYTHONPATH=. $(BIN)/python -m benchmarks.scale.report

@@ -10,7 +10,10 @@ difference between auto and base starts (8 layers). Beside each figure: the esti
 the headers (mergekit/estimate.py). Results go to benchmarks/results/scale.json as they come. `--cold` empties the page cache
 before each run (root only), so that `storage_read_bytes` counts what came from disk.
 
-    PYTHONPATH=. python -m benchmarks.scale.bench [--layers 8 32 16] [--only MODE ...]
+    PYTHONPATH=. python -m benchmarks.scale.bench [--layers 8 32 16] [--only MODE ...] [--smollm2]
+
+`--smollm2` adds the real SmolLM2-135M-Instruct (the real tier's converted base, in bf16,
+with 4 noisy copies as candidates): the same memory runs on a pretrained 30-layer model.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass
                            "iterations=1"],
     "plan_in_memory_auto_1": ["fwplan", "prepass=in_memory", "step=quadratic", "init=auto",
                               "iterations=1"],
+    "plan_out_of_core_auto_1": ["fwplan", "prepass=out_of_core", "step=quadratic",
+                                "init=auto", "iterations=1"],
+    # more iterations: how often the LMO keeps its picks (the fold's prediction)
+    "plan_in_memory_4": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
+                         "iterations=4"],
 }  # fmt: skip
 
 
@@ -56,7 +64,7 @@ def drop_caches() -> bool:
         return False
 
 
-def child(args: list[str], layers: int, cold: bool = False) -> dict:
+def child(args: list[str], layers: int | str, cold: bool = False) -> dict:
     mode, rest = args[0], args[1:]
     dropped = drop_caches() if cold else False
     command = [sys.executable, "-m", "benchmarks.scale.child", mode, str(layers), *rest]
@@ -69,14 +77,14 @@ def child(args: list[str], layers: int, cold: bool = False) -> dict:
     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
-def estimate(layers: int) -> dict:
+def estimate(layers: int | str) -> dict:
     import torch
     from safetensors import safe_open
 
-    from benchmarks.scale.build import build
+    from benchmarks.scale.build import pool_of
     from mergekit_fw.mergekit.estimate import estimate_tensors
 
-    info = build(layers)
+    info = pool_of(str(layers))
     with safe_open(f"{info['base']}/model.safetensors", "pt") as handle:
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     pool = sum(
@@ -95,8 +103,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[8, 32, 16])
     parser.add_argument("--only", nargs="+", default=None)
     parser.add_argument("--cold", action="store_true", help="empty the page cache before each run")
+    parser.add_argument(
+        "--smollm2", action="store_true",
+        help="also the real SmolLM2-135M pool (needs `make bench-real`'s converted base)",
+    )  # fmt: skip
     args = parser.parse_args()
-    from benchmarks.scale.build import build
+    from benchmarks.scale.build import build, build_smollm2
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("threads", int(os.environ.get("SCALE_THREADS", "1")))
@@ -116,6 +128,23 @@ def main() -> None:
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
             RESULTS.write_text(json.dumps(results, indent=1))
         entry["estimate"] = estimate(layers)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    if args.smollm2:
+        info = build_smollm2()
+        if info is None:
+            print("SmolLM2: the real tier's base is not built (make bench-real); skipped")
+            return
+        entry = results.setdefault("smollm2", {})
+        entry["params"], entry["checkpoint_bytes"] = info["params"], info["checkpoint_bytes"]
+        for name in ("fwdbwd", "ties", "fw_in_memory", "fw_out_of_core"):
+            if args.only and name not in args.only:
+                continue
+            started = time.perf_counter()
+            entry[name] = child(RUNS[name], "smollm2", args.cold)
+            print(f"smollm2 {name}: {json.dumps(entry[name])} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+            RESULTS.write_text(json.dumps(results, indent=1))
+        entry["estimate"] = estimate("smollm2")
         RESULTS.write_text(json.dumps(results, indent=1))
 
 

@@ -1,6 +1,10 @@
 """Random LLaMA-shaped pools for the scale tier: width 1024 (MLP 2816, vocabulary 32000,
 16 heads), 8 / 16 / 32 layers, bf16 safetensors; base + 4 candidates = base + 1% noise;
-8 calibration texts. Cached in benchmarks/.cache/scale/L<layers>/ (rebuilt if absent)."""
+8 calibration texts. Cached in benchmarks/.cache/scale/L<layers>/ (rebuilt if absent).
+
+`build_smollm2()`: the same pool shape on a real pretrained model, SmolLM2-135M-Instruct
+(30 layers, width 576, tied embeddings), from the real tier's converted checkpoint
+(benchmarks/real: `make bench-real` builds it), stored in bf16; candidates = base + 1% noise."""
 
 from __future__ import annotations
 
@@ -42,7 +46,6 @@ def build(layers: int) -> dict:
     marker = root / "pool.json"
     if marker.exists():
         return json.loads(marker.read_text())
-    from safetensors.torch import save_file
 
     from mergekit_fw.cli import toy
 
@@ -56,13 +59,27 @@ def build(layers: int) -> dict:
         .contiguous()
         for name, shape in shapes.items()
     }
+
+    def extras(folder: Path) -> None:
+        cfg.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+    info = _write_pool(root, base, 1000, extras, layers)
+    marker.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _write_pool(root: Path, base: dict, seed: int, extras, layers) -> dict:
+    """The base and CANDIDATES copies with 1% noise (bf16 safetensors, `extras(folder)`
+    writes the rest), the calibration texts; the pool's info."""
+    from safetensors.torch import save_file
+
     paths = []
     for i in range(CANDIDATES + 1):
         folder = root / ("base" if i == 0 else f"cand_{i}")
         folder.mkdir(parents=True, exist_ok=True)
-        cfg.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-        gen = torch.Generator().manual_seed(1000 + i)
+        extras(folder)
+        gen = torch.Generator().manual_seed(seed + i)
         tensors = base if i == 0 else {
             k: (v.float() + 0.01 * v.float().std() * torch.randn(v.shape, generator=gen))
             .to(torch.bfloat16).contiguous()
@@ -72,13 +89,11 @@ def build(layers: int) -> dict:
         paths.append(str(folder))
     calibration = root / "calib.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    info = {
+    return {
         "base": paths[0], "cands": paths[1:], "calibration": str(calibration),
-        "params": sum(torch.Size(s).numel() for s in shapes.values()), "layers": layers,
+        "params": sum(v.numel() for v in base.values()), "layers": layers,
         "checkpoint_bytes": (Path(paths[0]) / "model.safetensors").stat().st_size,
     }  # fmt: skip
-    marker.write_text(json.dumps(info, indent=1))
-    return info
 
 
 def _shapes(cfg) -> dict[str, tuple[int, ...]]:
@@ -88,3 +103,41 @@ def _shapes(cfg) -> dict[str, tuple[int, ...]]:
     with init_empty_weights():
         model = LlamaForCausalLM(cfg)
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+def build_smollm2() -> dict | None:
+    """The pool of `build`, on the real tier's SmolLM2 base; None if that is not built."""
+    from benchmarks.real import lm
+
+    source = Path(lm.CACHE) / "base"
+    root = ROOT / "smollm2"
+    marker = root / "pool.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    if not (source / "model.safetensors").exists():
+        return None
+    import shutil
+
+    from safetensors.torch import load_file
+
+    base = {k: v.to(torch.bfloat16).contiguous() for k, v in
+            load_file(str(source / "model.safetensors")).items()}  # fmt: skip
+
+    def extras(folder: Path) -> None:  # config, tokenizer, chat template
+        for extra in source.iterdir():
+            if extra.name != "model.safetensors":
+                shutil.copy(extra, folder / extra.name)
+
+    info = _write_pool(root, base, 2000, extras, "smollm2")
+    marker.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def pool_of(target: str) -> dict:
+    """`build(layers)` for a number of layers, `build_smollm2()` for "smollm2"."""
+    if target == "smollm2":
+        info = build_smollm2()
+        if info is None:
+            raise SystemExit("the SmolLM2 base is not built: run `make bench-real` first")
+        return info
+    return build(int(target))

@@ -5,7 +5,8 @@ fwplan (the pre-pass alone, as `mergekit-fw plan` runs it),
 ties (stock mergekit TIES of the same pool), fwdbwd (the base in bf16 in memory, one
 forward + backward on the calibration texts: the least a gradient pre-pass holds).
 K=V: recipe parameters of fw (prepass=out_of_core, iterations=2, init=base, ...).
-Prints one JSON line: peak RSS (VmHWM), bytes through read syscalls (rchar) and seconds.
+Prints one JSON line: peak RSS (VmHWM), bytes through read syscalls (rchar), of them the
+bytes of the pool's reader and of the scratch stores, and seconds.
 """
 
 from __future__ import annotations
@@ -56,8 +57,31 @@ def options(out_shard_size: int | None = None):
     return MergeOptions(quiet=True, **extra)
 
 
+def count_reads() -> dict:
+    """Bytes the pool's reader (pool/reader.py) and the out-of-core scratch stores
+    (fw/offload.py) hand out: rchar split by where the bytes come from."""
+    from mergekit_fw.fw.offload import TensorStore
+    from mergekit_fw.pool.reader import TensorReader
+
+    counts = {"pool_read_bytes": 0, "scratch_read_bytes": 0}
+    read, get = TensorReader.read, TensorStore.get
+
+    def counted_read(self, *args, **kwargs):
+        x = read(self, *args, **kwargs)
+        counts["pool_read_bytes"] += 0 if x is None else x.numel() * x.element_size()
+        return x
+
+    def counted_get(self, name):
+        x = get(self, name)
+        counts["scratch_read_bytes"] += x.numel() * x.element_size()
+        return x
+
+    TensorReader.read, TensorStore.get = counted_read, counted_get
+    return counts
+
+
 def main() -> None:
-    mode, layers = sys.argv[1], int(sys.argv[2])
+    mode, layers = sys.argv[1], sys.argv[2]  # a number of layers, or "smollm2"
     params = {k: _value(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
     shard = params.pop("out_shard_size", None)  # mergekit's --out-shard-size
     import torch
@@ -66,12 +90,14 @@ def main() -> None:
     from mergekit.config import MergeConfiguration
 
     import mergekit_fw  # noqa: F401  (the hook: run_merge routes frank_wolfe recipes)
-    from benchmarks.scale.build import build
+    from benchmarks.scale.build import pool_of
 
-    info = build(layers)
+    info = pool_of(layers)
+    counts = count_reads()
     out = tempfile.mkdtemp(prefix=f"scale_{mode}_")
     before, stored, started = _io(), _io("read_bytes"), time.perf_counter()
-    result = {"mode": mode, "layers": layers, **params, "out_shard_size": shard}
+    depth = int(layers) if layers.isdigit() else layers
+    result = {"mode": mode, "layers": depth, **params, "out_shard_size": shard}
     if mode == "fwdbwd":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,6 +144,7 @@ def main() -> None:
         peak_rss=_status("VmHWM"),
         read_bytes=_io() - before,
         storage_read_bytes=_io("read_bytes") - stored,
+        **counts,
     )
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out + ".fw-state", ignore_errors=True)

@@ -48,13 +48,22 @@ def _depths(scale: dict) -> list[str]:
     return sorted((k for k in scale if k.isdigit()), key=int)
 
 
+def _targets(scale: dict) -> list[str]:
+    """The depths, then the real SmolLM2 pool when it was measured (`--smollm2`)."""
+    return _depths(scale) + (["smollm2"] if "smollm2" in scale else [])
+
+
+def _name(target: str) -> str:
+    return "SmolLM2-135M (real; 30 layers, width 576)" if target == "smollm2" else target
+
+
 def memory_table(scale: dict) -> list[str]:
     rows = _header(
         "layers", "parameters", "one checkpoint", "bf16 forward + backward",
         "FW out of core, pre-pass", "FW out of core, merge", "same, 200 MB shards",
         "mergekit TIES", "same, 200 MB shards", "FW in memory, merge",
     )  # fmt: skip
-    for depth in _depths(scale):
+    for depth in _targets(scale):
         e = scale[depth]
         cells = [
             _mib(_peak(e, run))
@@ -62,7 +71,12 @@ def memory_table(scale: dict) -> list[str]:
                         "fw_out_of_core_shards", "ties", "ties_shards", "fw_in_memory")
         ]  # fmt: skip
         rows.append(
-            _row(depth, f"{e['params'] / 1e6:.0f} M", f"{e['checkpoint_bytes'] / MIB:,.0f}", *cells)
+            _row(
+                _name(depth),
+                f"{e['params'] / 1e6:.0f} M",
+                f"{e['checkpoint_bytes'] / MIB:,.0f}",
+                *cells,
+            )  # fmt: skip
         )
     return rows
 
@@ -88,30 +102,50 @@ def ratio_lines(scale: dict) -> list[str]:
 def reads_table(scale: dict) -> list[str]:
     e = scale.get("8", {})
     pool = e.get("checkpoint_bytes", 0) * 5
-    rows = _header("what (8 layers, pool = base + 4 candidates)", "bytes read (GiB)", "/ pool")
+    rows = _header(
+        "what (8 layers, pool = base + 4 candidates)", "all reads (rchar, GiB)", "/ pool",
+        "of the pool (GiB)", "/ pool", "of the scratch (GiB)",
+    )  # fmt: skip
 
-    def diff(a: str, b: str):
-        if a in e and b in e:
-            return e[a]["read_bytes"] - e[b]["read_bytes"]
+    def diff(a: str, b: str, key: str):
+        if a in e and b in e and key in e[a] and key in e[b]:
+            return e[a][key] - e[b][key]
         return None
+
+    def gib(value) -> str:
+        return "not measured" if value is None else f"{value / GIB:.2f}"
 
     cold = e.get("prepass_in_memory", {})
     if cold.get("cold_cache") and "storage_read_bytes" in cold:
         rows.append(
             _row(
                 "whole in-memory pre-pass, 2 iterations, from storage (page cache emptied first)",
-                f"{cold['storage_read_bytes'] / GIB:.2f}",
+                gib(cold["storage_read_bytes"]),
                 _ratio(cold["storage_read_bytes"], pool),
-            )
+                "",
+                "",
+                "",
+            )  # fmt: skip
         )
-    for label, value in (
-        ("one FW iteration, in memory", diff("prepass_in_memory", "plan_in_memory_1")),
-        ("one FW iteration, out of core", diff("prepass_out_of_core", "plan_out_of_core_1")),
-        ("init: auto's start grid (auto minus base, in memory)",
-         diff("plan_in_memory_auto_1", "plan_in_memory_1")),
+    for label, a, b in (
+        ("one FW iteration, in memory", "prepass_in_memory", "plan_in_memory_1"),
+        ("one FW iteration, out of core", "prepass_out_of_core", "plan_out_of_core_1"),
+        ("each iteration after the first, in memory (mean over a run of up to 4)",
+         "plan_in_memory_4", "plan_in_memory_1"),
+        ("init: auto's start grid (auto minus base), in memory",
+         "plan_in_memory_auto_1", "plan_in_memory_1"),
+        ("init: auto's start grid (auto minus base), out of core",
+         "plan_out_of_core_auto_1", "plan_out_of_core_1"),
     ):  # fmt: skip
-        cell = "not measured" if value is None else f"{value / GIB:.2f}"
-        rows.append(_row(label, cell, _ratio(value, pool)))
+        every, own, scratch = (diff(a, b, k) for k in
+                               ("read_bytes", "pool_read_bytes", "scratch_read_bytes"))  # fmt: skip
+        if a == "plan_in_memory_4" and a in e and b in e:  # per iteration after the first
+            runs = len(e[a].get("gammas", [])) - len(e[b].get("gammas", []))
+            every, own, scratch = (
+                None if x is None or runs <= 0 else x / runs for x in (every, own, scratch)
+            )
+        rows.append(_row(label, gib(every), _ratio(every, pool), gib(own), _ratio(own, pool),
+                         gib(scratch)))  # fmt: skip
     return rows
 
 
@@ -121,12 +155,12 @@ def time_table(scale: dict) -> list[str]:
         "layers", "TIES (s)", "FW in memory (s)", "FW out of core (s)", "in memory / TIES",
         "out of core / TIES", "the same, 200 MB shards: out of core / TIES",
     )  # fmt: skip
-    for depth in _depths(scale):
+    for depth in _targets(scale):
         t = {k: scale[depth].get(k, {}).get("seconds") for k in runs}
         cells = ["—" if t[k] is None else f"{t[k]:.0f}" for k in runs[:3]]
         rows.append(
             _row(
-                depth,
+                _name(depth),
                 *cells,
                 _ratio(t["fw_in_memory"], t["ties"], 1),
                 _ratio(t["fw_out_of_core"], t["ties"], 1),
@@ -143,7 +177,7 @@ def estimate_table(scale: dict) -> list[str]:
     pairs = (("out_of_core_peak", "prepass_out_of_core", "FW out of core, pre-pass"),
              ("in_memory_peak", "prepass_in_memory", "FW in memory, pre-pass"),
              ("ties_peak", "ties", "mergekit TIES"))  # fmt: skip
-    for depth in _depths(scale):
+    for depth in _targets(scale):
         e = scale[depth]
         est = e.get("estimate", {})
         for key, run, label in pairs:
@@ -151,7 +185,9 @@ def estimate_table(scale: dict) -> list[str]:
             if measured is None or key not in est:
                 continue
             rows.append(
-                _row(depth, label, _mib(est[key]), _mib(measured), _ratio(est[key], measured))
+                _row(
+                    _name(depth), label, _mib(est[key]), _mib(measured), _ratio(est[key], measured)
+                )  # fmt: skip
             )
     return rows
 
@@ -210,6 +246,9 @@ def render() -> str:
         "Pools: random LLaMA-shaped models of width 1024 (MLP 2816, vocabulary 32000, untied",
         "head), bf16 safetensors, base + 4 candidates (base + 1% noise), 8 calibration texts;",
         "FW runs: 2 iterations, `init: base`, `step: quadratic`, recipe defaults otherwise.",
+        "The SmolLM2 row is the same pool built on a real pretrained model, SmolLM2-135M-",
+        "Instruct (tied embeddings, vocabulary 49,152), from the real tier's converted base",
+        "(`make bench-real`), stored in bf16.",
         "Peak = the process's VmHWM; reads = bytes through read syscalls (`rchar`: served from",
         "disk or page cache; mergekit's own memory-mapped reads are not counted).",
         "",
@@ -228,15 +267,32 @@ def render() -> str:
         "",
         *reads_table(scale),
         "",
-        "Per-iteration figures are differences between pre-pass runs of 2 and 1 iterations.",
-        "In memory, an iteration reads the pool once for the LMO and, for each tensor right",
-        "after its scores, the base and the vertices in s again (page-cache hot: counted by",
-        "`rchar`, not read from disk twice). Out of core adds theta (forward, backward, LMO,",
-        "direction, move), the gradient / direction and theta + d for each line-search pass.",
-        "From storage, with the page cache emptied first, the whole pre-pass read the pool about",
-        "once: the foreign screen at the start reads every vertex, and this pool fits in RAM,",
-        "so the iterations were served from the cache. A pool larger than RAM would be read",
-        "from disk about once per iteration.",
+        "Per-iteration figures are differences between pre-pass runs of 2 (or 4) and 1",
+        'iterations. "Of the pool" counts the bytes the pool\'s reader returns',
+        '(pool/reader.py), "of the scratch" those of the out-of-core stores of theta and',
+        "the gradient / direction (fw/offload.py); the rest of rchar is Python, libraries and",
+        "configuration files. The LMO's scoring read forms d = s - theta for the s the last",
+        "iteration picked (fw/scores.py `Fold`); a tensor whose pick changed reads the",
+        "changed vertices (and the base, for box and simplex) once more, page-cache hot.",
+        "The first iteration has no prediction and reads s again for every tensor.",
+        "Out of core, theta is read for the forward and again for backward's recomputation,",
+        "theta and d for each line-search pass and for the move: a fixed number of model",
+        "reads per iteration, whatever the pool's size. init: auto sums the task vectors",
+        "from one read and scores every task-arithmetic start from the base and that sum",
+        "(fw/start_grid.py `score_rows`); its TIES starts (in memory only) are three",
+        "mergekit merges of the pool, memory-mapped by mergekit and not in these counts.",
+        *(
+            [
+                "From storage, with the page cache emptied first, the whole pre-pass read the",
+                "pool about once: this pool fits in RAM, so the iterations were served from",
+                "the cache.",
+            ]
+            if scale.get("8", {}).get("prepass_in_memory", {}).get("cold_cache")
+            else [
+                "These runs did not empty the page cache (`--cold`, root only), so storage",
+                "reads were not measured: the pool fits in RAM and was served from the cache.",
+            ]
+        ),
         "",
         "## Wall time, FW / TIES",
         "",
