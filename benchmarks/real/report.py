@@ -448,6 +448,11 @@ def not_done(mg: dict | None, ex: dict | None, lv: dict | None) -> list[str]:
     if not lv:
         lines.append("- Scoring through `mergekit-fw eval` (lm-eval): not run.")
     lines += [
+        "- FW with all 32 calibration samples per task, or more than 10 iterations: not run "
+        "(compute); the FW-defaults rows (line search) are the first session's 5-iteration, "
+        "8-sample runs, not rerun with the later package.",
+        "- Grids: the stock methods other than task arithmetic and TIES ran 1-2 settings each "
+        "(the tables list them), on `all8` only the one chosen on `targets4`.",
         "- peft's `add_weighted_adapter` (ties / cat); the 4 dense fine-tunes; FW-hard / "
         "FW-soft on all 8 tasks (the Table 1 analogue); the relevance curve; Gemma-3-270m.",
         "- Wall times are of one run on a shared 2-core machine, with other jobs competing "
