@@ -60,6 +60,32 @@ class LineWalk:
         self._go(gamma)
 
 
+class TableFill:
+    """Score tables (one per gradient) filled one tensor at a time from TensorScores; the
+    vertex norms are taken from the first pass and cached by the loop (`norms`)."""
+
+    def __init__(self, gradients: int, rows: int, n: int, norms: torch.Tensor | None):
+        self.need_norms = norms is None
+        self.norms = torch.zeros(rows, n, dtype=torch.float64) if norms is None else norms
+        self.dots = torch.zeros(gradients, rows, n, dtype=torch.float64)
+        self.grad_norms = torch.zeros(gradients, rows, dtype=torch.float64)
+        self.current = torch.zeros(gradients, rows, dtype=torch.float64)
+
+    def add(self, i: int, many: list, name: str, labels: list[str]) -> None:
+        """Row i (tensor `name`) of every table, from that tensor's TensorScores."""
+        for j, scores in enumerate(many):
+            check_scores(scores, name, labels, self.need_norms)
+            self.dots[j, i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
+            self.grad_norms[j, i], self.current[j, i] = scores.grad_norm, scores.current
+        if self.need_norms:
+            self.norms[i] = torch.tensor([float(x) for x in many[0].norms], dtype=torch.float64)
+
+    def table(self, j: int = 0, rows: slice = slice(None)) -> ScoreTable:
+        return ScoreTable(
+            self.dots[j, rows], self.norms[rows], self.grad_norms[j, rows], self.current[j, rows]
+        )
+
+
 class FrankWolfe:
     """Gradient, LMO, step, merge: one object per pre-pass run."""
 
@@ -170,27 +196,16 @@ class FrankWolfe:
         read itself when the LMO picks what the last iteration picked for that tensor (a
         `Fold`: the pool is read once per iteration); otherwise it is formed right after the
         tensor's scores, while the vertex tensors just read are still in the page cache."""
-        n, rows = len(self.pool), len(self.slots)
         picked: list[Vertex] = []
-        dots = torch.zeros(rows, n, dtype=torch.float64)
-        need_norms = self._norms is None
-        norms = torch.zeros(rows, n, dtype=torch.float64) if need_norms else self._norms
-        grad_norms = torch.zeros(rows, dtype=torch.float64)
-        current = torch.zeros(rows, dtype=torch.float64)
+        fill = TableFill(1, len(self.slots), len(self.pool), self._norms)
         for i, slot in enumerate(self._bar(self.slots, "LMO")):
             g, theta = self.gradient_of(slot), self.theta_of(slot)
             fold = self._fold(slot, i) if form_direction else None
-            scores = score_tensor(self.pool, slot.name, g, theta, need_norms, fold)
+            scores = score_tensor(self.pool, slot.name, g, theta, fill.need_norms, fold)
             del g, theta
-            check_scores(scores, slot.name, self.pool.labels, need_norms)
-            dots[i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
-            if need_norms:
-                norms[i] = torch.tensor([float(x) for x in scores.norms], dtype=torch.float64)
-            grad_norms[i], current[i] = scores.grad_norm, scores.current
+            fill.add(i, [scores], slot.name, self.pool.labels)
             if form_direction:
-                own = ScoreTable(dots[i : i + 1], norms[i : i + 1], grad_norms[i : i + 1],
-                                 current[i : i + 1])  # fmt: skip
-                picked.append(self.constraint.lmo(own))
+                picked.append(self.constraint.lmo(fill.table(0, slice(i, i + 1))))
                 if fold is not None and fold.done:
                     if fold.row != picked[-1].rows[0].tolist():  # the LMO changed its mind
                         self.constraint.correct_(self.pool, 0, slot.name, picked[-1], fold.row,
@@ -200,8 +215,8 @@ class FrankWolfe:
                     self.folded += 1
                 else:  # no prediction: s is read again (page-cache hot)
                     self.form_direction(slot, picked[-1], 0)
-        self._norms = norms
-        table = ScoreTable(dots, norms, grad_norms, current)
+        self._norms = fill.norms
+        table = fill.table()
         if not form_direction:
             return table, None
         rows = torch.cat([v.rows for v in picked])
@@ -384,24 +399,15 @@ class FrankWolfe:
     @torch.no_grad()
     def score_many(self, stores: list) -> list[ScoreTable]:
         """One ScoreTable per stored gradient, from one streamed read of every vertex."""
-        n, rows = len(self.pool), len(self.slots)
-        need_norms = self._norms is None
-        norms = torch.zeros(rows, n, dtype=torch.float64) if need_norms else self._norms
-        dots = torch.zeros(len(stores), rows, n, dtype=torch.float64)
-        grad_norms = torch.zeros(len(stores), rows, dtype=torch.float64)
-        current = torch.zeros(len(stores), rows, dtype=torch.float64)
+        fill = TableFill(len(stores), len(self.slots), len(self.pool), self._norms)
         for i, slot in enumerate(self._bar(self.slots, "task preferences")):
             grads = [store.get(slot.name) for store in stores]
-            many = score_tensor_many(self.pool, slot.name, grads, self.theta_of(slot), need_norms)
-            del grads
-            for j, scores in enumerate(many):
-                check_scores(scores, slot.name, self.pool.labels, need_norms)
-                dots[j, i] = torch.tensor([float(d) for d in scores.dots], dtype=torch.float64)
-                grad_norms[j, i], current[j, i] = scores.grad_norm, scores.current
-            if need_norms:
-                norms[i] = torch.tensor([float(x) for x in many[0].norms], dtype=torch.float64)
-        self._norms = norms
-        return [ScoreTable(dots[j], norms, grad_norms[j], current[j]) for j in range(len(stores))]
+            theta = self.theta_of(slot)
+            many = score_tensor_many(self.pool, slot.name, grads, theta, fill.need_norms)
+            del grads, theta
+            fill.add(i, many, slot.name, self.pool.labels)
+        self._norms = fill.norms
+        return [fill.table(j) for j in range(len(stores))]
 
     def run(self) -> FWPlan:
         started = time.perf_counter()

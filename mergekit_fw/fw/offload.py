@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,9 +244,6 @@ class TensorStore:
 def scratch_folder(parent: Path | None) -> Iterator[Path]:
     """A folder for stores that live for one pass: under `parent` (the run's scratch) or a
     temporary one; removed afterwards, whatever happens."""
-    import shutil
-    import tempfile
-
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="mergekit_fw_", dir=parent))

@@ -20,10 +20,14 @@ from pathlib import Path
 
 import torch
 
-from mergekit_fw.fw.constraints import add_task_vector_
 from mergekit_fw.fw.loop import FrankWolfe, LineWalk, Slot
 from mergekit_fw.fw.offload import Offloaded, TensorStore
-from mergekit_fw.fw.start_grid import choose, line_position, set_combination
+from mergekit_fw.fw.start_grid import (
+    choose,
+    line_position,
+    set_combination,
+    sum_task_vectors_,
+)
 
 
 class StillWalk(LineWalk):
@@ -128,9 +132,7 @@ class OutOfCoreFrankWolfe(FrankWolfe):
             with torch.no_grad():
                 for slot in self._bar(self.slots, "task vectors"):
                     base = self.theta.get(slot.name)
-                    t = torch.zeros_like(base)
-                    for k in range(1, len(self.pool)):
-                        add_task_vector_(self.pool, k, slot.name, t, 1.0, base)
+                    t = sum_task_vectors_(torch.empty_like(base), self.pool, slot.name, base)
                     self.grad.put(slot.name, t)
                     del base, t
             losses = [self.line_walk()(lam) for lam in positions]

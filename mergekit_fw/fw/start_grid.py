@@ -69,13 +69,13 @@ def line_position(row: list[float]) -> float | None:
 
 
 @torch.no_grad()
-def sum_task_vectors_(theta: torch.Tensor, t: torch.Tensor, pool, name: str) -> None:
-    """theta = base and t = sum_i (theta_i - base) for one tensor: every task-arithmetic
-    start base + lam t is then a point of one line, from one read of each vertex."""
-    set_combination(theta, pool, name, [1.0] + [0.0] * (len(pool) - 1))
+def sum_task_vectors_(t: torch.Tensor, pool, name: str, base: torch.Tensor) -> torch.Tensor:
+    """t = sum_i (theta_i - base) for one tensor, one vertex read each: every
+    task-arithmetic start base + lam t is then a point of one line."""
     t.zero_()
     for k in range(1, len(pool)):
-        add_task_vector_(pool, k, name, t, 1.0, theta)
+        add_task_vector_(pool, k, name, t, 1.0, base)
+    return t
 
 
 def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list[dict]:
@@ -95,8 +95,10 @@ def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list
     by_name = {slot.name: slot for slot in slots}
     try:
         for slot in slots:
-            slot.param.grad = torch.empty_like(slot.param)
-            sum_task_vectors_(slot.param.data, slot.param.grad, pool, slot.name)
+            base = set_combination(
+                slot.param.data, pool, slot.name, [1.0] + [0.0] * (len(pool) - 1)
+            )
+            slot.param.grad = sum_task_vectors_(torch.empty_like(base), pool, slot.name, base)
         table = []
         for (name, row), lam in zip(rows, positions):
 

@@ -119,7 +119,10 @@ class VertexPool:
         preferences). Adapter vertices are scored from their factors plus the base's own dot
         and norm (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
         """
-        factor_dots = [[factor_dot(a, name, as_work(g), 0.0) for a in self.adapters] for g in grads]
+        factor_dots = []
+        for g in grads:
+            work = as_work(g) if self.adapters else g  # one float32 copy per gradient
+            factor_dots.append([factor_dot(a, name, work, 0.0) for a in self.adapters])
         dense = len(self.refs)
         many = self._blocked_scores(name, grads, theta, with_norms, fold)
         if many is None:
