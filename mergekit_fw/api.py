@@ -45,7 +45,7 @@ def frank_wolfe_merge(
     scale: float = 1.0,
     init: Literal["auto", "base", "task_arithmetic"] = "auto",
     init_scale: float = 0.3,
-    step: StepName = "line_search",
+    step: StepName = "quadratic",
     step_size: float = 1.0,
     line_search_evals: int = 10,
     tolerance: float = 0.0,

@@ -229,10 +229,10 @@ class FWOptions(BaseModel):
         0.2, gt=0.0, le=1.0, description="ties: fraction of d kept; dare: keep probability"
     )
     step: StepName = Field(
-        "line_search",
-        description="line_search: halving + golden section (up to line_search_evals forward "
-        "passes) | quadratic: fit from the loss, the slope (-FW gap) and 1-2 forward passes, "
-        "line search as fallback | schedule: step_size*2/(t+2) | constant",
+        "quadratic",
+        description="quadratic: fit from the loss, the slope (-FW gap) and 1-2 forward "
+        "passes, line search as fallback | line_search: halving + golden section (up to "
+        "line_search_evals forward passes) | schedule: step_size*2/(t+2) | constant",
     )
     step_size: float = Field(1.0, gt=0.0, le=1.0, description="scale of schedule/constant steps")
     line_search_evals: int = Field(

@@ -116,15 +116,22 @@ class QuadraticStep:
                 continue
             fitted = minimiser(f0, slope, gamma, value)
             if value < f0:
-                if len(seen) == 2 and fitted not in seen:  # the first trial: refine once
+                if len(seen) == 2 and not near(fitted, seen):  # the first trial: refine once
                     seen[fitted] = loss_at(fitted)
                     if seen[fitted] >= value:  # not a parabola: one fit through 3 losses
                         third = three_point_minimiser(f0, gamma, value, fitted, seen[fitted])
-                        if third is not None and third not in seen:
+                        if third is not None and not near(third, seen):
                             seen[third] = loss_at(third)
                 break
             gamma = min(max(fitted, 0.1 * gamma), 0.5 * gamma)
         return min(seen, key=lambda g: (seen[g], g))
+
+
+def near(gamma: float, seen: dict[float, float]) -> bool:
+    """A step within rounding of one already evaluated: the fit landed on the trial (e.g.
+    gamma = 1 - 1e-16 for a trial at 1), so its pass is skipped and the exact step kept
+    (an away step at its largest size must drop its vertex to exactly 0)."""
+    return any(abs(gamma - g) <= 1e-9 * max(g, gamma) for g in seen)
 
 
 def three_point_minimiser(f0: float, g1: float, f1: float, g2: float, f2: float):
