@@ -215,7 +215,7 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
             start_row, table = auto_start(model, slots, pool, problem, settings)
         plan = run_frank_wolfe(
             model, slots, pool, problem, settings, quiet,
-            start_row=start_row, prepare=progress_hook(progress),
+            start_row=start_row, on_iteration=progress_hook(progress),
         )  # fmt: skip
         settings = plan.settings.model_copy(update={"objective": objective.name})
         plan = plan.model_copy(update={"init_table": table, "settings": settings})
@@ -233,8 +233,8 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
 
 
 def progress_hook(progress):
-    """The loop's `prepare` for progress="iterations" or a callable: called after every
-    iteration with its IterationRecord (the loop prints nothing itself then)."""
+    """The loop's `on_iteration` for progress="iterations" or a callable: reports every
+    finished iteration's IterationRecord (the loop prints nothing itself then)."""
     import sys
 
     if progress in ("off", "passes"):
@@ -252,18 +252,13 @@ def progress_hook(progress):
             flush=True,
         )
 
-    def prepare(loop) -> None:
-        unit = f" {loop.loss_unit}" if loop.loss_unit else ""
+    def on_iteration(loop, history, stop) -> None:
+        if callable(progress):
+            progress(history[-1])
+        else:
+            report(history[-1], f" {loop.loss_unit}" if loop.loss_unit else "")
 
-        def on_iteration(loop, history, stop) -> None:
-            if callable(progress):
-                progress(history[-1])
-            else:
-                report(history[-1], unit)
-
-        loop.on_iteration = on_iteration
-
-    return prepare
+    return on_iteration
 
 
 def auto_start(model, slots, pool, problem, settings):

@@ -30,8 +30,8 @@ def run(target, start_row, iterations=1, vertices=V, **options):
     loop = FrankWolfe(
         model, [Slot("w", model.w)], Pool(vertices), Distance([torch.tensor(target)]),
         [Batch(0, dummy, dummy, dummy, 1.0, 1)], ["t"], settings, quiet=True,
+        start_row=start_row,
     )  # fmt: skip
-    loop.start_row = start_row
     return loop.run(), model.w.detach()
 
 

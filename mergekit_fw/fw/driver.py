@@ -8,16 +8,16 @@ model, its slots, a vertex pool, an objective and batches their own way, then bo
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 
 import torch
 
-from mergekit_fw.fw.loop import FrankWolfe
+from mergekit_fw.fw.loop import OnIteration
 from mergekit_fw.fw.out_of_core import OutOfCoreFrankWolfe
 from mergekit_fw.fw.problem import CalibrationProblem
 from mergekit_fw.fw.scores import VertexSource
 from mergekit_fw.fw.slots import Slot
 from mergekit_fw.fw.soft_task_vectors import loop_class
+from mergekit_fw.fw.state import LoopState
 from mergekit_fw.plan import FWPlan
 from mergekit_fw.settings import FWSettings
 
@@ -29,29 +29,41 @@ def run_frank_wolfe(
     problem: CalibrationProblem,
     settings: FWSettings,
     quiet: bool = False,
+    *,
     start_row: list[float] | None = None,
-    prepare: Callable[[FrankWolfe], None] | None = None,
+    start_formed: bool = False,
+    on_iteration: OnIteration | None = None,
+    resume: LoopState | None = None,
     out_of_core: bool = False,
     scratch: str | None = None,
+    start_rows: list[tuple[str, list[float]]] | None = None,
 ) -> FWPlan:
     """Run the variant the settings name; theta (the slots' parameters) ends at the merge.
 
-    `start_row`: the first iterate as coefficients over the pool (a mergekit start vertex);
-    `prepare`: called with the loop before it runs (the resume checkpoint attaches there).
-    `out_of_core`: `model` is a meta-device skeleton; theta and its gradient live in
-    `scratch` on disk (fw/out_of_core.py; a temporary folder if None).
+    `start_row`, `start_formed`, `on_iteration`, `resume`: the loop's own keywords
+    (`FrankWolfe.__init__` says what each does). `out_of_core`: `model` is a meta-device
+    skeleton; theta and its gradient live in `scratch` on disk (fw/out_of_core.py; a
+    temporary folder if None), and `start_rows` are `init: auto`'s candidate starts, which
+    the out-of-core loop scores block by block and starts from the best of (the table is
+    the plan's `init_table`). Out of core takes none of the loop's keywords: settings refuse
+    a mergekit start there, and it keeps no resumable state.
     """
     pieces = (model, slots, pool, problem.objective, problem.batches, problem.task_names)
+    table = None
     if out_of_core:
+        if start_row is not None or on_iteration is not None or resume is not None:
+            raise ValueError("the out-of-core pre-pass takes no start row, hook or saved state")
         loop = OutOfCoreFrankWolfe(*pieces, settings, quiet, scratch)
+        if start_rows:
+            table = loop.choose_start(start_rows)
     else:  # hard | soft over the hull | soft over box / simplex
-        loop = loop_class(settings)(*pieces, settings, quiet=quiet)
-    loop.start_row = start_row
-    if prepare is not None:
-        prepare(loop)
+        loop = loop_class(settings)(
+            *pieces, settings, quiet=quiet, start_row=start_row, start_formed=start_formed,
+            on_iteration=on_iteration, resume=resume,
+        )  # fmt: skip
     plan = loop.run()
     del loop
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return plan
+    return plan if table is None else plan.model_copy(update={"init_table": table})

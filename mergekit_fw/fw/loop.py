@@ -35,6 +35,9 @@ from mergekit_fw.settings import FWConfigError, FWSettings
 
 LOG = logging.getLogger("mergekit_fw")
 
+# after every finished iteration: (the loop, the records so far, why it stops or None)
+OnIteration = Callable[["FrankWolfe", list[IterationRecord], "str | None"], None]
+
 
 class LineWalk:
     """theta along d for a step rule: calling it at gamma moves theta there in place and
@@ -99,7 +102,26 @@ class FrankWolfe:
         task_names: list[str],
         settings: FWSettings,
         quiet: bool = False,
+        *,
+        start_row: list[float] | None = None,
+        start_formed: bool = False,
+        on_iteration: OnIteration | None = None,
+        resume: loop_state.LoopState | None = None,
     ):
+        """The loop is complete when built; `run()` starts from, in this order:
+
+        - `resume`: a saved state (mergekit/resume.py), theta and coefficients restored;
+        - `start_row`: the first iterate as coefficients over the pool (a mergekit start
+          vertex: e_k; `init: auto`'s winner), formed from the pool at the start of `run()`,
+          or, with `start_formed`, already held by theta (the start grid formed it while
+          scoring it): then only the coefficients are set and no tensor is read. Under
+          merge_fn ties / dare theta_0 is formed anyway, because the write phase's replay
+          re-forms it by `set_combination` and must round it alike;
+        - otherwise `settings.init`: the base (theta as given), or task arithmetic.
+
+        `on_iteration(loop, records, stop)` is called after every finished iteration (the
+        resume checkpoint saves there; the API reports progress there).
+        """
         self.model, self.slots, self.pool = model, slots, pool
         self.objective, self.batches, self.task_names = objective, batches, task_names
         self.settings = settings
@@ -113,9 +135,8 @@ class FrankWolfe:
         self.coefficients = torch.zeros(len(slots), n, dtype=torch.float64)
         self.coefficients[:, 0] = 1.0
         self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
-        # a start given as coefficients over the pool (e.g. a mergekit start vertex: e_k);
-        # set by the host before run(); None: settings.init decides
-        self.start_row: list[float] | None = None
+        self.start_row = None if start_row is None else list(start_row)
+        self.start_formed = start_formed
         self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
         self._previous_gamma: float | None = None  # the quadratic step's first trial
         # lmo_pass: the last s per tensor (the next pass's prediction); tensors whose d came
@@ -123,15 +144,8 @@ class FrankWolfe:
         # the changed vertices read again)
         self._last_rows: torch.Tensor | None = None
         self.folded = self.corrected = 0
-        # resume hooks (mergekit/resume.py): called after every finished iteration with the
-        # records so far and the stop reason; a saved state to continue from
-        self.on_iteration: Callable[[FrankWolfe, list[IterationRecord], str | None], None] | None
-        self.on_iteration = None
-        self.resume_state: loop_state.LoopState | None = None
-
-    def start_from(self, state: loop_state.LoopState) -> None:
-        """Continue from a saved state instead of theta_0 (run() restores it)."""
-        self.resume_state = state
+        self.on_iteration = on_iteration
+        self.resume_state = resume
 
     # -- where theta and its gradient live (fw/out_of_core.py keeps them on disk) ---------
     def theta_of(self, slot: Slot) -> torch.Tensor:
@@ -176,12 +190,14 @@ class FrankWolfe:
         self.init_combination(ta_row(lam, n))
 
     @torch.no_grad()
-    def init_combination(self, row: list[float]) -> None:
-        """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time."""
-        for slot in self.slots:
-            theta = self.theta_of(slot)
-            set_combination(theta, self.pool, slot.name, row)
-            self.store_theta(slot, theta)
+    def init_combination(self, row: list[float], formed: bool = False) -> None:
+        """theta_0 = sum_k row_k v_k (every tensor alike), streamed one vertex at a time;
+        `formed`: theta already holds it, only the coefficients are set (no read)."""
+        if not formed:
+            for slot in self.slots:
+                theta = self.theta_of(slot)
+                set_combination(theta, self.pool, slot.name, row)
+                self.store_theta(slot, theta)
         self.coefficients[:] = torch.tensor(row, dtype=torch.float64)
 
     @torch.no_grad()
@@ -424,7 +440,8 @@ class FrankWolfe:
             first, stopped = self.resume_state.next_t, stop or stopped
             self._previous_gamma = history[-1].gamma if history and history[-1].gamma else None
         elif self.start_row is not None:
-            self.init_combination(self.start_row)
+            formed = self.start_formed and s.merge_fn == "linear"  # see __init__
+            self.init_combination(self.start_row, formed)
         elif s.init == "task_arithmetic":
             self.init_task_arithmetic()
         for t in range(first, s.iterations if stop is None else first):

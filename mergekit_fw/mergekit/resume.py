@@ -280,7 +280,9 @@ class Checkpointer:
         self.folder, self.fingerprint, self.resume = folder, fingerprint, resume
         self.resumed_at: int | None = None
 
-    def attach(self, loop) -> None:
+    def saved_state(self) -> loop_state.LoopState | None:
+        """The saved state to resume from: None when resuming is off, when there is none,
+        when it is unreadable, or when the inputs changed since it was saved (each said)."""
         saved = loop_state.load(self.folder) if self.resume else None
         if not self.resume and (self.folder / loop_state.STATE_FILE).exists():
             LOG.info(
@@ -295,14 +297,14 @@ class Checkpointer:
                     self.folder, "; ".join(changed),
                 )  # fmt: skip
             else:
-                loop.start_from(state)
                 self.resumed_at = state.next_t
                 LOG.warning(
                     "Resuming the pre-pass from %s at iteration %d", self.folder, state.next_t
                 )
+                return state
         elif self.resume and (self.folder / loop_state.STATE_FILE).exists():
             LOG.warning("The saved state in %s is unreadable; starting over.", self.folder)
-        loop.on_iteration = self.save
+        return None
 
     def save(self, loop, history, stopped) -> None:
         try:

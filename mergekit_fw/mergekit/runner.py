@@ -106,27 +106,28 @@ def compute_plan(
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
     problem = CalibrationProblem(objective, batches, [t.name for t in recipe.calibration.tasks])
-    start_row, init_table, start = None, [], None
-    prepare = None if checkpoint is None else checkpoint.attach
+    start_row, init_table, start, loop_keywords = None, [], None, {}
     if out_of_core:
         if checkpoint is not None:
             LOG.info("prepass: out_of_core keeps no resumable state (a re-run starts over)")
-        prepare = out_of_core_start(settings, len(pool) - 1, init_table)
-    elif settings.init_kind != "builtin":  # a mergekit start, or init: auto
-        pool, start, start_row, init_table = build_start(
-            recipe, options, model=model, slots=slots, pool=pool, problem=problem,
-            device=device, dtype=dtype,
-        )  # fmt: skip
+        loop_keywords = out_of_core_keywords(settings, len(pool) - 1, checkpoint)
+    else:
+        if settings.init_kind != "builtin":  # a mergekit start, or init: auto
+            pool, start, start_row, init_table = build_start(
+                recipe, options, model=model, slots=slots, pool=pool, problem=problem,
+                device=device, dtype=dtype,
+            )  # fmt: skip
+        if checkpoint is not None:
+            loop_keywords = {"resume": checkpoint.saved_state(), "on_iteration": checkpoint.save}
     plan = run_frank_wolfe(
-        model, slots, pool, problem, settings, quiet=options.quiet,
-        start_row=start_row, prepare=prepare, out_of_core=out_of_core,
-        scratch=None if checkpoint is None else str(checkpoint.folder / "scratch"),
+        model, slots, pool, problem, settings, quiet=options.quiet, start_row=start_row,
+        out_of_core=out_of_core, **loop_keywords,
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     found = {
         "adapters": {adapter.id: adapter.path for adapter in recipe.adapters},
         "distances": recipe.distances,
         "excluded": list(recipe.excluded),
-        "init_table": init_table,
+        "init_table": plan.init_table if out_of_core else init_table,
     }
     if start is not None:
         found["start"] = {"id": start.id, "label": start.label, "recipe": start.recipe}
@@ -178,19 +179,19 @@ def skeleton(objective, base_path: str, dtype, device, trust_remote_code: bool):
     return model
 
 
-def out_of_core_start(settings, n: int, init_table: list):
-    """The loop's `prepare` out of core: `init: auto` compares the base and the
-    task-arithmetic grid, formed block by block from the pool (TIES starts need a
-    mergekit merge held in memory and are left out; a mergekit start is refused by the
-    settings, `out_of_core_clash`)."""
+def out_of_core_keywords(settings, n: int, checkpoint) -> dict:
+    """`run_frank_wolfe`'s out-of-core keywords: the scratch folder (the state folder's, when
+    there is one) and, for `init: auto`, the base and the task-arithmetic grid as the
+    candidate starts, formed block by block from the pool (TIES starts need a mergekit
+    merge held in memory and are left out; a mergekit start is refused by the settings,
+    `out_of_core_clash`)."""
     from mergekit_fw.fw.start_grid import builtin_rows
 
-    def prepare(loop) -> None:
-        if settings.init_kind == "auto":
-            LOG.info("init: auto out of core: base and task-arithmetic starts (no TIES)")
-            init_table.extend(loop.choose_start(builtin_rows(settings, n)))
-
-    return prepare
+    keywords: dict = {"scratch": None if checkpoint is None else str(checkpoint.folder / "scratch")}
+    if settings.init_kind == "auto":
+        LOG.info("init: auto out of core: base and task-arithmetic starts (no TIES)")
+        keywords["start_rows"] = builtin_rows(settings, n)
+    return keywords
 
 
 def build_start(
