@@ -1,9 +1,10 @@
 """The hard Frank-Wolfe loop (Algorithm 1 of arXiv 2503.12649), streamed per tensor.
 
-Memory: the model theta, one gradient-sized buffer, and one streamed vertex tensor. The
-gradient buffer is reused for the direction d = s - theta once the LMO has scored it, and
-line search moves theta in place along d, so peak memory does not grow with the number
-of candidates.
+`FrankWolfe.iteration` is one pass of Algorithm 1: gradient, LMO, gap, direction, step
+size, merge. Memory: the model theta, one gradient-sized buffer, and one streamed vertex
+tensor. The gradient's buffer holds g until the LMO has scored it, then d (fw/directions.py
+says why), and the step rule walks theta in place along d (`LineWalk`), so peak memory does
+not grow with the number of candidates.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 import torch
 
 from mergekit_fw.fw import state as loop_state
-from mergekit_fw.fw.away import AWAY, PAIRWISE, ActiveSets, BlockStep
+from mergekit_fw.fw.away import ActiveSets
 from mergekit_fw.fw.constraints import Vertex, make_constraint
+from mergekit_fw.fw.directions import make_directions
 from mergekit_fw.fw.finite import check_loss, check_scores
-from mergekit_fw.fw.merge_fns import apply_merge_fn_
 from mergekit_fw.fw.objectives import Batch, LossReport, evaluate
 from mergekit_fw.fw.offload import TensorStore, scratch_folder
 from mergekit_fw.fw.oracles import SCORES, ZERO, ScoreTable
@@ -127,6 +128,8 @@ class FrankWolfe:
         self.settings = settings
         self.score = SCORES[settings.lmo]
         self.constraint = make_constraint(settings)  # hull | box | simplex (fw/constraints.py)
+        # vanilla | away | pairwise, through merge_fn (fw/directions.py)
+        self.directions = make_directions(settings, self.constraint)
         self.step_rule = make_step_rule(
             settings.step, settings.step_size, settings.line_search_evals
         )
@@ -137,7 +140,6 @@ class FrankWolfe:
         self._norms: torch.Tensor | None = None  # vertex norms never change: cache them
         self.start_row = None if start_row is None else list(start_row)
         self.start_formed = start_formed
-        self.active: ActiveSets | None = None  # fw_steps away / pairwise: fw/away.py
         self._previous_gamma: float | None = None  # the quadratic step's first trial
         # lmo_pass: the last s per tensor (the next pass's prediction); tensors whose d came
         # from the scoring read (folded), and of those, how many picked otherwise (corrected:
@@ -156,11 +158,12 @@ class FrankWolfe:
         """Make `x` the iterate's tensor (in memory it already is: updates are in place)."""
 
     def gradient_of(self, slot: Slot) -> torch.Tensor:
-        """The gradient of the last `loss(grad=True)`, later overwritten by the direction."""
+        """The gradient of the last `loss(grad=True)`, until the direction overwrites it."""
         return slot.param.grad
 
     def direction_buffer(self, slot: Slot) -> torch.Tensor:
-        """Where d is formed: the spent gradient's buffer (no third model copy)."""
+        """Where d is formed: the gradient's own buffer, spent once the LMO has scored it
+        (no third model copy; fw/directions.py)."""
         return slot.param.grad
 
     def store_direction(self, slot: Slot, d: torch.Tensor) -> None:
@@ -241,9 +244,9 @@ class FrankWolfe:
 
     def _fold(self, slot: Slot, i: int) -> Fold | None:
         """The last iteration's s for this tensor as the prediction (None on the first, and
-        under merge_fn ties / dare, whose write phase replays d bit for bit as
-        `constraint.direction_` forms it: fw/replay.py)."""
-        if self._last_rows is None or self.settings.merge_fn != "linear":
+        where the strategy does not predict: under merge_fn ties / dare, whose write phase
+        replays d bit for bit as `constraint.direction_` forms it: fw/replay.py)."""
+        if self._last_rows is None or not self.directions.predicts:
             return None
         row = self._last_rows[i].tolist()
         return Fold(row, self.constraint.task_vector_form, self.direction_buffer(slot))
@@ -259,24 +262,6 @@ class FrankWolfe:
         d = self.direction_buffer(slot)
         self.constraint.direction_(self.pool, row, slot.name, vertex, self.theta_of(slot), d)
         self.store_direction(slot, d)
-
-    @torch.no_grad()
-    def step_direction_pass(self, vertex: Vertex, steps: list[BlockStep]) -> None:
-        """Away/pairwise rows: d = scale (theta - a) or scale (s - a); FW rows: s - theta."""
-        away = self.active.away_vertex(vertex, steps)
-        for i, (slot, st) in enumerate(zip(self.slots, steps)):
-            d, theta = slot.param.grad, slot.param
-            if st.kind == AWAY:  # a - theta, negated and scaled
-                self.constraint.direction_(self.pool, i, slot.name, away, theta, d)
-                d.mul_(-st.scale)
-            elif st.kind == PAIRWISE:  # (s - theta) - (a - theta)
-                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
-                other = torch.empty_like(d)
-                self.constraint.direction_(self.pool, i, slot.name, away, theta, other)
-                d.sub_(other).mul_(st.scale)
-                del other
-            else:
-                self.constraint.direction_(self.pool, i, slot.name, vertex, theta, d)
 
     @torch.no_grad()
     def move(self, delta: float) -> None:
@@ -315,72 +300,50 @@ class FrankWolfe:
         )  # fmt: skip
 
     def iteration(self, t: int) -> tuple[IterationRecord, str | None]:
-        """One pass of Algorithm 1; returns its record and why to stop, if the run should."""
-        # 1. gradient at the current merge
-        self.zero_gradient()
-        report = self.loss(grad=True, desc=f"gradient t={t}")
-        check_loss(report, t)
-        # 2. LMO: which vertex best follows -g (per tensor or for the whole model); an LMO
-        # that decides each tensor alone also forms d = s - theta in the same pass
-        early = self.settings.granularity == "tensor" and self.settings.fw_steps == "vanilla"
-        table, vertex = self.lmo_pass(form_direction=early)
+        """One pass of Algorithm 1; returns its record and why to stop (None: go on)."""
+        # 1. gradient: g = grad f(theta_t), in the gradient's buffers
+        report = self.gradient(t)
+        # 2. LMO: s_t = argmin over the set of <g, s>, per tensor or for the whole model,
+        #    from the score table of one read of the pool. Where each tensor is decided
+        #    alone, that read also writes d = s_t - theta_t over g (`formed`)
+        table, vertex = self.lmo_pass(form_direction=self.directions.in_lmo)
+        formed = vertex is not None
         if vertex is None:
             vertex = self.constraint.lmo(table)
-        # 3. FW gap, and stop when it is small enough
+        # 3. FW gap <g, theta_t - s_t> (from the table); stop when it is small enough
         record = self.record(t, report, table, vertex)
         if record.gap <= self.settings.tolerance:
             return record, "tolerance"
-        # 4. step size, then 5. merge: theta <- theta + gamma (s - theta)
-        steps = None
-        if self.settings.fw_steps != "vanilla":  # away / pairwise: fw/away.py
-            if self.active is None:
-                self.active = ActiveSets(self.constraint, self.coefficients, self.settings)
-            steps = self.active.choose(self.settings.fw_steps, table, vertex)
-            record.steps = self.active.counts(steps)
-            self.step_direction_pass(vertex, steps)
-        elif not early:
-            self.direction_pass(vertex)
-        if self.settings.merge_fn != "linear":  # ties / dare: fw/merge_fns.py, per tensor
-            fn, density, seed = (
-                self.settings.merge_fn,
-                self.settings.merge_density,
-                self.settings.seed,
-            )
-            for slot in self.slots:
-                apply_merge_fn_(slot.param.grad, fn, density, seed, t, slot.name)
-        walk = self.line_walk()
-        slope = self.slope(table, vertex, steps)
-        gamma = self.step_rule.choose(t, report.total, walk, slope, self._previous_gamma)
-        walk.settle(gamma)
-        record.moves = walk.moves  # every in-place move of theta, for the write's replay
+        # 4. direction d_t over g's buffers: s - theta (vanilla), or theta - a / s - a
+        #    (away / pairwise), masked by merge_fn; its slope <g, d> from the table
+        direction = self.directions.form(self, t, table, vertex, formed)
+        if direction.steps is not None:
+            record.steps = ActiveSets.counts(direction.steps)
+        # 5. step size gamma_t: the step rule walks theta_t + gamma d_t in place
+        gamma, record.moves = self.step(t, report.total, direction.slope)
         if gamma == 0.0:  # no step lowers the loss: the next iteration would be identical
             return record, "no_descent"
-        if steps is not None:
-            self.active.update(self.coefficients, vertex, steps, gamma)
-        else:
-            self.coefficients.mul_(1.0 - gamma).add_(vertex.rows, alpha=gamma)
-        record.gamma = gamma
-        self._previous_gamma = gamma
+        # 6. merge: theta_{t+1} = theta_t + gamma_t d_t (where the walk left theta); the
+        #    coefficients alike, so the plan stays a combination of the vertices
+        self.directions.update(self.coefficients, direction, gamma)
+        record.gamma = self._previous_gamma = gamma
         return record, None
 
-    def slope(self, table: ScoreTable, vertex: Vertex, steps) -> float | None:
-        """<g, d> at gamma = 0 from the score table (no extra pass); None when d is not the
-        linear direction the table describes (merge_fn ties / dare)."""
-        if self.settings.merge_fn != "linear":
-            return None
-        s_dots, cur = vertex.dots(table), table.current_dots
-        if steps is None:
-            return float((s_dots - cur).sum())
-        a_dots = self.active.away_vertex(vertex, steps).dots(table)
-        total = 0.0
-        for i, st in enumerate(steps):
-            if st.kind == AWAY:  # d = scale (theta - a)
-                total += st.scale * float(cur[i] - a_dots[i])
-            elif st.kind == PAIRWISE:  # d = scale (s - a)
-                total += st.scale * float(s_dots[i] - a_dots[i])
-            else:
-                total += float(s_dots[i] - cur[i])
-        return total
+    def gradient(self, t: int) -> LossReport:
+        """The calibration loss at theta_t; its gradient is left in the gradient's buffers."""
+        self.zero_gradient()
+        report = self.loss(grad=True, desc=f"gradient t={t}")
+        check_loss(report, t)
+        return report
+
+    def step(self, t: int, f0: float, slope: float | None) -> tuple[float, list[float]]:
+        """(gamma_t, theta's moves): the step rule's gamma along d from f(theta_t) = f0 and
+        the slope; theta is left at theta_t + gamma_t d. The moves (every in-place change
+        of theta, probes included) are what the write phase replays under ties / dare."""
+        walk = self.line_walk()
+        gamma = self.step_rule.choose(t, f0, walk, slope, self._previous_gamma)
+        walk.settle(gamma)
+        return gamma, walk.moves
 
     def task_gradient(self, index: int, desc: str) -> LossReport:
         """The gradient of task `index`'s own weighted loss (`gradient_of` gives it)."""
@@ -444,6 +407,7 @@ class FrankWolfe:
             self.init_combination(self.start_row, formed)
         elif s.init == "task_arithmetic":
             self.init_task_arithmetic()
+        self.directions.begin(self.coefficients)
         for t in range(first, s.iterations if stop is None else first):
             record, stop = self.iteration(t)
             history.append(record)

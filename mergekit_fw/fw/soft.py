@@ -115,9 +115,7 @@ class SoftFrankWolfe(FrankWolfe):
         s = self.settings
         per_tensor = s.granularity == "tensor"
         if s.select == "topk":
-            self.model.zero_grad(set_to_none=False)
-            report = self.loss(grad=True, desc=f"gradient t={t}")
-            check_loss(report, t)
+            report = self.gradient(t)
             table = self.score_pass()
             return report, table, topk_vertices(self.score(table), s.topk, per_tensor), {}
         # per_task: each task's own gradient picks a vertex no earlier task picked
