@@ -136,10 +136,7 @@ def frank_wolfe_merge(
         options["inner_lr"] = inner_lr
     if quiet is False and progress == "off":
         progress = "passes"
-    try:
-        return _merge(model, candidates, loss, data, include, labels, options, progress)
-    except FWConfigError as error:
-        raise FWConfigError(api_words(error.message)) from None
+    return _merge(model, candidates, loss, data, include, labels, options, progress)
 
 
 def unknown_option(key: str) -> None:
@@ -166,20 +163,6 @@ def unknown_option(key: str) -> None:
         f"frank_wolfe_merge() got an unknown keyword argument '{key}'.{hint} Its options: "
         f"{', '.join(names)}."
     )
-
-
-def api_words(message: str) -> str:
-    """A message the shared code words for a recipe run, reworded for a Python caller."""
-    for recipe, api in (
-        ("Remove it from the recipe", "Remove it from candidates="),
-        ("Nothing was written.", "Nothing was merged; the model is unchanged."),
-        ("stopping before any output is written", "stopping before any merge is returned"),
-        (" (mergekit-fw check)", ""),
-        ("use dtype: float32", "use a float32 model"),
-        ("(dtype: float32 instead of float16)", "(a float32 model instead of float16)"),
-    ):
-        message = message.replace(recipe, api)
-    return message
 
 
 def _merge(model, candidates, loss, data, include, labels, options, progress):

@@ -18,7 +18,7 @@ from mergekit_fw.settings import FWConfigError
 
 
 class NonFiniteError(FWConfigError):
-    """A NaN or Inf in a candidate, the loss or a gradient: nothing has been written."""
+    """A NaN or Inf in a candidate, the loss or a gradient: nothing has been merged."""
 
 
 def _finite(value) -> bool:
@@ -34,7 +34,7 @@ def check_vertex(tensor: torch.Tensor, label: str, name: str) -> None:
 def vertex_message(label: str, name: str) -> str:
     return (
         f"Candidate {label} has NaN or Inf values in tensor {name}; a merge with it would be "
-        "NaN. Remove it from the recipe or repair the checkpoint. Nothing was written."
+        "NaN. Remove it from the candidates or repair the checkpoint; nothing was merged."
     )
 
 
@@ -42,9 +42,9 @@ def check_scores(scores, name: str, labels: list[str], with_norms: bool) -> None
     """One tensor's score row: its gradient, the iterate, and (first pass) every vertex."""
     if not _finite(scores.grad_norm):
         raise NonFiniteError(
-            f"The gradient of tensor {name} has NaN or Inf values (the loss was finite); "
-            "stopping before any output is written. Lower the learning signal's scale "
-            "(dtype: float32 instead of float16) or check the calibration data."
+            f"The gradient of tensor {name} has NaN or Inf values (the loss was finite), so "
+            "the pre-pass stopped and nothing was merged. Lower the learning signal's scale "
+            "(float32 weights instead of float16) or check the calibration data."
         )
     if with_norms:
         for label, norm in zip(labels, scores.norms):
@@ -52,8 +52,8 @@ def check_scores(scores, name: str, labels: list[str], with_norms: bool) -> None
                 raise NonFiniteError(vertex_message(label, name))
     if not _finite(scores.current):
         raise NonFiniteError(
-            f"The merge itself has NaN or Inf values in tensor {name}; stopping before any "
-            "output is written."
+            f"The merge itself has NaN or Inf values in tensor {name}, so the pre-pass "
+            "stopped and nothing was merged."
         )
 
 
@@ -66,6 +66,6 @@ def check_loss(report: LossReport, t: int, phase: str = "gradient") -> None:
     raise NonFiniteError(
         f"The calibration loss is {report.total} at {where}"
         + (f", on task(s) {', '.join(tasks)}" if tasks else "")
-        + "; stopping before any output is written. Check those calibration samples and the "
-        "candidates (mergekit-fw check), or use dtype: float32."
+        + ", so the pre-pass stopped and nothing was merged. Check those calibration samples "
+        "and the candidates, or merge in float32."
     )
