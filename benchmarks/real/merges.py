@@ -45,7 +45,17 @@ POOLS = {
     "targets6": [*tasks.TARGETS, *tasks.OTHERS[:2]],  # the Table 3 analogue's middle pool
     "all8": list(tasks.TASKS),
     "all8_noise": [*tasks.TASKS, tasks.NOISE],  # + the adapter trained on random answers
+    "table1": list(tasks.TASKS),  # the Table 1 analogue: every adapter, every task
 }
+# the tasks a pool is calibrated (FW's data, the choice of setting) and scored on: the 4 targets
+# in the Table 3 analogue's pools, all 8 in the Table 1 analogue
+POOL_TASKS = {"table1": list(tasks.TASKS)}
+
+
+def pool_tasks(pool_name: str) -> list[str]:
+    return POOL_TASKS.get(pool_name, list(tasks.TARGETS))
+
+
 GRIDS = {
     "task_arithmetic": [{"weight": w} for w in (0.1, 0.2, 0.3, 0.6, 1.0)],
     "ties": [
@@ -70,7 +80,20 @@ GRIDS = {
     "iso_cts": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0)],
 }
 SVD_METHODS = ("tsv_m", "iso_c", "iso_cts")
+# peft's LoRA merges (`add_weighted_adapter`, benchmarks/real/peft_merges.py)
+GRIDS["peft_cat"] = [{"weight": w} for w in (0.2, 0.3, 0.6)]
+GRIDS["peft_ties"] = [{"weight": w, "density": d} for d in (0.3, 0.7) for w in (0.5, 1.0)]
+PEFT_METHODS = ("peft_cat", "peft_ties")
+SCRIPTED = (*SVD_METHODS, *PEFT_METHODS)  # merges run by a script of this folder
 FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--chosen-from or not)
+# FW's methods: the recipe options each one sets besides the budget (iterations, calibration
+# samples per task). `frank_wolfe` (5 / 8) and `frank_wolfe_step` (step given by --fw-step) are
+# the earlier runs; `fw_defaults` is the package's defaults at the commit the run imports
+# (since 6ddb0de: step quadratic) and `fw_soft` changes only `variant: soft`. fw_defaults and
+# fw_soft take their budgets from --fw-budgets and score every budget on test.
+FW_OPTIONS = {"frank_wolfe": {}, "frank_wolfe_step": {}, "fw_defaults": {},
+              "fw_soft": {"variant": "soft"}}  # fmt: skip
+FW_EVERY_BUDGET = ("fw_defaults", "fw_soft")
 METHODS = ["frank_wolfe", "frank_wolfe_step", *GRIDS]
 PER_MODEL = ("weight", "density", "gamma", "epsilon")
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first
@@ -82,14 +105,13 @@ def adapter(task: str) -> Path:
     return lm.CACHE / "adapters" / task
 
 
-def calib_manifest(samples: int) -> Path:
-    """The target tasks' calibration files; FW reads the first `samples` of each."""
-    path = lm.CACHE / "data" / f"calib_targets_{samples}.yaml"
+def calib_manifest(samples: int, names=tasks.TARGETS) -> Path:
+    """The calibration files of the tasks `names`; FW reads the first `samples` of each."""
+    which = "targets" if tuple(names) == tasks.TARGETS else f"{len(names)}tasks"
+    path = lm.CACHE / "data" / f"calib_{which}_{samples}.yaml"
     path.write_text(
         "tasks:\n"
-        + "".join(
-            f"  {t}: {{path: {t}_calib.jsonl, max_samples: {samples}}}\n" for t in tasks.TARGETS
-        )
+        + "".join(f"  {t}: {{path: {t}_calib.jsonl, max_samples: {samples}}}\n" for t in names)
     )
     return path
 
@@ -124,7 +146,7 @@ def svd_argv(method: str, pool: list[str], setting: dict, out: Path) -> list[str
 
 
 def fw_recipe(
-    pool: list[str], iterations: int, samples: int, folder: Path, step: str | None = None
+    pool: list[str], iterations: int, samples: int, folder: Path, options: dict, names
 ) -> str:
     manifest = folder / "adapters.yaml"
     manifest.write_text(
@@ -133,10 +155,20 @@ def fw_recipe(
     base = lm.base_dir()
     return (
         f"merge_method: frank_wolfe\nbase_model: {base}\nmodels:\n  - model: {base}\n"
-        f"dtype: float32\nparameters:\n  calibration: {calib_manifest(samples)}\n"
+        f"dtype: float32\nparameters:\n  calibration: {calib_manifest(samples, names)}\n"
         f"  iterations: {iterations}\n  adapters: {manifest}\n"
-        + (f"  step: {step}\n" if step else "")
+        + "".join(f"  {k}: {v}\n" for k, v in options.items())
     )
+
+
+def peft_argv(method: str, pool: list[str], setting: dict, out: Path) -> list[str]:
+    """The command of one peft `add_weighted_adapter` merge (benchmarks/real/peft_merges.py)."""
+    argv = [sys.executable, "-m", "benchmarks.real.peft_merges", "--combination",
+            method.removeprefix("peft_"), "--weight", str(setting["weight"]),
+            "--base", str(lm.base_dir()), "--adapters", ",".join(str(adapter(t)) for t in pool)]  # fmt: skip
+    if "density" in setting:
+        argv += ["--density", str(setting["density"])]
+    return [*argv, str(out)]
 
 
 def merge_argv(method: str, pool: list[str], setting: dict, folder: Path) -> list[str]:
@@ -144,8 +176,10 @@ def merge_argv(method: str, pool: list[str], setting: dict, folder: Path) -> lis
     out = folder / "out"
     if method in SVD_METHODS:
         return svd_argv(method, pool, setting, out)
+    if method in PEFT_METHODS:
+        return peft_argv(method, pool, setting, out)
     argv = [str(BIN / "mergekit-yaml"), str(folder / "recipe.yaml"), str(out)]
-    if not method.startswith("frank_wolfe"):
+    if method not in FW_OPTIONS:
         argv += ["--lora-merge-cache", str(LORA_CACHE)]
     return argv
 
@@ -203,6 +237,11 @@ def main() -> None:
         default=FW_CALIB,
         help="calibration samples per target task given to FW (max_samples)",
     )
+    parser.add_argument(
+        "--fw-budgets",
+        default="10:16",
+        help="fw_defaults / fw_soft: iterations:calibration-samples-per-task pairs, e.g. 10:16,20:32",
+    )
     parser.add_argument("--fw-step-iterations", type=int, default=10)
     parser.add_argument("--fw-step-calib", type=int, default=16)
     parser.add_argument(
@@ -211,6 +250,12 @@ def main() -> None:
         help="the step rule of the `frank_wolfe_step` method (FW with that one option changed)",
     )
     parser.add_argument("--ta-weights", help="task_arithmetic grid, e.g. 0.1,0.3 (default: GRIDS)")
+    parser.add_argument(
+        "--alphas",
+        action="append",
+        default=[],
+        help="grid of an SVD method, e.g. tsv_m:0.6,1.0 (repeatable; default: GRIDS)",
+    )
     parser.add_argument("--ties-grid", help="ties grid as density:weight pairs, e.g. 0.3:0.5,0.7:1")
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "merges.json")
     parser.add_argument(
@@ -219,12 +264,21 @@ def main() -> None:
         "the calibration data are the same in every pool, so this saves the grid",
     )
     parser.add_argument(
+        "--test-best-only",
+        action="store_true",
+        help="score on test only the pool's baseline with the best calibration mean (of every "
+        "baseline run in the pool so far), not every method's chosen setting (FW: every run)",
+    )
+    parser.add_argument(
         "--keep", default="", help="methods whose chosen merge stays on disk (for lmeval)"
     )
     args = parser.parse_args()
     lm.threads()
     if args.ta_weights:
         GRIDS["task_arithmetic"] = [{"weight": float(w)} for w in args.ta_weights.split(",")]
+    for spec in args.alphas:
+        method, _, alphas = spec.partition(":")
+        GRIDS[method] = [{"alpha": float(a)} for a in alphas.split(",")]
     if args.ties_grid:
         GRIDS["ties"] = [
             {"weight": float(w), "density": float(d), "normalize": False}
@@ -241,8 +295,26 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
+    def test_run(pool_name: str, method: str, best: dict) -> None:
+        """Score one chosen setting on the test inputs (merged again if its output is gone)."""
+        tag = "_".join(f"{k}{v}" for k, v in best["setting"].items())
+        folder = ROOT / pool_name / f"{method}_{tag}"
+        out = folder / "out"
+        if not (out / "config.json").exists():  # deleted or interrupted: merge it again
+            run_command(merge_argv(method, POOLS[pool_name], best["setting"], folder),
+                        folder / "merge_again.log")  # fmt: skip
+        best["test"] = score(out, pool_tasks(pool_name), "test")
+        best["test_mean"] = mean(best["test"])
+        print(f"{pool_name}/{method} best {best['setting']}: test mean {best['test_mean']:.3f}",
+              flush=True)  # fmt: skip
+        save()
+        if method not in args.keep.split(","):
+            shutil.rmtree(out, ignore_errors=True)
+
     for pool_name in args.pools.split(","):
         pool = POOLS[pool_name]
+        names = pool_tasks(pool_name)
+        baselines: list[tuple[str, dict]] = []  # --test-best-only: (method, chosen run)
         for method in args.methods.split(","):
             key = f"{pool_name}/{method}"
             if method == "frank_wolfe":
@@ -250,6 +322,9 @@ def main() -> None:
             elif method == "frank_wolfe_step":
                 settings = [{"iterations": args.fw_step_iterations,
                              "calib_per_task": args.fw_step_calib, "step": args.fw_step}]  # fmt: skip
+            elif method in FW_EVERY_BUDGET:
+                settings = [{"iterations": int(i), "calib_per_task": int(c), **FW_OPTIONS[method]}
+                            for i, c in (b.split(":") for b in args.fw_budgets.split(","))]  # fmt: skip
             elif (
                 args.chosen_from
                 and method not in FULL_GRID
@@ -268,11 +343,13 @@ def main() -> None:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
                 out = folder / "out"
-                if method.startswith("frank_wolfe"):
+                if method in FW_OPTIONS:
+                    options = {k: v for k, v in setting.items()
+                               if k not in ("iterations", "calib_per_task")}  # fmt: skip
                     text = fw_recipe(pool, setting["iterations"], setting["calib_per_task"], folder,
-                                     setting.get("step"))  # fmt: skip
-                elif method in SVD_METHODS:
-                    text = " ".join(svd_argv(method, pool, setting, out)) + "\n"
+                                     options, names)  # fmt: skip
+                elif method in SCRIPTED:
+                    text = " ".join(merge_argv(method, pool, setting, folder)) + "\n"
                 else:
                     text = stock_recipe(method, pool, setting)
                 (folder / "recipe.yaml").write_text(text)
@@ -289,12 +366,12 @@ def main() -> None:
                     print(f"{key} {setting}: FAILED ({error})", flush=True)
                     save()
                     continue
-                calib = score(out, tasks.TARGETS, "calib")
+                calib = score(out, names, "calib")
                 run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
                        "calib_mean": mean(calib),
-                       "lora_cache_warm": None if method.startswith("frank_wolfe") or method in SVD_METHODS
+                       "lora_cache_warm": None if method in FW_OPTIONS or method in SCRIPTED
                        else warm}  # fmt: skip
-                if method.startswith("frank_wolfe"):
+                if method in FW_OPTIONS:
                     plan = json.loads((out / "fw_plan.json").read_text())
                     run["fw"] = {
                         "final_loss": plan["final_loss"], "stopped": plan["stopped"],
@@ -302,10 +379,23 @@ def main() -> None:
                         "iterations_run": len(plan["iterations"]),
                         "losses": [it["loss"] for it in plan["iterations"]],
                         "init_table": plan.get("init_table"),
+                        "task_preferences": plan.get("task_preferences"),
+                        "final_task_losses": plan.get("final_task_losses"),
+                        # each vertex's coefficient, mean over the tensors, in the merge
+                        "mean_coefficients": dict(zip(plan["labels"], (
+                            sum(col) / len(col) for col in zip(*plan["coefficients"].values())))),
+                        "mergekit_fw": plan.get("fingerprint", {}).get("mergekit_fw"),
+                        # the data line of the log: samples and target tokens per task
+                        "data": next((ln.strip() for ln in (folder / "merge.log").read_text(
+                            errors="replace").splitlines() if "target tokens" in ln), None),
                     }  # fmt: skip
+                if method in FW_EVERY_BUDGET:  # each budget is a setting to report, not to pick
+                    run["test"] = score(out, names, "test")
+                    run["test_mean"] = mean(run["test"])
                 runs.append(run)
                 print(f"{key} {setting}: calib mean {run['calib_mean']:.3f}, "
-                      f"{cost['wall_s']:.0f} s, {cost['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                      + (f"test mean {run['test_mean']:.3f}, " if "test" in run else "")
+                      + f"{cost['wall_s']:.0f} s, {cost['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
                 save()
                 keep = out
                 best = max(runs, key=lambda r: r["calib_mean"])
@@ -314,23 +404,24 @@ def main() -> None:
             if not runs:
                 continue
             best = max(runs, key=lambda r: r["calib_mean"])
-            if "test" not in best:
-                tag = "_".join(f"{k}{v}" for k, v in best["setting"].items())
-                folder = ROOT / pool_name / f"{method}_{tag}"
-                out = folder / "out"
-                if not (out / "config.json").exists():  # an interrupted run: merge it again
-                    run_command(merge_argv(method, pool, best["setting"], folder),
-                                folder / "merge_again.log")  # fmt: skip
-                best["test"] = score(out, tasks.TARGETS, "test")
-                best["test_mean"] = mean(best["test"])
-                print(f"{key} best {best['setting']}: test target mean {best['test_mean']:.3f}",
-                      flush=True)  # fmt: skip
-                save()
+            if args.test_best_only and method not in FW_OPTIONS:
+                baselines.append((method, best))
+            elif "test" not in best:
+                test_run(pool_name, method, best)
             for r in runs:  # every output folder goes once it is scored (~540 MB each)
                 if r is best and method in args.keep.split(","):
                     continue
                 tag = "_".join(f"{k}{v}" for k, v in r["setting"].items())
                 shutil.rmtree(ROOT / pool_name / f"{method}_{tag}" / "out", ignore_errors=True)
+        if args.test_best_only:  # the pool's baseline with the best calibration mean (of
+            # every baseline run in this pool, by this command or an earlier one) gets tested
+            baselines = [(k.split("/")[1], max(v, key=lambda r: r["calib_mean"]))
+                         for k, v in result["runs"].items() if v and k.split("/")[0] == pool_name
+                         and k.split("/")[1] not in FW_OPTIONS]  # fmt: skip
+        if baselines:
+            method, best = max(baselines, key=lambda mb: mb[1]["calib_mean"])
+            if "test" not in best:
+                test_run(pool_name, method, best)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from benchmarks.real.lm import RESULTS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 METHOD_NAMES = {
-    "frank_wolfe": "FW defaults",
-    "frank_wolfe_step": "FW, step: quadratic",
+    "fw_defaults": "FW defaults",
+    "fw_soft": "FW-soft",
+    "frank_wolfe": "FW, line search (first session)",
+    "frank_wolfe_step": "FW, step: quadratic (0c6d96b)",
     "task_arithmetic": "task arithmetic",
     "ties": "TIES",
     "linear": "linear",
@@ -30,8 +32,14 @@ METHOD_NAMES = {
     "tsv_m": "TSV-M",
     "iso_c": "Iso-C",
     "iso_cts": "Iso-CTS",
+    "peft_cat": "peft cat",
+    "peft_ties": "peft TIES",
 }
-FW = ("frank_wolfe", "frank_wolfe_step")
+# FW's methods; those of EVERY_BUDGET have one row per budget (method@iterations:samples)
+FW_BASE = ("fw_defaults", "fw_soft", "frank_wolfe", "frank_wolfe_step")
+EVERY_BUDGET = ("fw_defaults", "fw_soft")
+FW = ("frank_wolfe", "frank_wolfe_step")  # the earlier runs (benchmarks/real/lmeval.py's auto)
+TABLE1 = "table1"  # the Table 1 analogue's pool (all 8 adapters, all 8 tasks)
 POOL_WORDS = {
     "targets4": "the 4 target adapters",
     "targets6": "+ 2 irrelevant adapters (6)",
@@ -40,12 +48,21 @@ POOL_WORDS = {
 }
 
 
+def is_fw(method: str) -> bool:
+    return method.split("@")[0] in FW_BASE
+
+
 def _name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    base, _, budget = method.partition("@")
+    name = METHOD_NAMES.get(base, base)
+    if budget:
+        it, calib = budget.split(":")
+        name += f" ({it} it., {calib}/task)"
+    return name
 
 
 def _setting(method: str, s: dict) -> str:
-    if method in FW:
+    if is_fw(method):
         text = f"{s['iterations']} iterations, {s['calib_per_task']} calib. samples per task"
         return text + (f", step {s['step']}" if s.get("step") else "")
     return ", ".join(f"{k} {str(v).lower()}" for k, v in s.items()) or "-"
@@ -56,19 +73,38 @@ def chosen(runs: list[dict]) -> dict:
     return max(runs, key=lambda r: r["calib_mean"])
 
 
+def expanded(mg: dict) -> dict[str, list[dict]]:
+    """mg["runs"] with each budget of fw_defaults / fw_soft as a method of its own
+    (`fw_defaults@10:16`): every budget is a row to report, not a setting to choose."""
+    out: dict[str, list[dict]] = {}
+    for key, runs in mg["runs"].items():
+        if key.split("/")[1] in EVERY_BUDGET:
+            for r in runs:
+                s = r["setting"]
+                out.setdefault(f"{key}@{s['iterations']}:{s['calib_per_task']}", []).append(r)
+        else:
+            out[key] = runs
+    return out
+
+
 def table(mg: dict) -> dict[str, dict[str, dict]]:
     """{pool: {method: chosen run}} over every pool and method in the results."""
     out: dict[str, dict[str, dict]] = {}
-    for key, runs in mg["runs"].items():
+    for key, runs in expanded(mg).items():
         pool, method = key.split("/")
         out.setdefault(pool, {})[method] = chosen(runs)
     return out
 
 
+def scored_tasks(methods: dict[str, dict]) -> list[str]:
+    """The tasks a pool's merges were calibrated and scored on (from the runs themselves)."""
+    return list(next(iter(methods.values()))["calib"])
+
+
 def best_baseline(methods: dict[str, dict]) -> tuple[str, dict] | None:
     """The baseline whose chosen setting has the highest test target mean: the strongest
     comparison for FW (it uses the test split to pick the method, so it favours the baselines)."""
-    scored = {m: r for m, r in methods.items() if m not in FW and "test_mean" in r}
+    scored = {m: r for m, r in methods.items() if not is_fw(m) and "test_mean" in r}
     if not scored:
         return None
     m = max(scored, key=lambda k: scored[k]["test_mean"])
@@ -152,98 +188,153 @@ def expert_section(ex: dict) -> list[str]:
     return lines
 
 
+def pool_rows(mg: dict, pool: str) -> list[tuple[str, list[dict]]]:
+    """(method, runs) of one pool, FW first, then by the chosen setting's test mean."""
+    rows = [(k.split("/")[1], v) for k, v in expanded(mg).items() if k.split("/")[0] == pool]
+    rows.sort(key=lambda mr: (not is_fw(mr[0]), -chosen(mr[1]).get("test_mean", -1.0)))
+    return rows
+
+
 def merge_section(mg: dict, ex: dict) -> list[str]:
-    targets = mg["targets"]
     lines = [
         "## Merges",
         "",
-        f"Target tasks: {', '.join(targets)}. Pools: `targets4` (their 4 adapters), "
-        "`targets6` (+ uppercase, next_letters), `all8` (+ the 4 adapters of the other tasks, "
-        "irrelevant here), `all8_noise` (+ the adapter trained on random answers). Baselines: "
-        "every stock mergekit method that takes a base and many models, on mergekit's "
-        "densified adapters, and TSV-M, Iso-C, Iso-CTS (`benchmarks/real/svd_merges.py`, "
-        "written from the papers, on the adapters' factors); each one's setting with the "
-        "best calibration mean (32 inputs per target task) of the grid below is scored once "
-        "on the 100 test inputs per target task. FW: one run per recipe, adapters as factors "
-        "through `parameters.adapters`, calibration: the first samples of the 4 target "
-        "tasks' calibration files; `FW defaults` is the recipe defaults (line search) with the "
-        "iteration count and samples per task given, `FW, step: quadratic` the same with "
-        "`step: quadratic` (about 1.7 instead of 4.3 gradient-equivalents per iteration), 10 "
-        "iterations, 16 samples per task. Wall time and peak RSS are those of the merge "
-        "command (`mergekit-yaml`, or `python -m benchmarks.real.svd_merges`; peak RSS: the "
-        "child's `ru_maxrss`).",
+        f"Target tasks: {', '.join(mg['targets'])}. Pools of the Table 3 analogue: `targets4` "
+        "(their 4 adapters), `targets6` (+ uppercase, next_letters), `all8` (+ the 4 adapters "
+        "of the other tasks, irrelevant here), `all8_noise` (+ the adapter trained on random "
+        "answers); they are calibrated and scored on the 4 target tasks. The Table 1 analogue, "
+        f"`{TABLE1}`: all 8 adapters, calibrated and scored on all 8 tasks. Baselines: every "
+        "stock mergekit method that takes a base and many models, on mergekit's densified "
+        "adapters; TSV-M, Iso-C, Iso-CTS (`benchmarks/real/svd_merges.py`, written from the "
+        "papers, on the adapters' factors); peft's `add_weighted_adapter` (`ties`, `cat`; "
+        "`benchmarks/real/peft_merges.py`). Each one's setting with the best calibration mean "
+        "(32 inputs per task) of the grid below is scored once on the 100 test inputs per "
+        "task. FW: adapters as factors through `parameters.adapters`, calibration: the first "
+        "samples of each scored task's calibration file. `FW defaults` is the recipe defaults "
+        "of the package commit in the `package` column (since 6ddb0de the default step rule is "
+        "`step: quadratic`) with the iteration count and samples per task given; each of its "
+        "budgets is a row of its own, scored on test (a budget is reported, not chosen). "
+        "`FW-soft` changes only `variant: soft`. `FW, step: quadratic (0c6d96b)` and "
+        "`FW, line search (first session)` are earlier runs, kept for the record. Wall time "
+        "and peak RSS are those of the merge command (`mergekit-yaml`, or the script; peak "
+        "RSS: the child's `ru_maxrss`).",
         "",
     ]
-    own = {t: ex["matrix"].get(f"lora_{t}", {}).get(t, {}).get("em") for t in targets}
-    for pool, pool_tasks in mg["pools"].items():
-        rows = [(k.split("/")[1], v) for k, v in mg["runs"].items() if k.startswith(pool + "/")]
+    pools = list(mg["pools"]) + [p for p in table(mg) if p not in mg["pools"]]
+    for pool in pools:
+        rows = pool_rows(mg, pool)
         if not rows:
             continue
-        rows.sort(key=lambda mr: (mr[0] not in FW, -chosen(mr[1]).get("test_mean", -1.0)))
+        names = list(rows[0][1][0]["calib"])
         lines += [
-            f"### Pool `{pool}` ({len(pool_tasks)} adapters)",
+            f"### Pool `{pool}` ({len(mg['pools'].get(pool, []))} adapters, scored on "
+            f"{len(names)} tasks)",
             "",
-            "| merge | chosen setting | calib mean | " + " | ".join(targets)
-            + " | **test target mean** | wall s | peak RSS MB |",
-            "|---|---|---:|" + "---:|" * len(targets) + "---:|---:|---:|",
+            "| merge | chosen setting | calib mean | " + " | ".join(names)
+            + " | **test mean** | wall s | peak RSS MB |",
+            "|---|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
         ]  # fmt: skip
         for method, runs in rows:
-            best = max(runs, key=lambda r: r["calib_mean"])
+            best = chosen(runs)
             test = best.get("test", {})
-            cells = [f"{test[t]:.2f}" if t in test else "-" for t in targets]
+            cells = [f"{test[t]:.2f}" if t in test else "-" for t in names]
             tm = f"**{best['test_mean']:.3f}**" if "test_mean" in best else "-"
             lines.append(
                 f"| {_name(method)} | {_setting(method, best['setting'])} | "
                 f"{best['calib_mean']:.3f} | " + " | ".join(cells)
                 + f" | {tm} | {best['wall_s']:.0f} | {best['peak_rss_mb']:.0f} |"
             )  # fmt: skip
-        if all(v is not None for v in own.values()):
-            vals = [own[t] for t in targets]
+        own = [ex["matrix"].get(f"lora_{t}", {}).get(t, {}).get("em") for t in names]
+        if all(v is not None for v in own):
             lines.append(
-                "| each target's own adapter (no merge) | - | - | "
-                + " | ".join(f"{v:.2f}" for v in vals)
-                + f" | {sum(vals) / len(vals):.3f} | - | - |"
+                "| each task's own adapter (no merge) | - | - | "
+                + " | ".join(f"{v:.2f}" for v in own)
+                + f" | {sum(own) / len(own):.3f} | - | - |"
             )
         lines += ["", "Every setting run (calibration mean; wall time; peak RSS):", ""]
-        lines += ["| merge | setting | calib mean | wall s | peak RSS MB | LoRA cache warm |",
-                  "|---|---|---:|---:|---:|---|"]  # fmt: skip
+        lines += ["| merge | setting | calib mean | wall s | peak RSS MB | LoRA cache warm "
+                  "| package |", "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
         for method, runs in rows:
             for r in runs:
                 warm = r.get("lora_cache_warm")
                 lines.append(
                     f"| {_name(method)} | {_setting(method, r['setting'])} | "
                     f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-                    f"{'-' if warm is None else ('yes' if warm else 'no (densifies)')} |"
+                    f"{'-' if warm is None else ('yes' if warm else 'no (densifies)')} | "
+                    f"{r.get('package') or 'checkout'} |"
                 )
-        fw = [(m, r) for m, runs in rows if m in FW for r in runs]
-        for m, r in fw:
+        for m, r in [(m, r) for m, runs in rows if is_fw(m) for r in runs]:
             f = r.get("fw", {})
             losses = ", ".join(f"{x:.3f}" for x in f.get("losses", []))
+            start = next((s for s in f.get("init_table") or [] if s.get("chosen")), None)
             lines += [
                 "",
-                f"{_name(m)} on `{pool}`: {f.get('iterations_run')} iterations run (stopped: "
-                f"{f.get('stopped')}), calibration loss per iteration {losses}, final "
+                f"{_name(m)} on `{pool}`: "
+                + (f"start {start['start']} (calibration loss {start['loss']:.3f}); "
+                   if start else "")
+                + f"{f.get('iterations_run')} iterations run (stopped: {f.get('stopped')}), "
+                f"calibration loss per iteration {losses}, final "
                 f"{f.get('final_loss', float('nan')):.3f}.",
-            ]
+            ]  # fmt: skip
         lines.append("")
+    return lines
+
+
+def fw_columns(tab: dict, pools: list[str]) -> list[str]:
+    """FW's rows with a test mean in some pool: FW defaults' budgets first, then the rest."""
+    found = {m for p in pools for m, r in tab[p].items() if is_fw(m) and "test_mean" in r}
+
+    def order(m: str) -> tuple:
+        base, _, budget = m.partition("@")
+        it, _, calib = budget.partition(":")
+        return FW_BASE.index(base), int(it or 0), int(calib or 0)
+
+    return sorted(found, key=order)
+
+
+def drop_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
+    """FW's change in test target mean from the 4 target adapters to the larger pools."""
+    lines = []
+    for m in fw_cols:
+        seq = [(p, tab[p][m]) for p in pools if m in tab[p] and "test_mean" in tab[p][m]]
+        if len(seq) < 2 or seq[0][0] != "targets4":
+            continue
+        first = seq[0][1]["test_mean"]
+        steps = ", ".join(f"{p} {r['test_mean'] - first:+.3f}" for p, r in seq[1:])
+        worst = min(r["test_mean"] for _, r in seq[1:]) - first
+        verdict = "within" if worst >= -0.02 else "more than"
+        losses = ", ".join(
+            f"{p} {r['fw']['losses'][0]:.2f} -> {r['fw']['final_loss']:.3f} / {r['calib_mean']:.3f}"
+            for p, r in seq
+            if "fw" in r
+        )
+        lines.append(
+            f"- {_name(m)}: change from the 4 target adapters: {steps} ({verdict} the issue's "
+            f"0.02). Calibration loss at the first iteration -> final, and calibration exact "
+            f"match, per pool: {losses}."
+        )
     return lines
 
 
 def summary(mg: dict) -> list[str]:
     """FW against the best baseline per pool, FW's change over the pools, cost."""
     tab = table(mg)
-    pools = [p for p in POOL_WORDS if p in tab] + [p for p in tab if p not in POOL_WORDS]
+    pools = [p for p in POOL_WORDS if p in tab] + [
+        p for p in tab if p not in POOL_WORDS and p != TABLE1
+    ]
     lines = ["## Summary", ""]
-    fw_cols = [m for m in FW if any(m in tab[p] and "test_mean" in tab[p][m] for p in pools)]
+    fw_cols = fw_columns(tab, pools)
+    main = next((m for m in fw_cols if m.startswith("fw_defaults@")), None)
     lines += [
-        "Test target mean (100 test inputs per target task) of each FW recipe and of the best "
-        "baseline (stock mergekit methods, TSV-M, Iso-C, Iso-CTS; each at its setting chosen "
-        "on calibration; the best baseline is the one with the highest *test* mean, which "
-        "favours the baselines):",
+        "Table 3 analogue. Test target mean (100 test inputs per target task) of each FW row "
+        "and of the best baseline (stock mergekit methods, TSV-M, Iso-C, Iso-CTS, peft; each "
+        "at its setting chosen on calibration; the best baseline is the one with the highest "
+        "*test* mean, which favours the baselines):",
         "",
         "| pool | "
         + " | ".join(_name(m) for m in fw_cols)
-        + " | best baseline | best FW - best baseline |",
+        + " | best baseline | "
+        + (f"{_name(main)} - best baseline |" if main else "|"),
         "|---|" + "---:|" * len(fw_cols) + "---|---:|",
     ]
     for pool in pools:
@@ -253,10 +344,9 @@ def summary(mg: dict) -> list[str]:
         for m in fw_cols:
             r = methods.get(m)
             cells.append(f"{r['test_mean']:.3f}" if r and "test_mean" in r else "not run")
-        fw_best = max((methods[m]["test_mean"] for m in fw_cols if m in methods
-                       and "test_mean" in methods[m]), default=None)  # fmt: skip
+        fw_main = methods.get(main, {}).get("test_mean") if main else None
         if bb:
-            gap = f"{fw_best - bb[1]['test_mean']:+.3f}" if fw_best is not None else "-"
+            gap = f"{fw_main - bb[1]['test_mean']:+.3f}" if fw_main is not None else "-"
             base = f"{bb[1]['test_mean']:.3f} ({_name(bb[0])})"
         else:
             gap, base = "-", "not run"
@@ -266,63 +356,63 @@ def summary(mg: dict) -> list[str]:
             + f" | {base} | {gap} |"
         )
     lines.append("")
-    for m in fw_cols:
-        seq = [
-            (p, tab[p][m]["test_mean"]) for p in pools if m in tab[p] and "test_mean" in tab[p][m]
-        ]
-        if len(seq) > 1 and seq[0][0] == "targets4":
-            steps = ", ".join(f"{p} {v - seq[0][1]:+.3f}" for p, v in seq[1:])
-            worst = min(v for _, v in seq[1:]) - seq[0][1]
-            verdict = "within" if worst >= -0.02 else "more than"
-            losses = ", ".join(
-                f"{p} {tab[p][m]['fw']['final_loss']:.3f} / {tab[p][m]['calib_mean']:.3f}"
-                for p, _ in seq
-                if "fw" in tab[p][m]
-            )
-            lines.append(
-                f"- {_name(m)}: change from the 4 target adapters: {steps} ({verdict} the "
-                f"issue's 0.02 loss). Final calibration loss / calibration mean per pool: {losses}."
-            )
-            if worst < -0.02:
-                starts = ", ".join(
-                    f"{p} {tab[p][m]['fw']['losses'][0]:.2f}" for p, _ in seq if "fw" in tab[p][m]
-                )
-                lines.append(
-                    "  Why: each larger pool starts from a worse data-free start (calibration "
-                    f"loss of the chosen start: {starts}) and, with the same iteration budget, "
-                    "ends at a higher calibration loss"
-                    + (
-                        "; the calibration exact match does not drop as much as the test one, "
-                        "i.e. with more vertices the fit to the first samples of each "
-                        "calibration file generalises less"
-                        if min(tab[p][m]["calib_mean"] for p, _ in seq[1:])
-                        > tab["targets4"][m]["calib_mean"] + worst
-                        else ""
-                    )
-                    + ". More iterations and all 32 calibration samples per task are the "
-                    "levers not tried here (compute)."
-                )
-    for pool in pools:
-        methods = tab[pool]
+    lines += drop_lines(tab, pools, fw_cols)
+    lines += table1_summary(tab)
+    for pool in [*pools, TABLE1]:
+        methods = tab.get(pool, {})
         ties = methods.get("ties")
-        for m in fw_cols:
-            fw = methods.get(m)
-            if fw and ties:
-                lines.append(
-                    f"- Cost on `{pool}`, {_name(m)}: {fw['wall_s']:.0f} s, peak RSS "
-                    f"{fw['peak_rss_mb']:.0f} MB; TIES (chosen setting) {ties['wall_s']:.0f} s, "
-                    f"{ties['peak_rss_mb']:.0f} MB: FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x "
-                    f"time, {fw['peak_rss_mb'] / ties['peak_rss_mb']:.2f}x memory."
-                )
+        fw = methods.get(main) if main else None
+        if fw and ties:
+            lines.append(
+                f"- Cost on `{pool}`, {_name(main)}: {fw['wall_s']:.0f} s, peak RSS "
+                f"{fw['peak_rss_mb']:.0f} MB; TIES (chosen setting) {ties['wall_s']:.0f} s, "
+                f"{ties['peak_rss_mb']:.0f} MB: FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x "
+                f"time, {fw['peak_rss_mb'] / ties['peak_rss_mb']:.2f}x memory."
+            )
     lines.append(
-        "- Wall times come from runs at different moments on a shared 2-core machine (the "
-        "first task arithmetic / TIES / FW-defaults runs under heavier load, the others "
-        "later): the ratios are rough."
+        "- Wall times come from runs at different moments on a shared 2-core machine, with "
+        "other jobs competing for the cores: the ratios are rough."
     )
     lines.append(
         "- FW reads the adapters as factors; the stock methods read mergekit's densified "
-        "copies (`--lora-merge-cache`); TSV-M and the Iso methods decompose the factors."
+        "copies (`--lora-merge-cache`); TSV-M and the Iso methods decompose the factors; peft "
+        "combines them."
     )
+    return lines + [""]
+
+
+def table1_summary(tab: dict) -> list[str]:
+    """The Table 1 analogue: every adapter, every task; test mean over the 8 tasks."""
+    methods = tab.get(TABLE1)
+    if not methods:
+        return []
+    names = scored_tasks(methods)
+    rows = sorted(
+        ((m, r) for m, r in methods.items() if "test_mean" in r),
+        key=lambda mr: (not is_fw(mr[0]), -mr[1]["test_mean"]),
+    )
+    lines = [
+        "",
+        f"Table 1 analogue (`{TABLE1}`): all 8 adapters, calibrated and scored on all "
+        f"{len(names)} tasks; test mean over the {len(names)} tasks (100 test inputs each), "
+        "each method at its setting chosen on calibration:",
+        "",
+        "| merge | setting | calib mean | test mean | wall s | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for m, r in rows:
+        lines.append(
+            f"| {_name(m)} | {_setting(m, r['setting'])} | {r['calib_mean']:.3f} | "
+            f"**{r['test_mean']:.3f}** | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    bb = best_baseline(methods)
+    if bb:
+        for m, r in rows:
+            if is_fw(m):
+                lines.append(
+                    f"- {_name(m)} - best baseline ({_name(bb[0])}): "
+                    f"{r['test_mean'] - bb[1]['test_mean']:+.3f}."
+                )
     return lines + [""]
 
 
