@@ -42,15 +42,18 @@ def mergekit_yaml(config: Path, out: Path, *extra: str):
 
 
 def assert_same_run(a: FWPlan, b: FWPlan, out_a: Path, out_b: Path) -> float:
-    """Same picks, steps and coefficients; written tensors within 1e-5. Returns max |diff|."""
+    """Same picks, steps and coefficients; written tensors within 1e-5. Returns max |diff|.
+    The default step (quadratic) is a smooth function of float32 losses, so the two runs'
+    gammas, losses and coefficients agree to the losses' precision (about 1e-6 relative), not bit
+    for bit."""
     assert a.labels == b.labels
     assert len(a.iterations) == len(b.iterations)
     for x, y in zip(a.iterations, b.iterations):
         assert x.picks == y.picks
-        assert x.gamma == pytest.approx(y.gamma, abs=1e-9)
-        assert x.loss == pytest.approx(y.loss, abs=1e-6)
+        assert x.gamma == pytest.approx(y.gamma, rel=1e-5, abs=1e-9)
+        assert x.loss == pytest.approx(y.loss, rel=1e-6, abs=1e-6)
     for name in a.tensors:
-        assert a.coefficients[name] == pytest.approx(b.coefficients[name], abs=1e-9)
+        assert a.coefficients[name] == pytest.approx(b.coefficients[name], rel=1e-6, abs=1e-6)
     ta, tb = load_file(out_a / "model.safetensors"), load_file(out_b / "model.safetensors")
     assert set(ta) == set(tb)
     diff = max(float((ta[k].double() - tb[k].double()).abs().max()) for k in ta)

@@ -29,9 +29,9 @@ def test_box_on_adapters_equals_box_on_densified_models(zoo, loras, tmp_path):
     d = prepare(parsed(dense), MergeOptions(quiet=True, lora_merge_cache=str(tmp_path / "c")))
     assert a.models[1:] == [f"adapter:{loras[t]}" for t in ADAPTERS]
     for x, y in zip(a.iterations, d.iterations, strict=True):
-        assert x.picks == y.picks and x.gamma == pytest.approx(y.gamma, abs=1e-9)
+        assert x.picks == y.picks and x.gamma == pytest.approx(y.gamma, rel=1e-5, abs=1e-9)
     for name in a.tensors:
-        assert a.coefficients[name] == pytest.approx(d.coefficients[name], abs=1e-9)
+        assert a.coefficients[name] == pytest.approx(d.coefficients[name], rel=1e-6, abs=1e-6)
     assert any("+" in p for p in a.iterations[0].picks.values())  # several adapters at once
     # several adapters in one tensor, each within the box
     assert any(sum(c > 0 for c in row[1:]) > 1 for row in a.coefficients.values())
