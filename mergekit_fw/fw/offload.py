@@ -92,13 +92,17 @@ class Offloaded:
         # a leaf that requires grad: makes every block's output differentiable, so that
         # backward reaches blocks whose inputs are token ids
         self._anchor = torch.zeros((), device=device, requires_grad=True)
+        # a forward already set on the instance (accelerate's device hooks) is kept under ours
+        self._own_forwards = [block.module.__dict__.get("forward") for block in self.blocks]
         for index, block in enumerate(self.blocks):
             block.module.forward = self._wrapped(index, block.module.forward)
 
     def release(self) -> None:
         """Give the blocks their own forwards back (a real model borrowed for a while)."""
-        for block in self.blocks:
+        for block, own in zip(self.blocks, self._own_forwards):
             block.module.__dict__.pop("forward", None)
+            if own is not None:
+                block.module.forward = own
         if self._use_cache is not None:
             self.model.config.use_cache = self._use_cache
 

@@ -17,6 +17,7 @@ import inspect
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from mergekit_fw.mergekit.checks import METHOD_NAME, Recipe, check_recipe, check
 from mergekit_fw.mergekit.factor_writer import write_factor_adapter
 from mergekit_fw.mergekit.foreign import kept_config, screen_foreign
 from mergekit_fw.mergekit.host_warnings import host_bars, quiet_host_deprecations
+from mergekit_fw.mergekit.placement import FIT, Placement, gpu_budgets, plan_placement
 from mergekit_fw.mergekit.resume import run_fingerprint
 from mergekit_fw.mergekit.start import compute_start_vertex, dtype_name, start_config, start_id
 from mergekit_fw.mergekit.summary import plain_messages, summary
@@ -77,17 +79,23 @@ def compute_plan(
         trust_remote_code=options.trust_remote_code,
         lora_merge_dtype=options.lora_merge_dtype,
     ).local_path(cache_dir=options.transformers_cache)
-    out_of_core, why = choose_prepass(settings, pool, device, dtype, recipe)
-    LOG.info("pre-pass %s: %s", "out of core" if out_of_core else "in memory", why)
+    choice = choose_prepass(settings, pool, device, dtype, recipe, base_path, options)
+    LOG.info("pre-pass %s: %s", "out of core" if choice.out_of_core else "in memory", choice.why)
+    out_of_core, placement = choice.out_of_core, choice.placement
     if out_of_core:  # a weightless skeleton; blocks read theta from disk (fw/out_of_core.py)
         model = skeleton(objective, base_path, dtype, device, options.trust_remote_code)
     else:
+        spread = {} if placement is None else {"device_map": placement.device_map}
         with host_bars(options.quiet):  # transformers' "Loading weights" bar, on a terminal
             model = objective.auto_class().from_pretrained(
-                base_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+                base_path, dtype=dtype, trust_remote_code=options.trust_remote_code, **spread
             )
-        model.to(device)
+        if placement is None:
+            model.to(device)
     slots = build_slots(model, set(pool.tensor_names(0)))
+    if placement is not None:  # each tensor's vertices stream to its layer's GPU
+        pool.placement = {slot.name: slot.param.device for slot in slots}
+        device = model.get_input_embeddings().weight.device  # the batches' device
     if not out_of_core:  # theta_0 is exactly what mergekit's loader reads
         with torch.no_grad():
             for slot in slots:
@@ -136,28 +144,45 @@ def compute_plan(
     return plan.model_copy(update=found), start
 
 
-def choose_prepass(settings, pool, device, dtype, recipe) -> tuple[bool, str]:
-    """(out of core?, why): the recipe's `prepass`, or for `auto` the estimate against the
-    math device's free memory (mergekit/estimate.py)."""
+@dataclass(frozen=True)
+class Prepass:
+    """Where the pre-pass runs, and why (logged)."""
+
+    out_of_core: bool
+    why: str
+    placement: Placement | None = None  # in memory over several GPUs (mergekit/placement.py)
+
+
+def choose_prepass(settings, pool, device, dtype, recipe, base_path=None, options=None):
+    """The recipe's `prepass`, or for `auto` the estimate against the math device's free
+    memory (mergekit/estimate.py); on CUDA, when one GPU is too small, the GPUs together
+    (accelerate's device map) before going out of core."""
     from mergekit_fw.mergekit.estimate import device_free_bytes, estimate_recipe
     from mergekit_fw.settings import out_of_core_clash
 
     if settings.prepass != "auto":
-        return settings.prepass == "out_of_core", f"prepass: {settings.prepass}"
+        return Prepass(settings.prepass == "out_of_core", f"prepass: {settings.prepass}")
     clash = out_of_core_clash(settings)
-    need = estimate_recipe(recipe, pool, dtype).in_memory_peak  # calibration batch included
-    free = device_free_bytes(device)
-    if free is None or need <= 0.8 * free:
-        return False, f"prepass: auto, about {need / 2**30:.2f} GiB needed, fits {device}"
-    if clash:
-        return False, (
-            f"prepass: auto, about {need / 2**30:.2f} GiB needed, more than 80% of the "
-            f"{free / 2**30:.2f} GiB free on {device}, but {clash} needs the in-memory pre-pass"
-        )
-    return True, (
-        f"prepass: auto, about {need / 2**30:.2f} GiB needed in memory, more than 80% of "
-        f"the {free / 2**30:.2f} GiB free on {device}"
+    estimate = estimate_recipe(recipe, pool, dtype)  # calibration batch included
+    need, free = estimate.in_memory_peak, device_free_bytes(device)
+    if free is None or need <= FIT * free:
+        return Prepass(False, f"prepass: auto, about {need / 2**30:.2f} GiB needed, fits {device}")
+    too_much = (
+        f"prepass: auto, about {need / 2**30:.2f} GiB needed in memory, more than 80% of the "
+        f"{free / 2**30:.2f} GiB free on {device}"
     )
+    gpus = gpu_budgets() if device.type == "cuda" else {}
+    if len(gpus) > 1 and base_path is not None and settings.lora_mode != "factors":
+        model = skeleton(recipe.objective, base_path, dtype, torch.device("cpu"),
+                         bool(options and options.trust_remote_code))  # fmt: skip
+        placement = plan_placement(model, gpus, need / estimate.model_bytes, dtype)
+        if placement is not None:
+            return Prepass(False, f"{too_much}; in memory over {len(gpus)} GPUs: "
+                           f"{placement.describe()}", placement)  # fmt: skip
+        too_much += f", and more than the {len(gpus)} GPUs hold together"
+    if clash:
+        return Prepass(False, f"{too_much}, but {clash} needs the in-memory pre-pass")
+    return Prepass(True, too_much)
 
 
 def skeleton(objective, base_path: str, dtype, device, trust_remote_code: bool):

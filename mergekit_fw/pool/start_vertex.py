@@ -72,9 +72,12 @@ class StartedPool:
     def stored(self, k: int, name: str) -> torch.Tensor:
         return self.start_vertex.get(name) if k == self.start_index else self.inner.stored(k, name)
 
+    def device_for(self, name: str) -> torch.device:
+        return self.inner.device_for(name)
+
     def tensor(self, k: int, name: str) -> torch.Tensor:
         if k == self.start_index:
-            return self.start_vertex.get(name).to(device=self.device, dtype=self.dtype)
+            return self.start_vertex.get(name).to(device=self.device_for(name), dtype=self.dtype)
         return self.inner.tensor(k, name)
 
     def tensor_names(self, k: int = 0) -> list[str]:
@@ -96,6 +99,7 @@ class StartedPool:
         return scores
 
     def score_tensor_many(self, name, grads, theta, with_norms: bool) -> list[TensorScores]:
+        grads = [g.to(self.device_for(name)) for g in grads]
         start = self.tensor(self.start_index, name)
         many = score_tensor_many(self.inner, name, grads, theta, with_norms)
         for scores, g in zip(many, grads):

@@ -41,6 +41,7 @@ class VertexPool:
         self.refs = list(refs)
         self.labels = short_labels(self.refs)
         self.device = device
+        self.placement: dict[str, torch.device] = {}  # tensor -> its GPU (mergekit/placement.py)
         self.dtype = dtype
         cache = LoaderCache()
         self.loaders = [weights_only(lambda r=ref: cache.get(r), str(ref)) for ref in self.refs]
@@ -76,14 +77,20 @@ class VertexPool:
             x = self.loaders[k].get_tensor(name, device="cpu")
         return x
 
+    def device_for(self, name: str) -> torch.device:
+        """Where a tensor's math runs: the math device, or its layer's GPU when the model is
+        spread over several (`placement`)."""
+        return self.placement.get(name, self.device)
+
     def tensor(self, k: int, name: str) -> torch.Tensor:
-        """One tensor of one vertex, on the math device, in the merge dtype."""
+        """One tensor of one vertex, on its math device, in the merge dtype."""
         adapter = self._adapter(k)
+        device = self.device_for(name)
         if adapter is not None:  # W0 + s B A: one tensor-sized temporary, no dense copy
             work = torch.float64 if self.dtype == torch.float64 else torch.float32
-            x = self.stored(0, name).to(device=self.device, dtype=work, copy=True)
+            x = self.stored(0, name).to(device=device, dtype=work, copy=True)
             return add_delta_(adapter, x, name).to(dtype=self.dtype)
-        return self.stored(k, name).to(device=self.device, dtype=self.dtype)
+        return self.stored(k, name).to(device=device, dtype=self.dtype)
 
     def add_task_vector_(
         self, k: int, name: str, out: torch.Tensor, alpha: float, base: torch.Tensor
@@ -119,6 +126,7 @@ class VertexPool:
         preferences). Adapter vertices are scored from their factors plus the base's own dot
         and norm (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
         """
+        grads = [g.to(self.device_for(name)) for g in grads]  # stored gradients: one device
         factor_dots = []
         for g in grads:
             work = as_work(g) if self.adapters else g  # one float32 copy per gradient
