@@ -193,12 +193,12 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
         for slot in slots:
             slot.param.requires_grad_(True)
         check_loss(model, problem)
-        start_row, table = None, []
+        start_row, table, formed = None, [], False
         if settings.init_kind == "auto":  # the base or task arithmetic, by calibration loss
-            start_row, table = auto_start(model, slots, pool, problem, settings)
+            start_row, table, formed = auto_start(model, slots, pool, problem, settings)
         plan = run_frank_wolfe(
-            model, slots, pool, problem, settings, quiet,
-            start_row=start_row, on_iteration=progress_hook(progress),
+            model, slots, pool, problem, settings, quiet, start_row=start_row,
+            start_formed=formed, on_iteration=progress_hook(progress),
         )  # fmt: skip
         settings = plan.settings.model_copy(update={"objective": objective.name})
         plan = plan.model_copy(update={"init_table": table, "settings": settings})
@@ -245,13 +245,14 @@ def progress_hook(progress):
 
 
 def auto_start(model, slots, pool, problem, settings):
-    """`init: auto` without mergekit: (start row, table) over the base and task arithmetic."""
+    """`init: auto` without mergekit: (start row, table, formed) over the base and task
+    arithmetic; `formed`: the parameters hold the start (fw/start_grid.py `score_rows`)."""
     from mergekit_fw.fw.start_grid import builtin_rows, choose, score_rows
 
     loss = problem.loss_of(model)
-    rows = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss, model)
+    rows, held = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss, model)
     chosen, table = choose(rows, loss_unit(settings, getattr(problem.objective, "name", None)))
-    return chosen["row"], table
+    return chosen["row"], table, chosen["row"] == held
 
 
 def select_slots(model: torch.nn.Module, include: Callable[[str], bool] | None) -> list:

@@ -223,7 +223,7 @@ def test_the_task_arithmetic_starts_come_from_one_read(zoo, monkeypatch):
     from mergekit_fw.fw.loop import build_slots
     from mergekit_fw.fw.objectives import CausalLMObjective
     from mergekit_fw.fw.problem import CalibrationProblem
-    from mergekit_fw.fw.start_grid import builtin_rows, score_rows
+    from mergekit_fw.fw.start_grid import builtin_rows, score_rows, set_combinations
     from mergekit_fw.settings import FWSettings
 
     LoaderCache().setup(MergeOptions())
@@ -240,15 +240,24 @@ def test_the_task_arithmetic_starts_come_from_one_read(zoo, monkeypatch):
     rows = builtin_rows(FWSettings(calibration="x", iterations=1), 3)
     assert len(rows) == 7  # the base and six task-arithmetic starts
     read = _counting_reads(monkeypatch)
-    table = score_rows(rows, slots, pool, loss, model)
+    table, held = score_rows(rows, slots, pool, loss, model)
     pool_bytes = sum(
         r.entry(s.name).numel * r.entry(s.name).dtype.itemsize for s in slots for r in pool.readers
     )
     assert read["bytes"] == pool_bytes
     assert all(slot.param.grad is None for slot in slots)
     assert "forward" not in model.model.layers[0].__dict__  # the model has its forwards back
-    formed = score_rows(rows, slots, pool, loss)  # no model: each start formed in place
+    # the parameters hold the lowest-loss start, formed without another read, as scored
+    best = min(table, key=lambda e: e["loss"])
+    assert held == best["row"] and read["bytes"] == pool_bytes
+    assert loss() == pytest.approx(best["loss"], rel=1e-6)
+    held_weights = {slot.name: slot.param.detach().clone() for slot in slots}
+    formed, last = score_rows(rows, slots, pool, loss)  # no model: each start formed in place
+    assert last == rows[-1][1]
     assert [e["loss"] for e in table] == pytest.approx([e["loss"] for e in formed], rel=1e-5)
+    set_combinations(slots, pool, best["row"])  # the chosen start formed from the pool
+    for slot in slots:
+        assert torch.allclose(held_weights[slot.name], slot.param, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.e2e

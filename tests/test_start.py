@@ -170,3 +170,47 @@ def test_recipe_naming_other_models_is_an_error_naming_them(zoo, tmp_path):
     )  # fmt: skip
     with pytest.raises(FWConfigError, match="expert_sort"):
         check_recipe(_config(recipe), with_calibration=False)
+
+
+@pytest.mark.parametrize("winner", ["line", "ties"])
+def test_auto_hands_the_loop_its_start_already_formed(zoo, monkeypatch, winner):
+    """init: auto leaves its winner in the parameters (the line's best point formed as it
+    was scored, or the TIES snapshot copied back), so the loop forms nothing again; the plan
+    equals the one of a loop told to form the start row from the pool itself."""
+    from mergekit_fw.mergekit import auto_start, runner
+    from tests.helpers import config
+
+    if winner == "ties":  # make a TIES start win, whatever its loss
+        choose = auto_start.choose
+
+        def ties_wins(table, unit=""):
+            for entry in table:
+                if entry["start"] == "ties density=0.5":
+                    entry["loss"] = -1.0
+            return choose(table, unit)
+
+        monkeypatch.setattr(auto_start, "choose", ties_wins)
+    formed, run = [], runner.run_frank_wolfe
+
+    def spy(*args, **kwargs):
+        formed.append(kwargs["start_formed"])
+        if len(formed) == 2:  # the second run: the loop forms theta_0 from the row
+            kwargs["start_formed"] = False
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_frank_wolfe", spy)
+    models = [zoo["reverse"], zoo["add"]]
+    cfg = config(zoo["base"], models, calibration=f"{zoo['calib']}/two_tasks.yaml",
+                 iterations=2, init="auto")  # fmt: skip
+    held = runner.prepare(cfg, MergeOptions(quiet=True))
+    by_loop = runner.prepare(cfg, MergeOptions(quiet=True))
+    assert formed == [True, True]
+    if winner == "ties":
+        assert [e["start"] for e in held.init_table if e["chosen"]] == ["ties density=0.5"]
+    assert held.start_row == by_loop.start_row
+    assert held.iterations[0].loss == pytest.approx(by_loop.iterations[0].loss, rel=1e-6)
+    assert [r.gamma for r in held.iterations] == pytest.approx(
+        [r.gamma for r in by_loop.iterations], rel=1e-5
+    )
+    for name, row in held.coefficients.items():
+        assert by_loop.coefficients[name] == pytest.approx(row, rel=1e-5, abs=1e-7)

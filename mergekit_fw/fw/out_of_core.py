@@ -126,7 +126,8 @@ class OutOfCoreFrankWolfe(FrankWolfe):
     def choose_start(self, rows: list[tuple[str, list[float]]]) -> list[dict]:
         """`init: auto` over the given coefficient rows; the winner becomes the start. Rows
         on the task-arithmetic line are scored from the base (theta's store) and the summed
-        task vector (put in the gradient's store from one read of the pool)."""
+        task vector (put in the gradient's store from one read of the pool); the winner is
+        then formed from the two stores (`start_formed`: the loop reads no vertex for it)."""
         positions = [line_position(row) for _, row in rows]
         if None not in positions:
             with torch.no_grad():
@@ -136,12 +137,21 @@ class OutOfCoreFrankWolfe(FrankWolfe):
                     self.grad.put(slot.name, t)
                     del base, t
             losses = [self.line_walk()(lam) for lam in positions]
-            self.zero_gradient()
         else:
             losses = [self.row_loss(row) for _, row in rows]
         table = [{"start": name, "loss": x, "row": row} for (name, row), x in zip(rows, losses)]
         chosen, public = choose(table)
         self.start_row = list(chosen["row"])
+        if None not in positions:  # theta = base + lam t from the two stores, as scored
+            self.start_formed = True
+            lam = positions[next(i for i, entry in enumerate(table) if entry is chosen)]
+            if lam != 0.0:
+                with torch.no_grad():
+                    for slot in self._bar(self.slots, "start"):
+                        start = self.theta.get(slot.name).add_(self.grad.get(slot.name), alpha=lam)
+                        self.theta.put(slot.name, start)
+                        del start
+            self.zero_gradient()
         return public
 
     def run(self):

@@ -78,12 +78,19 @@ def sum_task_vectors_(t: torch.Tensor, pool, name: str, base: torch.Tensor) -> t
     return t
 
 
-def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list[dict]:
-    """The table entries {start, loss, row} of the given starts. When every row is a point
-    of the task-arithmetic line and `model` splits into blocks (fw/offload.py), the pool is
-    read once: the parameters hold the base, their gradient buffers the summed task vector
-    t, and each start's weights base + lam t are formed block by block as it runs;
-    otherwise each start is formed in the model from the pool."""
+def score_rows(
+    rows, slots, pool, loss: Callable[[], float], model=None
+) -> tuple[list[dict], list[float] | None]:
+    """(table, held): the table entries {start, loss, row} of the given starts, and the row
+    the parameters hold afterwards, so that the loop can start there without forming it
+    again (`FrankWolfe(start_formed=True)`).
+
+    When every row is a point of the task-arithmetic line and `model` splits into blocks
+    (fw/offload.py), the pool is read once: the parameters hold the base, their gradient
+    buffers the summed task vector t, and each start's weights base + lam t are formed block
+    by block as it runs; the parameters are then moved to the lowest-loss point of the line,
+    formed as it was scored (no read). Otherwise each start is formed in the model from the
+    pool, and the parameters hold the last one."""
     positions = [line_position(row) for _, row in rows]
     engine = _line_engine(model, slots) if None not in positions else None
     if engine is None:
@@ -91,7 +98,7 @@ def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list
         for name, row in rows:
             set_combinations(slots, pool, row)
             table.append({"start": name, "loss": loss(), "row": row})
-        return table
+        return table, (rows[-1][1] if rows else None)
     by_name = {slot.name: slot for slot in slots}
     try:
         for slot in slots:
@@ -108,7 +115,11 @@ def score_rows(rows, slots, pool, loss: Callable[[], float], model=None) -> list
 
             with engine.use(weights):
                 table.append({"start": name, "loss": loss(), "row": row})
-        return table
+        best = min(range(len(table)), key=lambda i: table[i]["loss"])  # first of ties
+        with torch.no_grad():
+            for slot in slots:  # the same op as `weights`: theta_0 is the start scored
+                slot.param.add_(slot.param.grad, alpha=positions[best])
+        return table, table[best]["row"]
     finally:
         engine.release()
         for slot in slots:

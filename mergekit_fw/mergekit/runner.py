@@ -114,14 +114,14 @@ def compute_plan(
         len(pool) - 1, len(slots), recipe.calibration.describe(), device,
     )  # fmt: skip
     problem = CalibrationProblem(objective, batches, [t.name for t in recipe.calibration.tasks])
-    start_row, init_table, start, loop_keywords = None, [], None, {}
+    start_row, init_table, start, loop_keywords, formed = None, [], None, {}, False
     if out_of_core:
         if checkpoint is not None:
             LOG.info("prepass: out_of_core keeps no resumable state (a re-run starts over)")
         loop_keywords = out_of_core_keywords(settings, len(pool) - 1, checkpoint)
     else:
         if settings.init_kind != "builtin":  # a mergekit start, or init: auto
-            pool, start, start_row, init_table = build_start(
+            pool, start, start_row, init_table, formed = build_start(
                 recipe, options, model=model, slots=slots, pool=pool, problem=problem,
                 device=device, dtype=dtype,
             )  # fmt: skip
@@ -129,7 +129,7 @@ def compute_plan(
             loop_keywords = {"resume": checkpoint.saved_state(), "on_iteration": checkpoint.save}
     plan = run_frank_wolfe(
         model, slots, pool, problem, settings, quiet=options.quiet, start_row=start_row,
-        out_of_core=out_of_core, **loop_keywords,
+        start_formed=formed, out_of_core=out_of_core, **loop_keywords,
     )  # fmt: skip  # the API's core too (mergekit_fw/api.py)
     found = {
         "adapters": {adapter.id: adapter.path for adapter in recipe.adapters},
@@ -229,17 +229,19 @@ def build_start(
     problem: CalibrationProblem,
     device: torch.device,
     dtype: torch.dtype,
-) -> tuple[VertexPool | StartedPool, StartVertex | None, list[float] | None, list[dict]]:
+) -> tuple[VertexPool | StartedPool, StartVertex | None, list[float] | None, list[dict], bool]:
     """The start of a mergekit / auto run: (pool with the start vertex, the vertex, start
-    row, table); the vertex is None where auto chose a builtin start.
+    row, table, formed); the vertex is None where auto chose a builtin start; `formed`: the
+    parameters hold the start (auto_start.choose_start), so the loop does not form it.
 
     The start vertex is kept in memory (pool/start_vertex.py), so the write phase streams
     the same tensors; no copy of it is written to disk.
     """
     started = time.perf_counter()
     table: list[dict] = []
+    formed = False
     if recipe.settings.init_kind == "auto":
-        vertex, row, table = choose_start(
+        vertex, row, table, formed = choose_start(
             recipe, options, model=model, slots=slots, pool=pool, problem=problem, device=device
         )
     else:  # re-derived over the current candidates (a screen may have removed some)
@@ -250,7 +252,7 @@ def build_start(
         )  # fmt: skip
         row = None
     if vertex is None:
-        return pool, None, row, table
+        return pool, None, row, table, formed
     vertex.label = unique_labels(pool.labels, [vertex.label])[0]
     started_pool = StartedPool(pool, vertex)
     if row is None:
@@ -259,7 +261,7 @@ def build_start(
         "start %s: %.1f MiB in memory, %.1f s",
         vertex.id, vertex.nbytes() / 2**20, time.perf_counter() - started,
     )  # fmt: skip
-    return started_pool, vertex, row, table
+    return started_pool, vertex, row, table, formed
 
 
 def checked_recipe(
