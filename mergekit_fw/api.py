@@ -13,6 +13,7 @@ base (a finite scalar that depends on the merged parameters) on one batch of eac
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -28,6 +29,8 @@ from mergekit_fw.settings import (
     ReductionName,
     StepName,
 )
+
+LOG = logging.getLogger("mergekit_fw")
 
 NAMED_LOSSES = get_args(ObjectiveName)
 
@@ -175,6 +178,8 @@ def _merge(model, candidates, loss, data, include, labels, options, progress):
     if not isinstance(model, torch.nn.Module):
         raise FWConfigError(f"model= must be a torch.nn.Module, got {type(model).__name__}.")
     settings = APIOptions.from_options(options)
+    for line in settings.unused():
+        LOG.warning("frank_wolfe_merge: %s", line)
     candidates = [c.state_dict() if isinstance(c, torch.nn.Module) else c for c in candidates or []]
     quiet = progress != "passes"
     slots = select_slots(model, include)

@@ -315,8 +315,36 @@ class FWOptions(BaseModel):
         return self.model_dump(mode="json")
 
 
+# options that a choice leaves unused: (keys, when they are unused, the choice they serve).
+# Set away from their defaults there, they are ignored with a warning, not refused: sweeps
+# and recipes that set them across variants keep running (`FWSettings.unused`).
+UNUSED: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("topk", "select", "coefficients", "fit_granularity", "inner_steps", "inner_lr"),
+     lambda o: o.variant == "hard", "variant: soft"),
+    (("merge_density",), lambda o: o.merge_fn == "linear", "merge_fn: ties | dare"),
+    (("step_size",), lambda o: o.step in ("quadratic", "line_search"),
+     "step: schedule | constant"),
+    (("line_search_evals",), lambda o: o.step in ("schedule", "constant"),
+     "step: quadratic | line_search"),
+    (("scale",), lambda o: o.constraint == "hull", "constraint: box | simplex"),
+    (("init_scale",), lambda o: o.init != "task_arithmetic", "init: task_arithmetic"),
+    (("lora_mode",), lambda o: o.adapters is None, "adapters"),
+)  # fmt: skip
+
+
 class FWSettings(FWOptions):
     """Frank-Wolfe options: `parameters:` of a `merge_method: frank_wolfe` recipe."""
+
+    def unused(self) -> list[str]:
+        """One line per option set away from its default that the other choices ignore."""
+        lines = []
+        for keys, idle, serves in UNUSED:
+            if not idle(self):
+                continue
+            for key in keys:
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    lines.append(f"{key} only applies with {serves}, so it is ignored here")
+        return lines
 
     @model_validator(mode="after")
     def _rules(self) -> FWSettings:

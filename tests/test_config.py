@@ -74,3 +74,32 @@ def test_a_bad_value_names_the_recipe_key_or_the_api_option():
         FWSettings.from_parameters({"calibration": "c", "iterations": 1, "step_size": 1.5})
     with pytest.raises(FWConfigError, match=r"option step_size: .* \(got 1\.5\)"):
         APIOptions.from_options({"iterations": 1, "step_size": 1.5})
+
+
+def test_options_a_choice_ignores_are_named_not_refused():
+    """Set away from their defaults where the other choices ignore them: one line each, so
+    the recipe and the API can warn (sweeps across variants keep running)."""
+    from mergekit_fw.settings import FWSettings
+
+    settings = FWSettings(calibration="x", iterations=1, topk=3, merge_density=0.5,
+                          constraint="hull", scale=2.0)  # fmt: skip
+    assert settings.unused() == [
+        "topk only applies with variant: soft, so it is ignored here",
+        "merge_density only applies with merge_fn: ties | dare, so it is ignored here",
+        "scale only applies with constraint: box | simplex, so it is ignored here",
+    ]
+    assert FWSettings(calibration="x", iterations=1, variant="soft", topk=3).unused() == []
+    assert FWSettings(calibration="x", iterations=1).unused() == []
+
+
+def test_the_api_defaults_warn_of_nothing():
+    """frank_wolfe_merge passes every keyword: at their defaults none is 'ignored'."""
+    import inspect
+
+    from mergekit_fw.api import frank_wolfe_merge
+    from mergekit_fw.settings import APIOptions
+
+    params = inspect.signature(frank_wolfe_merge).parameters
+    defaults = {k: p.default for k, p in params.items()
+                if k in APIOptions.model_fields and p.default is not None}  # fmt: skip
+    assert APIOptions.from_options(defaults).unused() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ from mergekit_fw.pool.lora_checks import load_adapters
 from mergekit_fw.pool.lora_files import Adapter
 from mergekit_fw.pool.reader import tensor_shapes
 from mergekit_fw.settings import FWConfigError, FWSettings
+
+LOG = logging.getLogger("mergekit_fw")
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -365,6 +368,8 @@ def check_recipe(
     base, candidates = _structure(config)
     check_host_options(config)
     settings = FWSettings.from_parameters(raw_parameters(config))
+    for line in settings.unused():
+        LOG.warning("frank_wolfe: %s", line)
     check_model_path(base, "base_model")
     for ref in candidates:
         check_model_path(ref, "model")
