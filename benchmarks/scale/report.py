@@ -279,8 +279,11 @@ def render() -> str:
         "theta and d for each line-search pass and for the move: a fixed number of model",
         "reads per iteration, whatever the pool's size. init: auto sums the task vectors",
         "from one read and scores every task-arithmetic start from the base and that sum",
-        "(fw/start_grid.py `score_rows`); its TIES starts (in memory only) are three",
-        "mergekit merges of the pool, memory-mapped by mergekit and not in these counts.",
+        "(fw/start_grid.py `score_rows`), then leaves the best of them in the parameters",
+        "(out of core: in theta's store), so the loop does not form its start again; its",
+        "TIES starts (in memory only) are three mergekit merges of the pool, memory-mapped",
+        "by mergekit and not in these counts (about 3 more pool reads, from the page",
+        "cache).",
         *(
             [
                 "From storage, with the page cache emptied first, the whole pre-pass read the",
