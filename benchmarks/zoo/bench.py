@@ -45,6 +45,9 @@ FW_OPTIONS: dict[str, dict] = {
                                              "granularity": "model"},
     "FW-box, init auto, pairwise steps": {"constraint": "box", "init": "auto",
                                           "fw_steps": "pairwise"},
+    # the default step rule before `step: quadratic` (6ddb0de): FW defaults otherwise
+    "FW-box, init auto, step line_search": {"constraint": "box", "init": "auto",
+                                            "step": "line_search"},
 }  # fmt: skip
 # foreign, at 6 models: the screen's counterfactual (foreign: keep = no screen)
 FOREIGN_OPTIONS: dict[str, dict] = {

@@ -318,7 +318,7 @@ def sections(summary: dict, plots: bool = True) -> list[str]:
            f"`benchmarks/zoo/tasks.py`). Sum of per-model training times "
            f"**{zoo['train_seconds'] / 60:.1f} min** ({zoo['jobs']} process(es) of one thread "
            f"each; the base alone {zoo['base_seconds'] / 60:.1f} min), measured on the "
-           "2-core machine while other jobs ran (load average 2-4); the last `--only zoo` "
+           "2-core machine while other jobs ran (load average 5-10 during the last build); the last `--only zoo` "
            f"run took {zoo['last_run_seconds'] / 60:.1f} min wall, reusing the models cached "
            "before it (each model is cached on its own settings).", "",
            f"- tokenizer: character level (`tokenizers`) plus 32 tag tokens, {zoo['vocab']} "
