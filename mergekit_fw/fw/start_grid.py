@@ -75,6 +75,9 @@ def sum_task_vectors_(t: torch.Tensor, pool, name: str, base: torch.Tensor) -> t
     t.zero_()
     for k in range(1, len(pool)):
         add_task_vector_(pool, k, name, t, 1.0, base)
+    if not bool(torch.isfinite(t).all()):  # name the candidate (rare: its tensors read again)
+        for k in range(1, len(pool)):
+            check_vertex(pool.tensor(k, name), pool.labels[k], name)
     return t
 
 
