@@ -61,7 +61,9 @@ def defaults_paragraph() -> list[str]:
     coef = next(t for t in tables if t[0][0] == "FW run")
     losses = next(r for r in coef if r[0] == "FW defaults")[-1].split(" → ")
     cmd = "python -m benchmarks.minilm.bench"
-    out = (f"**With the current defaults** (`constraint: box`, `init: auto`; `reduction` does not "
+    out = (f"**With the defaults of its last run** (`constraint: box`, `init: auto`, "
+           "`step: line_search`; not re-run since `step: quadratic` became the default in "
+           "6ddb0de; `reduction` does not "
            "change a classifier's loss, which has one target per sample): FW defaults "
            f"**{mean}** mean held-out accuracy ({per_task}) against {base} and {BASELINES[3]} "
            f"{means[('all', BASELINES[3])]} (the same zoo, rebuilt: {tuning:.0f} s of "
