@@ -113,10 +113,10 @@ def _command(tokens: list[str]) -> tuple[click.Command, list[str], set[str]]:
 
     if tokens[0] == "mergekit-yaml":
         return run_yaml, tokens[1:], set()
-    assert len(tokens) > 1 and tokens[1] in main.commands, f"no such command: {tokens[1:2]}"
-    if tokens[1] == "run":  # mergekit-yaml's options plus mergekit-fw run's own
-        return run_yaml, tokens[2:], {"--no-resume", "--plan"}
-    return main.commands[tokens[1]], tokens[2:], set()
+    context = click.Context(main)
+    names = main.list_commands(context)
+    assert len(tokens) > 1 and tokens[1] in names, f"no such command: {tokens[1:2]}"
+    return main.get_command(context, tokens[1]), tokens[2:], set()
 
 
 def _options(command: click.Command) -> set[str]:

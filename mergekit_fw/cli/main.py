@@ -51,81 +51,56 @@ def _load_config(path: str):
         ) from None
 
 
-def _fw_run_args(args: list[str]) -> tuple[list[str], bool, str | None]:
-    """Take mergekit-fw's own `--no-resume` and `--plan PLAN` out of mergekit-yaml's args."""
-    rest, resume, plan = [], True, None
-    items = iter(args)
-    for arg in items:
-        if arg == "--no-resume":
-            resume = False
-        elif arg == "--plan":
-            plan = next(items, None)
-            if not plan:
-                raise click.UsageError("--plan needs a plan file (mergekit-fw plan CONFIG -o PLAN)")
-        elif arg.startswith("--plan="):
-            plan = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return rest, resume, plan
+RUN_HELP = """Run a mergekit recipe, as `mergekit-yaml CONFIG OUT` does, with merge_method:
+frank_wolfe registered explicitly (works in every install mode; the stock mergekit-yaml
+needs the installed hook). A frank_wolfe run is checked first (as `mergekit-fw check
+CONFIG`), resumes a killed pre-pass from OUT.fw-state/, and ends with a summary. Takes
+mergekit-yaml's own options, plus --no-resume and --plan PLAN."""
+
+RUN_OPTIONS = (  # mergekit-fw run's own options, beside mergekit-yaml's
+    ("--no-resume", {"is_flag": True, "help": "Ignore a saved pre-pass state and start over "
+                     "(with the stock mergekit-yaml: MERGEKIT_FW_NO_RESUME=1 mergekit-yaml "
+                     "CONFIG OUT)."}),
+    ("--plan", {"default": None, "metavar": "PLAN", "help": "Write the merge from a saved "
+                "plan (`mergekit-fw plan CONFIG -o PLAN`, or an earlier OUT/fw_plan.json): "
+                "no calibration data, no gradients. The recipe key parameters.plan does the "
+                "same for mergekit-yaml."}),
+)  # fmt: skip
 
 
-def _precheck(args: list[str]) -> None:
-    """A recipe mergekit cannot parse: one line, not mergekit-yaml's traceback."""
-    from mergekit.scripts.run_yaml import main as run_yaml
-
-    try:
-        context = run_yaml.make_context("mergekit-fw run", list(args), resilient_parsing=True)
-        path = context.params.get("config_file")
-    except Exception:
-        return  # mergekit-yaml reports its own usage errors
-    if isinstance(path, str) and os.path.isfile(path):
-        _load_config(path)
-
-
-RUN_HELP = """Usage: mergekit-fw run CONFIG OUT [mergekit-yaml options] [--no-resume] [--plan PLAN]
-
-  Run a mergekit recipe, as `mergekit-yaml CONFIG OUT` does, with merge_method: frank_wolfe
-  registered explicitly (works in every install mode; the stock mergekit-yaml needs the
-  installed hook). A frank_wolfe run is checked first (as `mergekit-fw check CONFIG`),
-  resumes a killed pre-pass from OUT.fw-state/, and ends with a summary.
-
-mergekit-fw options:
-  --no-resume   Ignore a saved pre-pass state and start over (with the stock mergekit-yaml:
-                MERGEKIT_FW_NO_RESUME=1 mergekit-yaml CONFIG OUT).
-  --plan PLAN   Write the merge from a saved plan (`mergekit-fw plan CONFIG -o PLAN`, or an
-                earlier OUT/fw_plan.json): no calibration data, no gradients. The recipe key
-                `parameters.plan` does the same for mergekit-yaml.
-
-mergekit-yaml's own options follow.
-"""
-
-
-@click.group(cls=PresentingGroup)  # FWConfigError -> "Error: ..."
-@click.version_option(mergekit_fw.__version__)
-def main() -> None:
-    """Frank-Wolfe Merging for mergekit."""
-
-
-@main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
-)
-@click.pass_context
-def run(ctx: click.Context) -> None:
-    """Merge: mergekit-yaml CONFIG OUT [options], with frank_wolfe available. Also takes
-    --no-resume and --plan PLAN (see --help)."""
+def run_command() -> click.Command:
+    """`mergekit-fw run`: mergekit-yaml's own click command (its arguments and every
+    mergekit option, parsed as mergekit declares them) with RUN_OPTIONS added. Built when
+    it is called: mergekit's command imports torch, which `mergekit-fw check` never needs."""
     import mergekit.merge  # noqa: F401  (installs the run_merge wrapper via the hook)
     from mergekit.scripts.run_yaml import main as run_yaml
 
     from mergekit_fw.mergekit.resume import requested
 
-    args, resume, plan = _fw_run_args(list(ctx.args))
-    if "--help" in args or "-h" in args:
-        click.echo(RUN_HELP)
-        run_yaml.main(args=["--help"], prog_name="mergekit-fw run")
-    _precheck(args)
-    with requested(resume=resume, plan=plan):
-        run_yaml.main(args=args, prog_name="mergekit-fw run")
+    def run(no_resume: bool, plan: str | None, **params) -> None:
+        if os.path.isfile(params["config_file"]):  # one line, not mergekit-yaml's traceback
+            _load_config(params["config_file"])
+        with requested(resume=not no_resume, plan=plan):
+            run_yaml.callback(**params)
+
+    own = [click.Option([name], **kwargs) for name, kwargs in RUN_OPTIONS]
+    return click.Command("run", callback=run, params=[*run_yaml.params, *own], help=RUN_HELP)
+
+
+class FWGroup(PresentingGroup):
+    """mergekit-fw's commands; `run` is built on demand (`run_command`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "run"})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return run_command() if name == "run" else super().get_command(ctx, name)
+
+
+@click.group(cls=FWGroup)  # FWConfigError -> "Error: ..."
+@click.version_option(mergekit_fw.__version__)
+def main() -> None:
+    """Frank-Wolfe Merging for mergekit."""
 
 
 @main.command(name="plan")
