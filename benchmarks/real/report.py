@@ -503,6 +503,23 @@ def table1_summary(tab: dict) -> list[str]:
             + (f"**{r['test_mean']:.3f}**" if "test_mean" in r else "-")
             + f" | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
+    lines.append("")
+    budgets = sorted(
+        (r["setting"]["iterations"], r) for m, r in rows if m.startswith("fw_defaults@")
+    )
+    if len(budgets) > 1:
+        first = budgets[0][1]
+        cal = max((r["calib_mean"] for m, r in rows if not is_fw(m)), default=None)
+        lines.append(
+            f"- FW's budgets: the {budgets[0][0]}-iteration run came first; its calibration "
+            f"mean ({first['calib_mean']:.3f}) was below the best baseline's"
+            + (f" ({cal:.3f})" if cal is not None else "")
+            + f" with its calibration loss still falling ({first['fw']['losses'][-2]:.2f} -> "
+            f"{first['fw']['losses'][-1]:.2f} nats/sample over the last iteration), so "
+            + ", ".join(f"{it}" for it, _ in budgets[1:])
+            + " iterations ran next (a choice made on these calibration figures; the first "
+            "run's test mean was known by then)."
+        )
     bb = best_baseline(methods)
     if bb:
         for m, r in rows:
