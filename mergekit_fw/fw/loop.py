@@ -380,8 +380,8 @@ class FrankWolfe:
         """One ScoreTable per stored gradient, from one streamed read of every vertex."""
         fill = TableFill(len(stores), len(self.slots), len(self.pool), self._norms)
         for i, slot in enumerate(self._bar(self.slots, "task preferences")):
-            grads = [store.get(slot.name) for store in stores]
-            theta = self.theta_of(slot)
+            theta = self.theta_of(slot)  # on the slot's own device (a placed model: its GPU)
+            grads = [store.get(slot.name).to(theta.device) for store in stores]
             many = score_tensor_many(self.pool, slot.name, grads, theta, fill.need_norms)
             del grads, theta
             fill.add(i, many, slot.name, self.pool.labels)

@@ -129,7 +129,8 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         task vector (put in the gradient's store from one read of the pool); the winner is
         then formed from the two stores (`start_formed`: the loop reads no vertex for it)."""
         positions = [line_position(row) for _, row in rows]
-        if None not in positions:
+        on_line = None not in positions
+        if on_line:
             with torch.no_grad():
                 for slot in self._bar(self.slots, "task vectors"):
                     base = self.theta.get(slot.name)
@@ -142,9 +143,9 @@ class OutOfCoreFrankWolfe(FrankWolfe):
         table = [{"start": name, "loss": x, "row": row} for (name, row), x in zip(rows, losses)]
         chosen, public = choose(table)
         self.start_row = list(chosen["row"])
-        if None not in positions:  # theta = base + lam t from the two stores, as scored
+        if on_line:  # theta = base + lam t from the two stores, as scored
             self.start_formed = True
-            lam = positions[next(i for i, entry in enumerate(table) if entry is chosen)]
+            lam = line_position(chosen["row"])
             if lam != 0.0:
                 with torch.no_grad():
                     for slot in self._bar(self.slots, "start"):

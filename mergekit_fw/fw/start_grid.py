@@ -118,7 +118,7 @@ def score_rows(
 
             with engine.use(weights):
                 table.append({"start": name, "loss": loss(), "row": row})
-        best = min(range(len(table)), key=lambda i: table[i]["loss"])  # first of ties
+        best = best_index(table)
         with torch.no_grad():
             for slot in slots:  # the same op as `weights`: theta_0 is the start scored
                 slot.param.add_(slot.param.grad, alpha=positions[best])
@@ -150,9 +150,14 @@ def choose(table: list[dict], unit: str = "") -> tuple[dict, list[dict]]:
     return chosen, public(table)
 
 
+def best_index(table: list[dict]) -> int:
+    """The lowest-loss entry's index (the first of ties)."""
+    return min(range(len(table)), key=lambda i: table[i]["loss"])
+
+
 def mark_best(table: list[dict]) -> dict:
     """Flag the lowest-loss entry (the first of ties) as chosen; return it."""
-    best = min(range(len(table)), key=lambda i: table[i]["loss"])
+    best = best_index(table)
     for i, entry in enumerate(table):
         entry["chosen"] = i == best
     return table[best]

@@ -14,7 +14,6 @@ small, the run goes out of core (fw/out_of_core.py) on one device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +38,6 @@ class Placement:
         if where is None:
             raise KeyError(f"{name} is in no module of the device map")
         return _device(where)
-
-    def devices_of(self, names: Iterable[str]) -> dict[str, torch.device]:
-        return {name: self.device_of(name) for name in names}
 
     @property
     def first(self) -> torch.device:

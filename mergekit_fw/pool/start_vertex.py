@@ -99,7 +99,6 @@ class StartedPool:
         return scores
 
     def score_tensor_many(self, name, grads, theta, with_norms: bool) -> list[TensorScores]:
-        grads = [g.to(self.device_for(name)) for g in grads]
         start = self.tensor(self.start_index, name)
         many = score_tensor_many(self.inner, name, grads, theta, with_norms)
         for scores, g in zip(many, grads):

@@ -126,7 +126,6 @@ class VertexPool:
         preferences). Adapter vertices are scored from their factors plus the base's own dot
         and norm (pool/lora_math.py); their part of g's dot is taken before d may overwrite g.
         """
-        grads = [g.to(self.device_for(name)) for g in grads]  # stored gradients: one device
         factor_dots = []
         for g in grads:
             work = as_work(g) if self.adapters else g  # one float32 copy per gradient
