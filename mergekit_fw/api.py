@@ -254,8 +254,8 @@ def auto_start(model, slots, pool, problem, settings):
     arithmetic; `formed`: the parameters hold the start (fw/start_grid.py `score_rows`)."""
     from mergekit_fw.fw.start_grid import builtin_rows, choose, score_rows
 
-    loss = problem.loss_of(model)
-    rows, held = score_rows(builtin_rows(settings, len(pool) - 1), slots, pool, loss, model)
+    loss, rows = problem.loss_of(model), builtin_rows(settings, len(pool) - 1)
+    rows, held = score_rows(rows, slots, pool, loss, model, settings)
     chosen, table = choose(rows, loss_unit(settings, getattr(problem.objective, "name", None)))
     return chosen["row"], table, chosen["row"] == held
 

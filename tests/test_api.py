@@ -191,6 +191,7 @@ def test_api_gives_the_recipe_plan_on_a_tiny_llama(zoo, variant):
 def test_api_init_auto_starts_from_the_best_builtin_start(vit):
     """The default init: auto compares the base and task arithmetic (no mergekit here) and
     starts from the lowest calibration loss of its table."""
+    from mergekit_fw.fw.screened_start import PROBE
     from mergekit_fw.fw.start_grid import TA_GRID
 
     _, plan = frank_wolfe_merge(
@@ -198,9 +199,12 @@ def test_api_init_auto_starts_from_the_best_builtin_start(vit):
         tolerance=1e9,
     )  # fmt: skip
     table = plan.init_table
-    assert [e["start"] for e in table] == ["base"] + [
+    names = [e["start"] for e in table]
+    n = len(vit["experts"])
+    assert names[: 1 + len(TA_GRID) + n] == ["base"] + [
         f"task_arithmetic lambda={x}" for x in TA_GRID
-    ]
+    ] + [f"{label} alone lambda={PROBE}" for label in plan.labels[1 : n + 1]]
+    assert len(names) - 1 - len(TA_GRID) - n in (0, len(TA_GRID), 2 * len(TA_GRID))
     chosen = [e for e in table if e["chosen"]]
     assert len(chosen) == 1 and chosen[0]["loss"] == min(e["loss"] for e in table)
     assert len({e["loss"] for e in table}) > 1

@@ -253,7 +253,7 @@ def test_the_task_arithmetic_starts_come_from_one_read(zoo, monkeypatch):
     assert loss() == pytest.approx(best["loss"], rel=1e-6)
     held_weights = {slot.name: slot.param.detach().clone() for slot in slots}
     formed, last = score_rows(rows, slots, pool, loss)  # no model: each start formed in place
-    assert last == rows[-1][1]
+    assert last == best["row"]  # and the best formed again
     assert [e["loss"] for e in table] == pytest.approx([e["loss"] for e in formed], rel=1e-5)
     set_combinations(slots, pool, best["row"])  # the chosen start formed from the pool
     for slot in slots:

@@ -12,6 +12,7 @@ from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
+from mergekit_fw.fw.screened_start import PROBE
 from mergekit_fw.fw.start_grid import TA_GRID
 from mergekit_fw.mergekit.auto_start import TIES_GRID
 from mergekit_fw.mergekit.checks import check_recipe
@@ -124,8 +125,16 @@ def test_auto_picks_the_argmin_of_its_table(zoo, tmp_path):
     )  # fmt: skip
     plan = FWPlan.load(fw / "fw_plan.json")
     table = plan.init_table
-    # the base, every task-arithmetic lambda of the grid (all inside the box), 3 TIES densities
-    assert len(table) == 1 + len(TA_GRID) + len(TIES_GRID)
+    # the base, every task-arithmetic lambda of the grid (all inside the box), each candidate
+    # alone, the screened lines unless every candidate gains alike, 3 TIES
+    names = [entry["start"] for entry in table]
+    screened = [x for x in names if x.startswith(("helpful", "gain-weighted"))]
+    assert names == (
+        ["base"] + [f"task_arithmetic lambda={x}" for x in TA_GRID]
+        + [f"expert_{k} alone lambda={PROBE}" for k in ("reverse", "add", "count")]
+        + screened + [f"ties density={x}" for x in TIES_GRID]
+    )  # fmt: skip
+    assert len(screened) in (0, len(TA_GRID), 2 * len(TA_GRID))
     losses = [entry["loss"] for entry in table]
     chosen = [entry for entry in table if entry["chosen"]]
     assert len(chosen) == 1 and chosen[0]["loss"] == min(losses)

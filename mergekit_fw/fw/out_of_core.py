@@ -23,10 +23,10 @@ import torch
 from mergekit_fw.fw.loop import FrankWolfe, LineWalk, Slot
 from mergekit_fw.fw.offload import Offloaded, TensorStore
 from mergekit_fw.fw.start_grid import (
+    LineScan,
     choose,
     line_position,
     set_combination,
-    sum_task_vectors_,
 )
 
 
@@ -125,34 +125,30 @@ class OutOfCoreFrankWolfe(FrankWolfe):
 
     def choose_start(self, rows: list[tuple[str, list[float]]]) -> list[dict]:
         """`init: auto` over the given coefficient rows; the winner becomes the start. Rows
-        on the task-arithmetic line are scored from the base (theta's store) and the summed
-        task vector (put in the gradient's store from one read of the pool); the winner is
-        then formed from the two stores (`start_formed`: the loop reads no vertex for it)."""
-        positions = [line_position(row) for _, row in rows]
-        on_line = None not in positions
-        if on_line:
-            with torch.no_grad():
-                for slot in self._bar(self.slots, "task vectors"):
-                    base = self.theta.get(slot.name)
-                    t = sum_task_vectors_(torch.empty_like(base), self.pool, slot.name, base)
-                    self.grad.put(slot.name, t)
-                    del base, t
-            losses = [self.line_walk()(lam) for lam in positions]
+        on the task-arithmetic line are scored from the base (theta's store) and the line's
+        summed task vector (put in the gradient's store from one read of the pool), then
+        each candidate alone and the screened lines alike (fw/screened_start.py); the
+        winner is formed from the two stores (`start_formed`: the loop reads no vertex for
+        it)."""
+        if None in [line_position(row) for _, row in rows]:
+            table = [{"start": name, "loss": self.row_loss(row), "row": row} for name, row in rows]
+            lam = None
         else:
-            losses = [self.row_loss(row) for _, row in rows]
-        table = [{"start": name, "loss": x, "row": row} for (name, row), x in zip(rows, losses)]
+            scan = LineScan(
+                base=self.theta.get, direction=self.grad.get, set_direction=self.grad.put,
+                loss_with=lambda weights: self.loss_with(weights, "start"),
+            )  # fmt: skip
+            table, lam = scan.run(rows, self.slots, self.pool, self.settings)
         chosen, public = choose(table)
         self.start_row = list(chosen["row"])
-        if on_line:  # theta = base + lam t from the two stores, as scored
-            self.start_formed = True
-            lam = line_position(chosen["row"])
-            if lam != 0.0:
-                with torch.no_grad():
-                    for slot in self._bar(self.slots, "start"):
-                        start = self.theta.get(slot.name).add_(self.grad.get(slot.name), alpha=lam)
-                        self.theta.put(slot.name, start)
-                        del start
-            self.zero_gradient()
+        self.start_formed = lam is not None
+        if lam:  # theta = base + lam t from the two stores, as scored
+            with torch.no_grad():
+                for slot in self._bar(self.slots, "start"):
+                    start = self.theta.get(slot.name).add_(self.grad.get(slot.name), alpha=lam)
+                    self.theta.put(slot.name, start)
+                    del start
+        self.zero_gradient()
         return public
 
     def run(self):

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from mergekit_fw.fw.constraints import add_task_vector_, make_constraint
+from mergekit_fw.fw.constraints import make_constraint
 from mergekit_fw.fw.finite import check_vertex
+from mergekit_fw.fw.screened_start import (
+    ALONE,
+    PROBE,
+    alone_row,
+    screened_lines,
+    sum_task_vectors_,
+    weighted_row,
+    weighted_rows,
+)
 
 LOG = logging.getLogger("mergekit_fw")
 
@@ -62,67 +72,163 @@ def set_combinations(slots, pool, row: list[float]) -> None:
         set_combination(slot.param, pool, slot.name, row)
 
 
-def line_position(row: list[float]) -> float | None:
-    """lam if the row is base + lam * sum_i tau_i (`ta_row`; the base: lam 0), else None."""
-    n, lam = len(row) - 1, row[1] if len(row) > 1 else 0.0
-    return lam if row == ta_row(lam, n) else None
+def line_position(row: list[float], weights: list[float] | None = None) -> float | None:
+    """lam if the row is base + lam * sum_i tau_i (`ta_row`; the base: lam 0), or, with
+    `weights`, base + lam * sum_i w_i tau_i (`weighted_row`); else None."""
+    n = len(row) - 1
+    if weights is None:
+        lam = row[1] if n else 0.0
+        return lam if row == ta_row(lam, n) else None
+    lam = row[1 + weights.index(1.0)]
+    return lam if row == weighted_row(lam, weights) else None
 
 
-@torch.no_grad()
-def sum_task_vectors_(t: torch.Tensor, pool, name: str, base: torch.Tensor) -> torch.Tensor:
-    """t = sum_i (theta_i - base) for one tensor, one vertex read each: every
-    task-arithmetic start base + lam t is then a point of one line."""
-    t.zero_()
-    for k in range(1, len(pool)):
-        add_task_vector_(pool, k, name, t, 1.0, base)
-    if not bool(torch.isfinite(t).all()):  # name the candidate (rare: its tensors read again)
-        for k in range(1, len(pool)):
-            check_vertex(pool.tensor(k, name), pool.labels[k], name)
-    return t
+@dataclass
+class LineScan:
+    """`init: auto`'s starts where a host holds the base and one direction t, and can run
+    the model with any weights: `base(name)` and `direction(name)` give their tensors,
+    `set_direction(name, t)` replaces t, and `loss_with(weights)` is the calibration loss
+    with each tensor's weights from `weights(name)` (formed block by block: no parameter
+    moves, no copy of the model)."""
+
+    base: Callable[[str], torch.Tensor]
+    direction: Callable[[str], torch.Tensor]
+    set_direction: Callable[[str, torch.Tensor], None]
+    loss_with: Callable[[Callable[[str], torch.Tensor]], float]
+
+    def form(self, slots, pool, weights: list[float] | None = None) -> None:
+        """t = sum_i w_i tau_i (w: all 1), one read of the pool (of the w_i != 0)."""
+        for slot in slots:
+            base = self.base(slot.name)
+            t = sum_task_vectors_(torch.empty_like(base), pool, slot.name, base, weights)
+            self.set_direction(slot.name, t)
+            del base, t
+
+    def score(self, rows, weights=None) -> list[dict]:
+        """The points named by `rows` of the line held (`weights`: a screened one)."""
+        return [
+            {"start": name, "loss": self.loss_at(line_position(row, weights)), "row": row,
+             "weights": weights}
+            for name, row in rows
+        ]  # fmt: skip
+
+    def loss_at(self, lam: float) -> float:
+        return self.loss_with(lambda name: self.base(name).add(self.direction(name), alpha=lam))
+
+    def screen(self, slots, pool, p: float) -> list[dict]:
+        """Each candidate alone, base + p tau_k: tau_k is held as the direction in turn
+        (one read of the pool for all of them)."""
+        n, table = len(pool) - 1, []
+        for k in range(1, n + 1):
+            alone = alone_row(k, 1.0, n)[1:]
+            self.form(slots, pool, alone)
+            table += self.score([(ALONE.format(pool.labels[k], p), alone_row(k, p, n))], alone)
+        return table
+
+    def run(self, rows, slots, pool, settings=None) -> tuple[list[dict], float]:
+        """(table, lam): the uniform line (`rows`); then, given the run's `settings`, each
+        candidate alone and the screened lines (fw/screened_start.py). The table's best
+        lies on one of these lines, base + lam t: its t is left as the direction (formed
+        again, one read of its candidates, unless it is the last one formed)."""
+        self.form(slots, pool)
+        table, held = self.score(rows), None
+        n = len(pool) - 1
+        if settings is not None and n > 1 and inside(settings, [PROBE] + [0.0] * (n - 1)):
+            alone = self.screen(slots, pool, PROBE)
+            table += alone
+            held = alone[-1]["weights"]
+            base = next((e["loss"] for e in table if e["start"] == "base"), None)
+            base = self.loss_at(0.0) if base is None else base
+            for line, w in screened_lines([base - e["loss"] for e in alone]):
+                screened = screened_rows(settings, line, w)
+                if screened:
+                    self.form(slots, pool, w)
+                    table += self.score(screened, w)
+                    held = w
+        return table, self.hold(slots, pool, table[best_index(table)], held)
+
+    def hold(self, slots, pool, best: dict, held: list[float] | None) -> float:
+        """The best start's lam on its line, whose t is left as the direction."""
+        lam = line_position(best["row"], best["weights"])
+        if lam and best["weights"] != held:
+            self.form(slots, pool, best["weights"])
+        return lam
+
+
+class RowScan(LineScan):
+    """The same starts where the model cannot be run block by block with other weights:
+    each is formed in the parameters from the pool (one read of its vertices) and scored
+    there, and the best is formed again at the end (`hold` returns 0: nothing to move)."""
+
+    def __init__(self, slots, pool, loss: Callable[[], float]):
+        self.slots, self.pool, self.loss = slots, pool, loss
+
+    def form(self, slots, pool, weights=None) -> None:
+        """Nothing to hold: every start is formed where it is scored."""
+
+    def score(self, rows, weights=None) -> list[dict]:
+        table = []
+        for name, row in rows:
+            set_combinations(self.slots, self.pool, row)
+            table.append({"start": name, "loss": self.loss(), "row": row, "weights": weights})
+        return table
+
+    def loss_at(self, lam: float) -> float:  # only the base's loss is asked for (lam 0)
+        return self.score([("base", [1.0] + [0.0] * (len(self.pool) - 1))])[0]["loss"]
+
+    def hold(self, slots, pool, best: dict, held) -> float:
+        set_combinations(slots, pool, best["row"])
+        return 0.0
+
+
+def screened_rows(settings, line: str, weights: list[float]) -> list[tuple[str, list[float]]]:
+    """A screened line's grid points inside the run's constraint set."""
+    return weighted_rows(TA_GRID, lambda lam: inside(settings, lam), line, weights)
 
 
 def score_rows(
-    rows, slots, pool, loss: Callable[[], float], model=None
+    rows, slots, pool, loss: Callable[[], float], model=None, settings=None
 ) -> tuple[list[dict], list[float] | None]:
-    """(table, held): the table entries {start, loss, row} of the given starts, and the row
-    the parameters hold afterwards, so that the loop can start there without forming it
-    again (`FrankWolfe(start_formed=True)`).
+    """(table, held): the table entries {start, loss, row, ...} of the given starts, and
+    the row the parameters hold afterwards, so that the loop can start there without
+    forming it again (`FrankWolfe(start_formed=True)`).
 
     When every row is a point of the task-arithmetic line and `model` splits into blocks
-    (fw/offload.py), the pool is read once: the parameters hold the base, their gradient
-    buffers the summed task vector t, and each start's weights base + lam t are formed block
-    by block as it runs; the parameters are then moved to the lowest-loss point of the line,
-    formed as it was scored (no read). Otherwise each start is formed in the model from the
-    pool, and the parameters hold the last one."""
-    positions = [line_position(row) for _, row in rows]
-    engine = _line_engine(model, slots) if None not in positions else None
+    (fw/offload.py), the pool is read once per line: the parameters hold the base, their
+    gradient buffers the line's summed task vector t, and each start's weights base + lam t
+    are formed block by block as it runs. Given the run's `settings`, each candidate alone
+    and the screened lines (fw/screened_start.py) follow: one read for the candidates
+    alone, one for each screened line's t. The parameters are then moved to the best
+    point, formed as it was scored (its line's t formed again if another took its place).
+    Otherwise each start is formed in the model from the pool and scored there, and the
+    best is formed again (`RowScan`)."""
+    on_line = model is not None and None not in [line_position(row) for _, row in rows]
+    engine = _line_engine(model, slots) if on_line else None
     if engine is None:
-        table = []
-        for name, row in rows:
-            set_combinations(slots, pool, row)
-            table.append({"start": name, "loss": loss(), "row": row})
-        return table, (rows[-1][1] if rows else None)
+        table, _ = RowScan(slots, pool, loss).run(rows, slots, pool, settings)
+        return table, table[best_index(table)]["row"]
     by_name = {slot.name: slot for slot in slots}
+
+    def loss_with(weights) -> float:
+        with engine.use(weights):
+            return loss()
+
+    def set_direction(name: str, t: torch.Tensor) -> None:
+        by_name[name].param.grad = t
+
+    scan = LineScan(
+        base=lambda name: by_name[name].param.detach(),
+        direction=lambda name: by_name[name].param.grad,
+        set_direction=set_direction, loss_with=loss_with,
+    )  # fmt: skip
     try:
-        for slot in slots:
-            base = set_combination(
-                slot.param.data, pool, slot.name, [1.0] + [0.0] * (len(pool) - 1)
-            )
-            slot.param.grad = sum_task_vectors_(torch.empty_like(base), pool, slot.name, base)
-        table = []
-        for (name, row), lam in zip(rows, positions):
-
-            def weights(tensor: str, lam=lam) -> torch.Tensor:
-                param = by_name[tensor].param
-                return param.detach().add(param.grad, alpha=lam)
-
-            with engine.use(weights):
-                table.append({"start": name, "loss": loss(), "row": row})
-        best = best_index(table)
-        with torch.no_grad():
-            for slot in slots:  # the same op as `weights`: theta_0 is the start scored
-                slot.param.add_(slot.param.grad, alpha=positions[best])
-        return table, table[best]["row"]
+        set_combinations(slots, pool, [1.0] + [0.0] * (len(pool) - 1))
+        table, lam = scan.run(rows, slots, pool, settings)
+        if lam:
+            with torch.no_grad():
+                for slot in slots:  # the same op as `loss_at`: theta_0 is the start scored
+                    slot.param.add_(slot.param.grad, alpha=lam)
+        return table, table[best_index(table)]["row"]
     finally:
         engine.release()
         for slot in slots:
@@ -172,4 +278,4 @@ def log_table(table: list[dict], unit: str = "") -> None:
 
 def public(table: list[dict]) -> list[dict]:
     """The table as fw_plan.json records it (no coefficient rows)."""
-    return [{k: v for k, v in entry.items() if k != "row"} for entry in table]
+    return [{k: v for k, v in entry.items() if k not in ("row", "weights")} for entry in table]

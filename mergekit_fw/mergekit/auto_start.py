@@ -65,7 +65,8 @@ def choose_start(recipe, options, *, model, slots, pool, problem, device):
             best_ties = None
             best_ties = snapshot(slots, vertex_id, "init_ties", describe(config))
             best_ties_loss = value
-    line_table, held = score_rows(builtin_rows(settings, n), slots, pool, loss, model)
+    rows = builtin_rows(settings, n)
+    line_table, held = score_rows(rows, slots, pool, loss, model, settings)
     chosen, table = choose(line_table + ties_table, loss_unit(settings))
     if chosen["row"] is not None:
         return None, chosen["row"], table, chosen["row"] == held
