@@ -20,6 +20,7 @@ def reverse_plan(zoo, noisy):
     cfg = config(
         zoo["base"], [noisy, zoo["reverse"]],
         calibration=f"{zoo['calib']}/reverse.jsonl", iterations=4, constraint="hull",
+        init="base",  # the loop's own progress (init: auto would start at the reverse expert)
     )  # fmt: skip
     return prepare(cfg, MergeOptions(quiet=True))
 

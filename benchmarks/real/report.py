@@ -15,6 +15,7 @@ from benchmarks.real.lm import RESULTS
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 METHOD_NAMES = {
     "fw_defaults": "FW defaults",
+    "fw_uniform_start": "FW defaults at 6ddb0de (no screening)",
     "fw_soft": "FW-soft",
     "frank_wolfe": "FW, line search (first session)",
     "frank_wolfe_step": "FW, step: quadratic (0c6d96b)",
@@ -36,8 +37,8 @@ METHOD_NAMES = {
     "peft_ties": "peft TIES",
 }
 # FW's methods; those of EVERY_BUDGET have one row per budget (method@iterations:samples)
-FW_BASE = ("fw_defaults", "fw_soft", "frank_wolfe", "frank_wolfe_step")
-EVERY_BUDGET = ("fw_defaults", "fw_soft")
+FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "frank_wolfe", "frank_wolfe_step")
+EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft")
 FW = ("frank_wolfe", "frank_wolfe_step")  # the earlier runs (benchmarks/real/lmeval.py's auto)
 TABLE1 = "table1"  # the Table 1 analogue's pool (all 8 adapters, all 8 tasks)
 POOL_WORDS = {
