@@ -48,6 +48,7 @@ def frank_wolfe_merge(
     scale: float = 1.0,
     init: Literal["auto", "base", "task_arithmetic"] = "auto",
     init_scale: float = 0.3,
+    screening: bool = True,
     step: StepName = "quadratic",
     step_size: float = 1.0,
     line_search_evals: int = 10,
@@ -91,9 +92,12 @@ def frank_wolfe_merge(
             (0 <= lambda_i <= scale), "hull" (the paper: lambda >= 0, sum <= 1) or
             "simplex" (sum <= scale).
         scale: kappa of the box / simplex.
-        init: the start: "auto" (the base or task arithmetic, whichever has the lower loss),
-            "base" or "task_arithmetic" (base + init_scale * sum_i tau_i).
+        init: the start: "auto" (the lowest-loss start of the base, task arithmetic and,
+            with `screening`, each candidate alone and task arithmetic over the ones that
+            gain alone; docs/starts.md), "base" or "task_arithmetic" (base + init_scale *
+            sum_i tau_i).
         init_scale: lambda of the task-arithmetic start.
+        screening: whether init: auto screens the candidates (n + 12 forward passes).
         step: "line_search" (golden section, up to line_search_evals loss evaluations),
             "quadratic", "schedule" (step_size * 2/(t+2)) or "constant".
         step_size: scale of the schedule / constant step.
@@ -128,7 +132,7 @@ def frank_wolfe_merge(
         unknown_option(next(iter(unknown)))
     options = {
         "iterations": iterations, "constraint": constraint, "scale": scale, "init": init,
-        "init_scale": init_scale, "step": step, "step_size": step_size,
+        "init_scale": init_scale, "screening": screening, "step": step, "step_size": step_size,
         "line_search_evals": line_search_evals, "tolerance": tolerance, "lmo": lmo,
         "granularity": granularity, "zero_vertex": zero_vertex, "fw_steps": fw_steps,
         "merge_fn": merge_fn, "merge_density": merge_density, "reduction": reduction,

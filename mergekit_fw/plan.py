@@ -50,6 +50,7 @@ class PlanSettings(FWOptions):
     constraint: ConstraintName = "hull"  # before box / simplex: the hull
     reduction: ReductionName = "token"  # before: per token
     init: str = "base"  # before init: auto, the base
+    screening: bool = False  # before screening, init: auto had none
 
 
 class IterationRecord(BaseModel):

@@ -215,6 +215,12 @@ class FWOptions(BaseModel):
         "(its parameters as init_<name> keys) | path/to/recipe.yaml (mergekit recipe)",
     )
     init_scale: float = Field(0.3, description="lambda of the task-arithmetic start")
+    screening: bool = Field(
+        True,
+        description="init: auto also scores each candidate alone and task arithmetic over "
+        "the ones that gain alone (n + 12 passes, up to 4 reads of the pool; docs/starts.md) | "
+        "false: the base, task arithmetic and TIES only",
+    )
     fw_steps: Literal["vanilla", "away", "pairwise"] = Field(
         "vanilla",
         description="vanilla: toward the LMO vertex | away / pairwise: may also move weight "
@@ -328,6 +334,7 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
      "step: quadratic | line_search"),
     (("scale",), lambda o: o.constraint == "hull", "constraint: box | simplex"),
     (("init_scale",), lambda o: o.init != "task_arithmetic", "init: task_arithmetic"),
+    (("screening",), lambda o: o.init != "auto", "init: auto"),
     (("lora_mode",), lambda o: o.adapters is None, "adapters"),
 )  # fmt: skip
 

@@ -163,3 +163,29 @@ def test_screening_is_skipped_where_its_probe_is_outside_the_set(start_problem):
         "task_arithmetic lambda=0.1",
         "task_arithmetic lambda=0.2",
     ]
+
+
+@pytest.mark.e2e
+def test_screening_false_keeps_the_grid_to_one_read(start_problem, monkeypatch):
+    """`screening: false`: the base and the task-arithmetic line only, from one read."""
+    from mergekit_fw.fw import start_grid
+    from mergekit_fw.settings import FWSettings
+
+    model, slots, pool, problem = start_problem
+    settings = FWSettings(calibration="x", iterations=1, screening=False)
+    read = _counting_reads(monkeypatch)
+    rows = start_grid.builtin_rows(settings, 3)
+    table, held = start_grid.score_rows(rows, slots, pool, problem.loss_of(model), model, settings)
+    assert [e["start"] for e in table] == [name for name, _ in rows]
+    pool_bytes = sum(
+        r.entry(s.name).numel * r.entry(s.name).dtype.itemsize for s in slots for r in pool.readers
+    )
+    assert read["bytes"] == pool_bytes and held == min(table, key=lambda e: e["loss"])["row"]
+
+
+def test_screening_is_an_init_auto_option():
+    from mergekit_fw.settings import FWSettings
+
+    assert FWSettings(calibration="x", iterations=1, init="base", screening=False).unused() == [
+        "screening only applies with init: auto, so it is ignored here"
+    ]

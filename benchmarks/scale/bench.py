@@ -48,6 +48,10 @@ BYTES_RUNS = {  # 8 layers only: reads per iteration and of init: auto, pre-pass
                               "iterations=1"],
     "plan_out_of_core_auto_1": ["fwplan", "prepass=out_of_core", "step=quadratic",
                                 "init=auto", "iterations=1"],
+    "plan_in_memory_auto_noscreen_1": ["fwplan", "prepass=in_memory", "step=quadratic",
+                                       "init=auto", "screening=false", "iterations=1"],
+    "plan_out_of_core_auto_noscreen_1": ["fwplan", "prepass=out_of_core", "step=quadratic",
+                                         "init=auto", "screening=false", "iterations=1"],
     # more iterations: how often the LMO keeps its picks (the fold's prediction)
     "plan_in_memory_4": ["fwplan", "prepass=in_memory", "step=quadratic", "init=base",
                          "iterations=4"],

@@ -136,6 +136,10 @@ def reads_table(scale: dict) -> list[str]:
          "plan_in_memory_auto_1", "plan_in_memory_1"),
         ("init: auto's start grid (auto minus base), out of core",
          "plan_out_of_core_auto_1", "plan_out_of_core_1"),
+        ("the same with `screening: false`, in memory",
+         "plan_in_memory_auto_noscreen_1", "plan_in_memory_1"),
+        ("the same with `screening: false`, out of core",
+         "plan_out_of_core_auto_noscreen_1", "plan_out_of_core_1"),
     ):  # fmt: skip
         every, own, scratch = (diff(a, b, k) for k in
                                ("read_bytes", "pool_read_bytes", "scratch_read_bytes"))  # fmt: skip
@@ -277,13 +281,15 @@ def render() -> str:
         "The first iteration has no prediction and reads s again for every tensor.",
         "Out of core, theta is read for the forward and again for backward's recomputation,",
         "theta and d for each line-search pass and for the move: a fixed number of model",
-        "reads per iteration, whatever the pool's size. init: auto sums the task vectors",
-        "from one read and scores every task-arithmetic start from the base and that sum",
-        "(fw/start_grid.py `score_rows`), then leaves the best of them in the parameters",
-        "(out of core: in theta's store), so the loop does not form its start again; its",
-        "TIES starts (in memory only) are three mergekit merges of the pool, memory-mapped",
-        "by mergekit and not in these counts (about 3 more pool reads, from the page",
-        "cache).",
+        "reads per iteration, whatever the pool's size. init: auto (fw/start_grid.py",
+        "`LineScan`) reads the candidates once for the task-arithmetic line, once for the",
+        "candidates alone (each tau_i held as the direction in turn) and once per screened",
+        "line, of the candidates it keeps (docs/starts.md); it scores every start from the",
+        "base and the line's direction, then leaves the best in the parameters (out of",
+        "core: in theta's store), so the loop does not form its start again (a winner on",
+        "an earlier line reads its line once more). Its TIES starts (in memory only) are",
+        "three mergekit merges of the pool, memory-mapped by mergekit and not in these",
+        "counts (about 3 more pool reads, from the page cache).",
         *(
             [
                 "From storage, with the page cache emptied first, the whole pre-pass read the",

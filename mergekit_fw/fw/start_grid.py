@@ -133,7 +133,7 @@ class LineScan:
         self.form(slots, pool)
         table, held = self.score(rows), None
         n = len(pool) - 1
-        if settings is not None and n > 1 and inside(settings, [PROBE] + [0.0] * (n - 1)):
+        if screens(settings, n):
             alone = self.screen(slots, pool, PROBE)
             table += alone
             held = alone[-1]["weights"]
@@ -179,6 +179,14 @@ class RowScan(LineScan):
     def hold(self, slots, pool, best: dict, held) -> float:
         set_combinations(slots, pool, best["row"])
         return 0.0
+
+
+def screens(settings, n: int) -> bool:
+    """Whether `init: auto` screens: asked to (`screening`), more than one candidate, and
+    each candidate alone at PROBE inside the set."""
+    if settings is None or not settings.screening or n < 2:
+        return False
+    return inside(settings, [PROBE] + [0.0] * (n - 1))
 
 
 def screened_rows(settings, line: str, weights: list[float]) -> list[tuple[str, list[float]]]:
