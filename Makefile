@@ -73,6 +73,7 @@ bench-real: install
 	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8
 	$(REAL).merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_T1)
 	$(REAL).lmeval --pool targets4
+	$(REAL).dense --cross
 	$(BIN)/python -m benchmarks.real.report
 
 clean:

@@ -120,33 +120,61 @@ def train_lora(base: Path, pairs, out: Path, steps: int, batch: int, lr: float, 
     peft_model = get_peft_model(model, config)
     peft_model.train()
     inner = peft_model.base_model.model  # LlamaForCausalLM with LoRA layers injected
-    data = encode_train(tok, pairs)
-    rng = random.Random(seed)
-    order: list[int] = []
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min(1.0, (s + 1) / 5) * max(0.0, 1 - s / steps)
-    )
-    started, losses = time.perf_counter(), []
-    for _ in range(steps):
-        if len(order) < batch:
-            extra = list(range(len(data)))
-            rng.shuffle(extra)
-            order += extra
-        idx, order = order[:batch], order[batch:]
-        loss = answer_loss(inner, [data[i] for i in idx], tok.pad_token_id)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        sched.step()
-        losses.append(float(loss))
+    started = time.perf_counter()
+    losses = _train_loop(inner, params, tok, pairs, steps, batch, lr, seed)
     peft_model.save_pretrained(str(out))
     cfg = json.loads((out / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(base)
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     return {"seconds": time.perf_counter() - started, "steps": steps, "batch": batch, "lr": lr,
             "first_loss": losses[0], "last_losses": losses[-5:]}  # fmt: skip
+
+
+def _train_loop(model, params, tok, pairs, steps: int, batch: int, lr: float, seed: int) -> list:
+    """AdamW on `params` (5-step warm-up, linear decay) over the answer loss of `pairs`,
+    batches drawn by a seeded shuffle; the losses of every step."""
+    data = encode_train(tok, pairs)
+    rng = random.Random(seed)
+    order: list[int] = []
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min(1.0, (s + 1) / 5) * max(0.0, 1 - s / steps)
+    )
+    losses = []
+    for _ in range(steps):
+        if len(order) < batch:
+            extra = list(range(len(data)))
+            rng.shuffle(extra)
+            order += extra
+        idx, order = order[:batch], order[batch:]
+        loss = answer_loss(model, [data[i] for i in idx], tok.pad_token_id)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        sched.step()
+        losses.append(float(loss))
+    return losses
+
+
+def train_full(base: Path, pairs, out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
+    """A full fine-tune (every parameter) on the answers, the loop of `train_lora`; saved as a
+    float32 safetensors checkpoint with the tokenizer (a model mergekit loads)."""
+    torch.manual_seed(seed)
+    tok = load_tokenizer(base)
+    model = load_model(base)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    losses = _train_loop(model, params, tok, pairs, steps, batch, lr, seed)
+    seconds = time.perf_counter() - started
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return {"seconds": seconds, "steps": steps, "batch": batch, "lr": lr,
+            "params": sum(p.numel() for p in params), "first_loss": losses[0],
+            "last_losses": losses[-5:]}  # fmt: skip
 
 
 @torch.no_grad()

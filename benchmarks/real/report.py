@@ -532,7 +532,124 @@ def table1_summary(tab: dict) -> list[str]:
     return lines + [""]
 
 
-def render(ex: dict | None, mg: dict | None, lv: dict | None = None) -> str:
+DENSE_NAMES = {"fw_defaults": "FW defaults", "task_arithmetic": "task arithmetic",
+               "ties": "TIES", "dare_ties": "DARE-TIES", "iso_c": "Iso-C"}  # fmt: skip
+
+
+def _dense_setting(method: str, s: dict) -> str:
+    if method == "fw_defaults":
+        return f"{s['iterations']} iterations, {s['calib_per_task']} calib. samples per task"
+    return ", ".join(f"{k} {str(v).lower()}" for k, v in s.items()) or "-"
+
+
+def dense_section(dn: dict) -> list[str]:
+    """benchmarks/real/dense.py's results: 4 full fine-tunes merged as full checkpoints."""
+    tr = dn["training"]
+    names = dn["targets"]
+    lines = [
+        "## Dense fine-tunes (the 4 targets as full checkpoints)",
+        "",
+        "`benchmarks/real/dense.py`: one full fine-tune (every one of the "
+        f"{next(iter(dn['experts'].values()))['training']['params']:,} parameters) of the base "
+        f"per target task, on the LoRA adapters' training pairs and answer-only loss; AdamW, lr "
+        f"{tr['lr']} ({tr['schedule']}), {tr['steps']} steps of {tr['batch']} samples, seed "
+        f"{tr['seed']}, saved as {tr['dtype']} safetensors; one torch thread, `nice -n 10`, on "
+        "the shared 2-core machine. Own-task exact match on the 100 test inputs (other "
+        "targets where scored):",
+        "",
+        "| expert | train s | first loss | last loss | " + " | ".join(names) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(names),
+    ]
+    for t, rec in dn["experts"].items():
+        r = rec["training"]
+        cells = []
+        for n in names:
+            v = rec["test"].get(n)
+            cell = "-" if v is None else f"{v:.2f}"
+            cells.append(f"**{cell}**" if n == t else cell)
+        lines.append(
+            f"| dense_{t} | {r['seconds']:.0f} | {r['first_loss']:.3f} | "
+            f"{r['last_losses'][-1]:.4f} | " + " | ".join(cells) + " |"
+        )
+    runs = {k.split("/")[1]: v for k, v in dn.get("runs", {}).items() if v}
+    if runs:
+        lines += [
+            "",
+            f"Merges of the 4 experts (pool `{dn['pool']}`) through `mergekit-yaml RECIPE OUT`, "
+            "scored on the 4 targets: FW with the package defaults (`models:` the base and the "
+            "4 experts, `calibration:` the first samples of each target's calibration file); "
+            "each baseline's setting chosen by the best calibration mean (32 inputs per task) "
+            "over its grid, then scored once on the 100 test inputs per task. Wall time and "
+            "peak RSS (the child's `ru_maxrss`) of the merge command:",
+            "",
+            "| merge | chosen setting | calib mean | " + " | ".join(names)
+            + " | **test mean** | wall s | peak RSS MB | package |",
+            "|---|---|---:|" + "---:|" * len(names) + "---:|---:|---:|---|",
+        ]  # fmt: skip
+        order = sorted(runs, key=lambda m: (m != "fw_defaults", -chosen(runs[m]).get(
+            "test_mean", -1.0)))  # fmt: skip
+        for m in order:
+            best = chosen(runs[m])
+            test = best.get("test", {})
+            cells = [f"{test[t]:.2f}" if t in test else "-" for t in names]
+            tm = f"**{best['test_mean']:.3f}**" if "test_mean" in best else "-"
+            lines.append(
+                f"| {DENSE_NAMES.get(m, m)} | {_dense_setting(m, best['setting'])} | "
+                f"{best['calib_mean']:.3f} | " + " | ".join(cells)
+                + f" | {tm} | {best['wall_s']:.0f} | {best['peak_rss_mb']:.0f} | "
+                f"{best.get('package') or 'checkout'} |"
+            )  # fmt: skip
+        own = [dn["experts"].get(t, {}).get("test", {}).get(t) for t in names]
+        if all(v is not None for v in own):
+            lines.append(
+                "| each task's own expert (no merge) | - | - | "
+                + " | ".join(f"{v:.2f}" for v in own)
+                + f" | {sum(own) / len(own):.3f} | - | - | - |"
+            )
+        lines += ["", "Every setting run (calibration mean; wall time; peak RSS):", "",
+                  "| merge | setting | calib mean | wall s | peak RSS MB |",
+                  "|---|---|---:|---:|---:|"]  # fmt: skip
+        for m in order:
+            for r in runs[m]:
+                lines.append(
+                    f"| {DENSE_NAMES.get(m, m)} | {_dense_setting(m, r['setting'])} | "
+                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+                )
+        fw = runs.get("fw_defaults")
+        if fw:
+            f = chosen(fw).get("fw", {})
+            losses = ", ".join(f"{x:.3f}" for x in f.get("losses", []))
+            coef = ", ".join(f"{k} {v:.2f}" for k, v in (f.get("mean_coefficients") or {}).items())
+            lines += [
+                "",
+                f"FW defaults on `{dn['pool']}`: start {f.get('start')}; "
+                f"{f.get('iterations_run')} iterations run (stopped: {f.get('stopped')}), "
+                f"calibration loss per iteration {losses}; each model's coefficient, mean over "
+                f"the tensors: {coef}.",
+            ]
+        bb = [(m, chosen(v)) for m, v in runs.items() if m != "fw_defaults"]
+        bb = [(m, r) for m, r in bb if "test_mean" in r]
+        if fw and bb and "test_mean" in chosen(fw):
+            m, r = max(bb, key=lambda mr: mr[1]["test_mean"])
+            lines.append(
+                f"FW defaults - best baseline ({DENSE_NAMES.get(m, m)}, by test mean): "
+                f"{chosen(fw)['test_mean'] - r['test_mean']:+.3f}."
+            )
+    if dn.get("failed"):
+        lines += ["", "Failed: " + ", ".join(
+            f"{k} {x['setting']}" for k, v in dn["failed"].items() for x in v) + "."]  # fmt: skip
+    lines += [
+        "",
+        "```",
+        "REAL_PKG=$PWD/benchmarks/.cache/real_pkg   # git archive of mergekit_fw + COMMIT",
+        f"PYTHONPATH=$REAL_PKG:. BENCH_THREADS=1 nice -n 10 {dn['command'].strip()}",
+        "```",
+        "",
+    ]
+    return lines
+
+
+def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | None = None) -> str:
     lines = [
         "# Real pretrained LLM tier: SmolLM2-135M-Instruct and its LoRA adapters",
         "",
@@ -591,6 +708,8 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None) -> str:
         lines += merge_section(mg, ex or {"matrix": {}})
     if lv:
         lines += lmeval_section(lv)
+    if dn:
+        lines += dense_section(dn)
     lines += [
         "## Reproduce",
         "",
@@ -627,7 +746,7 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None) -> str:
         "task-arithmetic / TIES / FW line-search runs used the checkout of their day.",
         "",
     ]
-    lines += not_done(mg, ex, lv)
+    lines += not_done(mg, ex, lv, dn)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -647,7 +766,9 @@ def same_as_defaults(tab: dict) -> str:
     )
 
 
-def not_done(mg: dict | None, ex: dict | None, lv: dict | None) -> list[str]:
+def not_done(
+    mg: dict | None, ex: dict | None, lv: dict | None, dn: dict | None = None
+) -> list[str]:
     """What issue 21 asks that these results do not have (from the results themselves)."""
     tab = table(mg) if mg else {}
     lines = ["## Not done yet (issue 21)", ""]
@@ -699,8 +820,9 @@ def not_done(mg: dict | None, ex: dict | None, lv: dict | None) -> list[str]:
     lines += [
         "- Grids: the stock methods other than task arithmetic and TIES ran 1-2 settings each "
         "(the tables list them), on `all8` only the one chosen on `targets4`.",
-        "- Not run: the 4 dense fine-tunes merged as full checkpoints, the relevance curve, "
-        "Gemma-3-270m; retraining adapters.",
+        "- Not run: "
+        + ("" if dn and dn.get("runs") else "the 4 dense fine-tunes merged as full checkpoints, ")
+        + "the relevance curve, Gemma-3-270m; retraining adapters.",
         "- Wall times are of one run on a shared 2-core machine, with other jobs competing "
         "for the cores; compare them within this page only.",
         "",
@@ -774,7 +896,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS / "benchmarks_real.md")
     args = parser.parse_args()
     load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
-    args.out.write_text(render(load("experts.json"), load_merges(), load("lmeval.json")))
+    args.out.write_text(
+        render(load("experts.json"), load_merges(), load("lmeval.json"), load("dense.json"))
+    )
     print(f"wrote {args.out}")
 
 

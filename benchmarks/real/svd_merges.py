@@ -2,6 +2,7 @@
 
     python -m benchmarks.real.svd_merges --method tsv_m|iso_c|iso_cts --alpha 1.0 \
         --adapters DIR,DIR,... OUT
+    python -m benchmarks.real.svd_merges --method iso_c --alpha 1.0 --experts DIR,DIR,... OUT
 
 - **TSV-M** (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
   Merging", CVPR 2025). Per weight matrix, each task matrix Delta_i = U_i S_i V_i^T is cut to its
@@ -27,6 +28,10 @@ every direction of a rank-8 adapter anyway (min(m, n) / T >= 64 > 8 for these sh
 decompositions go through the factors (Delta_i = B_i A_i, exact): QR of the two thin factors and
 the SVD of the small core, so no m x n SVD is ever taken. Tensors other than the adapters' 2-D
 projections are the base's (the adapters have no others).
+
+`--experts` (benchmarks/real/dense.py): Iso-C over full fine-tunes, whose task matrices
+(expert - base) are dense: the SVD of each 2-D tensor's sum is taken in full (r = min(m, n));
+the 1-D tensors (norm weights) get the mean of the experts' differences.
 """
 
 from __future__ import annotations
@@ -154,17 +159,56 @@ def merge(base: Path, adapters: list[Path], method: str, alpha: float, out: Path
     return {"matrices": len(names)}
 
 
+def iso_c_dense(deltas: list[torch.Tensor], alpha: float = 1.0) -> torch.Tensor:
+    """Iso-C of full task matrices (dense fine-tunes): the sum's SVD with its spectrum flat at
+    the mean singular value (over the full min(m, n)), times alpha."""
+    total = torch.stack([d.double() for d in deltas]).sum(0)
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    return (alpha * s.mean() * (u @ vh)).to(deltas[0].dtype)
+
+
+def dense_merge(base: Path, experts: list[Path], method: str, alpha: float, out: Path) -> dict:
+    """Iso-C over full checkpoints: every 2-D tensor base + iso_c_dense(expert - base); the 1-D
+    tensors (norm weights) base + the mean of the experts' differences."""
+    from safetensors.torch import load_file, save_file
+
+    if method != "iso_c":
+        raise SystemExit("--experts: only iso_c")
+    state = load_file(str(base / "model.safetensors"))
+    models = [load_file(str(e / "model.safetensors")) for e in experts]
+    matrices = 0
+    for name, w in state.items():
+        deltas = [m[name] - w for m in models]
+        if w.dim() == 2:
+            state[name] = w + iso_c_dense(deltas, alpha)
+            matrices += 1
+        else:
+            state[name] = w + torch.stack(deltas).mean(0)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.name != "model.safetensors" and f.is_file():
+            shutil.copy(f, out / f.name)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return {"matrices": matrices}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=sorted(METHODS), required=True)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--adapters", required=True, help="comma-separated PEFT adapter folders")
+    parser.add_argument("--adapters", help="comma-separated PEFT adapter folders")
+    parser.add_argument("--experts", help="comma-separated full checkpoints (iso_c only)")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     from benchmarks.real import lm
 
     lm.threads()
+    if args.experts:
+        info = dense_merge(args.base, [Path(p) for p in args.experts.split(",")], args.method,
+                           args.alpha, args.out)  # fmt: skip
+        print(f"{args.method} alpha {args.alpha}: {info['matrices']} matrices -> {args.out}")
+        return
     info = merge(args.base, [Path(p) for p in args.adapters.split(",")], args.method,
                  args.alpha, args.out)  # fmt: skip
     print(f"{args.method} alpha {args.alpha}: {info['matrices']} matrices merged into {args.out}")
