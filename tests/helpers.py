@@ -200,3 +200,30 @@ def check(zoo, tmp_path, adapter_dirs: list[str] | None, models=None, **paramete
     )  # fmt: skip
     parsed = MergeConfiguration.model_validate(yaml.safe_load(path.read_text()))
     return check_recipe(parsed, with_calibration=False)
+
+
+def start_problem(zoo: dict[str, str], paths: list[str], calibration: str = "two_tasks.yaml"):
+    """(model, slots, pool, problem) of the zoo's base over the vertices `paths` (base
+    first), in memory: what init: auto's start grid scores (fw/start_grid.py)."""
+    from mergekit.common import ModelReference
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.options import MergeOptions
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergekit_fw.data.batches import make_batches
+    from mergekit_fw.data.calibration import load_calibration
+    from mergekit_fw.fw.loop import build_slots
+    from mergekit_fw.fw.objectives import CausalLMObjective
+    from mergekit_fw.fw.problem import CalibrationProblem
+    from mergekit_fw.pool.vertices import VertexPool
+
+    LoaderCache().setup(MergeOptions())
+    pool = VertexPool([ModelReference.parse(p) for p in paths], torch.device("cpu"),
+                      torch.float32)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32).eval()
+    slots = build_slots(model, set(pool.tensor_names(0)))
+    tok = AutoTokenizer.from_pretrained(paths[0])
+    calib = load_calibration(f"{zoo['calib']}/{calibration}", tok, 512)
+    batches = make_batches(calib, 8, tok.pad_token_id, "cpu")
+    problem = CalibrationProblem(CausalLMObjective(), batches, [t.name for t in calib.tasks])
+    return model, slots, pool, problem

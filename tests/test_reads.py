@@ -216,26 +216,12 @@ def test_the_fold_leaves_the_plan_as_it_was(zoo, monkeypatch):
 def test_the_task_arithmetic_starts_come_from_one_read(zoo, monkeypatch):
     """score_rows over the builtin rows reads each vertex tensor once and gives the losses
     of forming each start in the model (float32 rounding apart)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mergekit_fw.data.batches import make_batches
-    from mergekit_fw.data.calibration import load_calibration
-    from mergekit_fw.fw.loop import build_slots
-    from mergekit_fw.fw.objectives import CausalLMObjective
-    from mergekit_fw.fw.problem import CalibrationProblem
     from mergekit_fw.fw.start_grid import builtin_rows, score_rows, set_combinations
     from mergekit_fw.settings import FWSettings
+    from tests.helpers import start_problem
 
-    LoaderCache().setup(MergeOptions())
     paths = [zoo[k] for k in ("base", "reverse", "add", "count")]
-    pool = VertexPool([ModelReference.parse(p) for p in paths], torch.device("cpu"),
-                      torch.float32)  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(zoo["base"], dtype=torch.float32).eval()
-    slots = build_slots(model, set(pool.tensor_names(0)))
-    tok = AutoTokenizer.from_pretrained(zoo["base"])
-    calib = load_calibration(f"{zoo['calib']}/two_tasks.yaml", tok, 512)
-    batches = make_batches(calib, 8, tok.pad_token_id, "cpu")
-    problem = CalibrationProblem(CausalLMObjective(), batches, [t.name for t in calib.tasks])
+    model, slots, pool, problem = start_problem(zoo, paths)
     loss = problem.loss_of(model)
     rows = builtin_rows(FWSettings(calibration="x", iterations=1), 3)
     assert len(rows) == 7  # the base and six task-arithmetic starts

@@ -3,9 +3,6 @@
 
 import pytest
 import torch
-from mergekit.common import ModelReference
-from mergekit.io.tasks import LoaderCache
-from mergekit.options import MergeOptions
 
 from mergekit_fw.fw.screened_start import (
     PROBE,
@@ -15,7 +12,6 @@ from mergekit_fw.fw.screened_start import (
     weighted_rows,
 )
 from mergekit_fw.fw.start_grid import TA_GRID, line_position, ta_row
-from mergekit_fw.pool.vertices import VertexPool
 from tests.test_reads import _counting_reads
 
 
@@ -54,25 +50,9 @@ def test_only_the_grid_points_inside_the_set_are_rows():
 @pytest.fixture
 def start_problem(zoo, noisy):
     """The zoo's base, two experts of the calibration tasks and a noise candidate."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tests.helpers import start_problem as problem
 
-    from mergekit_fw.data.batches import make_batches
-    from mergekit_fw.data.calibration import load_calibration
-    from mergekit_fw.fw.loop import build_slots
-    from mergekit_fw.fw.objectives import CausalLMObjective
-    from mergekit_fw.fw.problem import CalibrationProblem
-
-    LoaderCache().setup(MergeOptions())
-    paths = [zoo["base"], zoo["reverse"], zoo["add"], noisy]
-    pool = VertexPool([ModelReference.parse(p) for p in paths], torch.device("cpu"),
-                      torch.float32)  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(zoo["base"], dtype=torch.float32).eval()
-    slots = build_slots(model, set(pool.tensor_names(0)))
-    tok = AutoTokenizer.from_pretrained(zoo["base"])
-    calib = load_calibration(f"{zoo['calib']}/two_tasks.yaml", tok, 512)
-    batches = make_batches(calib, 8, tok.pad_token_id, "cpu")
-    problem = CalibrationProblem(CausalLMObjective(), batches, [t.name for t in calib.tasks])
-    return model, slots, pool, problem
+    return problem(zoo, [zoo["base"], zoo["reverse"], zoo["add"], noisy])
 
 
 @pytest.mark.e2e

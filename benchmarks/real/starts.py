@@ -21,8 +21,6 @@ import argparse
 import json
 import time
 
-import torch
-
 from benchmarks.real import lm
 from benchmarks.real.merges import POOLS, fw_recipe, pool_tasks
 from benchmarks.real.merges import ROOT as MERGES
@@ -40,13 +38,7 @@ def measure(pool_name: str, calib: int) -> dict:
     from mergekit.options import MergeOptions
 
     from mergekit_fw.fw.screened_start import PROBE
-    from mergekit_fw.fw.start_grid import (
-        LineScan,
-        _line_engine,
-        builtin_rows,
-        score_rows,
-        set_combinations,
-    )
+    from mergekit_fw.fw.start_grid import builtin_rows, held_line, score_rows, set_combinations
     from mergekit_fw.mergekit import runner
 
     found: dict = {}
@@ -66,19 +58,7 @@ def measure(pool_name: str, calib: int) -> dict:
         f0 = problem.loss(model, grad=True, quiet=True).total
         grads = {slot.name: slot.param.grad.detach().clone() for slot in slots}
         model.zero_grad(set_to_none=True)
-        engine = _line_engine(model, slots)
-        by_name = {slot.name: slot for slot in slots}
-
-        def loss_with(weights) -> float:
-            with engine.use(weights):
-                return loss()
-
-        def set_direction(name: str, t: torch.Tensor) -> None:
-            by_name[name].param.grad = t
-
-        scan = LineScan(lambda name: by_name[name].param.detach(),
-                        lambda name: by_name[name].param.grad, set_direction, loss_with)  # fmt: skip
-        try:
+        with held_line(model, slots, loss) as scan:
             slopes = []
             for k in range(1, n + 1):  # -<g, tau_k>: tau_k held as the direction
                 scan.form(slots, pool, [1.0 if i == k else 0.0 for i in range(1, n + 1)])
@@ -102,10 +82,6 @@ def measure(pool_name: str, calib: int) -> dict:
                     "weights": weights,
                     "losses": {str(a): scan.loss_at(a) for a in GRID},
                 }
-        finally:
-            engine.release()
-            for slot in slots:
-                slot.param.grad = None
         found["labels"] = pool.labels
         raise Stop
 

@@ -8,8 +8,9 @@ one vertex tensor at a time, and scored with one calibration pass (`loss()`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -211,10 +212,29 @@ def score_rows(
     Otherwise each start is formed in the model from the pool and scored there, and the
     best is formed again (`RowScan`)."""
     on_line = model is not None and None not in [line_position(row) for _, row in rows]
-    engine = _line_engine(model, slots) if on_line else None
-    if engine is None:
-        table, _ = RowScan(slots, pool, loss).run(rows, slots, pool, settings)
+    with held_line(model, slots, loss) if on_line else contextlib.nullcontext() as scan:
+        if scan is None:
+            table, _ = RowScan(slots, pool, loss).run(rows, slots, pool, settings)
+            return table, table[best_index(table)]["row"]
+        set_combinations(slots, pool, [1.0] + [0.0] * (len(pool) - 1))
+        table, lam = scan.run(rows, slots, pool, settings)
+        if lam:
+            with torch.no_grad():
+                for slot in slots:  # the same op as `loss_at`: theta_0 is the start scored
+                    slot.param.add_(slot.param.grad, alpha=lam)
         return table, table[best_index(table)]["row"]
+
+
+@contextlib.contextmanager
+def held_line(model, slots, loss: Callable[[], float]) -> Iterator[LineScan | None]:
+    """A `LineScan` over an in-memory model: the base in the parameters, the line's
+    direction in their gradient buffers, each pass through an `Offloaded` view of the
+    model (None where its blocks cannot be found). On exit the blocks get their own
+    forwards back and the buffers are emptied."""
+    engine = _line_engine(model, slots)
+    if engine is None:
+        yield None
+        return
     by_name = {slot.name: slot for slot in slots}
 
     def loss_with(weights) -> float:
@@ -224,19 +244,12 @@ def score_rows(
     def set_direction(name: str, t: torch.Tensor) -> None:
         by_name[name].param.grad = t
 
-    scan = LineScan(
-        base=lambda name: by_name[name].param.detach(),
-        direction=lambda name: by_name[name].param.grad,
-        set_direction=set_direction, loss_with=loss_with,
-    )  # fmt: skip
     try:
-        set_combinations(slots, pool, [1.0] + [0.0] * (len(pool) - 1))
-        table, lam = scan.run(rows, slots, pool, settings)
-        if lam:
-            with torch.no_grad():
-                for slot in slots:  # the same op as `loss_at`: theta_0 is the start scored
-                    slot.param.add_(slot.param.grad, alpha=lam)
-        return table, table[best_index(table)]["row"]
+        yield LineScan(
+            base=lambda name: by_name[name].param.detach(),
+            direction=lambda name: by_name[name].param.grad,
+            set_direction=set_direction, loss_with=loss_with,
+        )  # fmt: skip
     finally:
         engine.release()
         for slot in slots:
