@@ -43,7 +43,8 @@ GRIDS = {
         {"weight": w, "density": d, "normalize": False} for d in (0.3, 0.7) for w in (0.5, 1.0)
     ],
     "dare_ties": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
-    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0)],
+    # 4.0 and 5.0 added after 3.0, the top of the first grid, had the best calibration mean
+    "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)],
 }
 SCRIPTED = ("iso_c",)  # benchmarks/real/svd_merges.py --experts
 FW_METHODS = ("fw_defaults",)
@@ -236,6 +237,7 @@ def main() -> None:
         for r in runs:  # the merged checkpoints go once scored (~540 MB each)
             tag = "_".join(f"{k}{v}" for k, v in r["setting"].items())
             shutil.rmtree(ROOT / "merges" / f"{method}_{tag}" / "out", ignore_errors=True)
+    save()  # the command that last ran (a rerun that found everything done records itself)
 
 
 if __name__ == "__main__":

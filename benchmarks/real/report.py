@@ -575,12 +575,16 @@ def dense_section(dn: dict) -> list[str]:
     if runs:
         lines += [
             "",
-            f"Merges of the 4 experts (pool `{dn['pool']}`) through `mergekit-yaml RECIPE OUT`, "
-            "scored on the 4 targets: FW with the package defaults (`models:` the base and the "
-            "4 experts, `calibration:` the first samples of each target's calibration file); "
-            "each baseline's setting chosen by the best calibration mean (32 inputs per task) "
-            "over its grid, then scored once on the 100 test inputs per task. Wall time and "
-            "peak RSS (the child's `ru_maxrss`) of the merge command:",
+            f"Merges of the 4 experts (pool `{dn['pool']}`) through `mergekit-yaml RECIPE OUT` "
+            "(Iso-C: `python -m benchmarks.real.svd_merges --method iso_c --experts ...`, "
+            "written from the paper, full SVD of each matrix's summed task matrix; norm "
+            "weights: the mean of the experts' differences), scored on the 4 targets: FW with "
+            "the package defaults (`models:` the base and the 4 experts, `calibration:` the "
+            "first samples of each target's calibration file); "
+            "each baseline's setting chosen by the best calibration mean (32 inputs per task; "
+            "a tie goes to the first in grid order) over its grid, then scored once on the 100 "
+            "test inputs per task. Wall time and peak RSS (the child's `ru_maxrss`) of the "
+            "merge command, one at a time, with other developers' jobs on the same 2 cores:",
             "",
             "| merge | chosen setting | calib mean | " + " | ".join(names)
             + " | **test mean** | wall s | peak RSS MB | package |",
@@ -615,6 +619,14 @@ def dense_section(dn: dict) -> list[str]:
                     f"| {DENSE_NAMES.get(m, m)} | {_dense_setting(m, r['setting'])} | "
                     f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
                 )
+        iso = sorted(r["setting"]["alpha"] for r in runs.get("iso_c", []))
+        if len(iso) > 5:  # the grid was extended once its top had the best calibration mean
+            lines += [
+                "",
+                f"Iso-C's grid was {', '.join(f'{a:g}' for a in iso[:5])} first; "
+                f"{', '.join(f'{a:g}' for a in iso[5:])} ran in a second command because "
+                f"{iso[4]:g}, its top, had the best calibration mean.",
+            ]
         fw = runs.get("fw_defaults")
         if fw:
             f = chosen(fw).get("fw", {})
@@ -622,17 +634,19 @@ def dense_section(dn: dict) -> list[str]:
             coef = ", ".join(f"{k} {v:.2f}" for k, v in (f.get("mean_coefficients") or {}).items())
             lines += [
                 "",
-                f"FW defaults on `{dn['pool']}`: start {f.get('start')}; "
+                f"FW defaults on `{dn['pool']}`: start "
+                f"{(f.get('start') or {}).get('id') if isinstance(f.get('start'), dict) else f.get('start')}; "
                 f"{f.get('iterations_run')} iterations run (stopped: {f.get('stopped')}), "
-                f"calibration loss per iteration {losses}; each model's coefficient, mean over "
-                f"the tensors: {coef}.",
+                f"calibration loss per iteration {losses}; each vertex's coefficient in "
+                f"`fw_plan.json`, mean over the tensors: {coef}.",
             ]
         bb = [(m, chosen(v)) for m, v in runs.items() if m != "fw_defaults"]
         bb = [(m, r) for m, r in bb if "test_mean" in r]
         if fw and bb and "test_mean" in chosen(fw):
             m, r = max(bb, key=lambda mr: mr[1]["test_mean"])
             lines.append(
-                f"FW defaults - best baseline ({DENSE_NAMES.get(m, m)}, by test mean): "
+                f"\nFW defaults - best baseline ({DENSE_NAMES.get(m, m)}, the baseline with the "
+                "highest test mean, which favours the baselines): "
                 f"{chosen(fw)['test_mean'] - r['test_mean']:+.3f}."
             )
     if dn.get("failed"):
