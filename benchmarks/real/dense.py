@@ -178,31 +178,16 @@ def main() -> None:
             else:
                 text = stock_recipe(method, setting)
             (folder / "recipe.yaml").write_text(text)
-            pkg = merges.package()
-            try:
-                cost = merges.run_command(argv, folder / "merge.log")
-            except RuntimeError as error:
-                tail = (folder / "merge.log").read_text(errors="replace")[-600:]
-                result.setdefault("failed", {}).setdefault(key, []).append(
-                    {"setting": setting, "error": str(error), "log_tail": tail, "package": pkg}
-                )
-                print(f"{key} {setting}: FAILED ({error})", flush=True)
-                save()
+            done = merges.attempt(argv, folder, key, setting, result, save)
+            if done is None:
                 continue
+            cost, pkg = done
             calib = merges.score(out, names, "calib")
             run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
                    "calib_mean": merges.mean(calib),
                    "argv": argv}  # fmt: skip
             if method in FW_METHODS:
-                plan = json.loads((out / "fw_plan.json").read_text())
-                run["fw"] = {
-                    "final_loss": plan["final_loss"], "stopped": plan["stopped"],
-                    "seconds": plan.get("seconds"), "start": plan.get("start"),
-                    "iterations_run": len(plan["iterations"]),
-                    "losses": [i["loss"] for i in plan["iterations"]],
-                    "mean_coefficients": dict(zip(plan["labels"], (
-                        sum(col) / len(col) for col in zip(*plan["coefficients"].values())))),
-                }  # fmt: skip
+                run["fw"] = merges.fw_record(folder)
                 run["test"] = merges.score(out, names, "test")
                 run["test_mean"] = merges.mean(run["test"])
             runs.append(run)

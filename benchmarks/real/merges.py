@@ -205,6 +205,44 @@ def run_command(argv: list[str], log: Path) -> dict:
     return {"wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def fw_record(folder: Path) -> dict:
+    """What a FW merge's plan and log say about its run (folder/out/fw_plan.json, merge.log)."""
+    plan = json.loads((folder / "out" / "fw_plan.json").read_text())
+    return {
+        "final_loss": plan["final_loss"], "stopped": plan["stopped"],
+        "seconds": plan.get("seconds"), "start": plan.get("start"),
+        "iterations_run": len(plan["iterations"]),
+        "losses": [it["loss"] for it in plan["iterations"]],
+        "init_table": plan.get("init_table"),
+        "task_preferences": plan.get("task_preferences"),
+        "final_task_losses": plan.get("final_task_losses"),
+        # each vertex's coefficient, mean over the tensors, in the merge
+        "mean_coefficients": dict(zip(plan["labels"], (
+            sum(col) / len(col) for col in zip(*plan["coefficients"].values())))),
+        "mergekit_fw": plan.get("fingerprint", {}).get("mergekit_fw"),
+        # the data line of the log: samples and target tokens per task
+        "data": next((ln.strip() for ln in (folder / "merge.log").read_text(
+            errors="replace").splitlines() if "target tokens" in ln), None),
+    }  # fmt: skip
+
+
+def attempt(argv, folder: Path, key: str, setting: dict, result: dict, save):
+    """(cost, package) of one merge command, or None: a failure is recorded under
+    result["failed"][key] with the log's tail, saved, and printed."""
+    pkg = package()
+    try:
+        cost = run_command(argv, folder / "merge.log")
+    except RuntimeError as error:
+        tail = (folder / "merge.log").read_text(errors="replace")[-600:]
+        result.setdefault("failed", {}).setdefault(key, []).append(
+            {"setting": setting, "error": str(error), "log_tail": tail, "package": pkg}
+        )
+        print(f"{key} {setting}: FAILED ({error})", flush=True)
+        save()
+        return None
+    return cost, pkg
+
+
 def package() -> str:
     """Which mergekit_fw the merge commands import: a snapshot folder on PYTHONPATH with a
     COMMIT file (`git archive HEAD mergekit_fw`, so that edits in the working tree made while
@@ -361,40 +399,17 @@ def main() -> None:
                 (folder / "recipe.yaml").write_text(text)
                 argv = merge_argv(method, pool, setting, folder)
                 warm = lora_cache.exists() and all(any(lora_cache.glob(f"*{t}*")) for t in pool)
-                pkg = package()
-                try:
-                    cost = run_command(argv, folder / "merge.log")
-                except RuntimeError as error:  # recorded; the other settings still run
-                    tail = (folder / "merge.log").read_text(errors="replace")[-600:]
-                    result.setdefault("failed", {}).setdefault(key, []).append(
-                        {"setting": setting, "error": str(error), "log_tail": tail, "package": pkg}
-                    )
-                    print(f"{key} {setting}: FAILED ({error})", flush=True)
-                    save()
+                done = attempt(argv, folder, key, setting, result, save)
+                if done is None:  # recorded; the other settings still run
                     continue
+                cost, pkg = done
                 calib = score(out, names, "calib")
                 run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
                        "calib_mean": mean(calib),
                        "lora_cache_warm": None if method in FW_OPTIONS or method in SCRIPTED
                        else warm}  # fmt: skip
                 if method in FW_OPTIONS:
-                    plan = json.loads((out / "fw_plan.json").read_text())
-                    run["fw"] = {
-                        "final_loss": plan["final_loss"], "stopped": plan["stopped"],
-                        "seconds": plan.get("seconds"), "start": plan.get("start"),
-                        "iterations_run": len(plan["iterations"]),
-                        "losses": [it["loss"] for it in plan["iterations"]],
-                        "init_table": plan.get("init_table"),
-                        "task_preferences": plan.get("task_preferences"),
-                        "final_task_losses": plan.get("final_task_losses"),
-                        # each vertex's coefficient, mean over the tensors, in the merge
-                        "mean_coefficients": dict(zip(plan["labels"], (
-                            sum(col) / len(col) for col in zip(*plan["coefficients"].values())))),
-                        "mergekit_fw": plan.get("fingerprint", {}).get("mergekit_fw"),
-                        # the data line of the log: samples and target tokens per task
-                        "data": next((ln.strip() for ln in (folder / "merge.log").read_text(
-                            errors="replace").splitlines() if "target tokens" in ln), None),
-                    }  # fmt: skip
+                    run["fw"] = fw_record(folder)
                 if method in FW_EVERY_BUDGET:  # each budget is a setting to report, not to pick
                     run["test"] = score(out, names, "test")
                     run["test_mean"] = mean(run["test"])
