@@ -98,8 +98,8 @@ FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--cho
 # (since 6ddb0de: step quadratic) and `fw_soft` changes only `variant: soft`. fw_defaults and
 # fw_soft take their budgets from --fw-budgets and score every budget on test.
 FW_OPTIONS = {"frank_wolfe": {}, "frank_wolfe_step": {}, "fw_defaults": {},
-              "fw_soft": {"variant": "soft"}}  # fmt: skip
-FW_EVERY_BUDGET = ("fw_defaults", "fw_soft")
+              "fw_soft": {"variant": "soft"}, "fw_pairwise": {"fw_steps": "pairwise"}}  # fmt: skip
+FW_EVERY_BUDGET = ("fw_defaults", "fw_soft", "fw_pairwise")
 METHODS = ["fw_defaults", *GRIDS]  # the default --methods
 PER_MODEL = ("weight", "density", "gamma", "epsilon")
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first

@@ -17,6 +17,7 @@ METHOD_NAMES = {
     "fw_defaults": "FW defaults",
     "fw_uniform_start": "FW defaults at 6ddb0de (no screening)",
     "fw_soft": "FW-soft",
+    "fw_pairwise": "FW defaults + pairwise steps",
     "frank_wolfe": "FW, line search (first session)",
     "frank_wolfe_step": "FW, step: quadratic (0c6d96b)",
     "task_arithmetic": "task arithmetic",
@@ -37,8 +38,9 @@ METHOD_NAMES = {
     "peft_ties": "peft TIES",
 }
 # FW's methods; those of EVERY_BUDGET have one row per budget (method@iterations:samples)
-FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "frank_wolfe", "frank_wolfe_step")
-EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft")
+FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise", "frank_wolfe",
+           "frank_wolfe_step")  # fmt: skip
+EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise")
 FW = ("frank_wolfe", "frank_wolfe_step")  # the earlier runs (benchmarks/real/lmeval.py's auto)
 TABLE1 = "table1"  # the Table 1 analogue's pool (all 8 adapters, all 8 tasks)
 POOL_WORDS = {
@@ -367,10 +369,26 @@ def why_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
     lines.append(
         f"- **Fit, then generalisation** ({_name(m)}): final calibration loss / test mean, "
         + ", ".join(f"`{p}` {r['fw']['final_loss']:.3f} / {r['test_mean']:.3f}" for p, r in every)
-        + ". The larger pools fit the calibration set about as well and generalise worse: the "
-        "per-tensor box gives each added adapter its own directions to fit the calibration "
-        "samples with (compare the columns with 32 samples per task above)."
+        + ". The larger pools fit the calibration set about as well and generalise worse "
+        "(compare the columns with 32 samples per task above)."
     )
+    pair = tab.get("all8", {}).get(m.replace("fw_defaults@", "fw_pairwise@"))
+    if pair and "test_mean" in pair and big["fw"].get("mean_coefficients"):
+
+        def irrelevant(r: dict) -> str:
+            coef = r["fw"].get("mean_coefficients") or {}
+            v = [x for k, x in coef.items() if k.removeprefix("lora_") not in small["test"]
+                 and k != "base"]  # fmt: skip
+            return f"{min(v):.2f}-{max(v):.2f}" if v else "?"
+
+        lines.append(
+            f"- **Not the irrelevant adapters' weight alone.** In the `all8` merge the 4 "
+            f"irrelevant adapters keep mean coefficients of {irrelevant(big)} over the tensors. "
+            "With pairwise steps (which can move weight off an adapter down to 0) they keep "
+            f"{irrelevant(pair)}, but the test mean is {pair['test_mean']:.3f} (calibration "
+            f"loss {pair['fw']['final_loss']:.3f}, against {big['test_mean']:.3f} and "
+            f"{big['fw']['final_loss']:.3f} without)."
+        )
     k = min(len(small["fw"]["losses"]), len(big["fw"]["losses"]))
     trail = ", ".join(
         f"{a:.2f}/{b:.2f}" for a, b in zip(small["fw"]["losses"][:k], big["fw"]["losses"][:k])
