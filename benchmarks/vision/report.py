@@ -91,10 +91,9 @@ def section(r: dict) -> str:
         "before); FW-box = `constraint: box` (the package default: "
         "0 <= lambda_i <= 1 per tensor over task vectors), 10 iterations; these FW rows "
         "start at the base (`init: base`, the default when they were first measured); FW "
-        "defaults = every option the API's default at 6ddb0de, when this tier was last run "
-        "(box, `init: auto`, which then compared the base with task arithmetic; since "
-        "1e1686c it also screens the candidates, docs/starts.md, not re-run here), 10 "
-        "iterations; FW-soft = the "
+        "defaults = every option the API's default (box, `init: auto`, which there compares "
+        "the base, task arithmetic, each expert alone and task arithmetic over the experts "
+        "that gain alone: docs/starts.md), 10 iterations; FW-soft = the "
         "paper's soft variant (hull, per-task selection, coefficients projected on the "
         "simplex), 5 iterations of 30 fit steps; FW-soft free = the same with `coefficients: "
         "free` (the authors' code: unconstrained Adam coefficients). No method sees a test "
@@ -345,15 +344,14 @@ def _defaults_bullet(t2, t3, sizes) -> list[str]:
     gaps = [t2["FW defaults"]["mean"] - t2["FW-box"]["mean"]]
     gaps += [t3[n]["FW defaults"]["mean"] - t3[n]["FW-box"]["mean"] for n in sizes]
     return [
-        f"- **FW defaults** (box, `init: auto`, which in the API compared the base with task "
-        f"arithmetic at 6ddb0de): {t2['FW defaults']['mean']:.3f} on Table 2 (FW-box from the base: "
+        f"- **FW defaults** (box, `init: auto`, which in the API compares the base, task "
+        f"arithmetic and the screened starts): {t2['FW defaults']['mean']:.3f} on Table 2 (FW-box from the base: "
         f"{t2['FW-box']['mean']:.3f}); on Table 3 {row} at {' / '.join(sizes)} experts "
         f"(FW-box from the base: {box}). The differences run from {min(gaps):+.3f} to "
         f"{max(gaps):+.3f}"
-        + (", a few of the 497 test images per task: on this zoo, starting at the better of "
-           "the base and task arithmetic makes no difference that the test split can show."
+        + (", a few of the 497 test images per task: on this zoo, starting at the best "
+           "data-free start makes no difference that the test split can show."
            if max(abs(g) for g in gaps) <= 0.01 else
            f" ({max(gaps) * 497:.0f} of the 497 test images per task at the largest): "
-           "starting at the better of the base and task arithmetic helps most where the "
-           "pool is large.")
+           "starting at the best data-free start helps most where the pool is large.")
     ]  # fmt: skip
