@@ -254,8 +254,9 @@ def progress_hook(progress):
 
 
 def auto_start(model, slots, pool, problem, settings):
-    """`init: auto` without mergekit: (start row, table, formed) over the base and task
-    arithmetic; `formed`: the parameters hold the start (fw/start_grid.py `score_rows`)."""
+    """`init: auto` without mergekit: (start row, table, formed) over the base, task
+    arithmetic and the screened starts; `formed`: the parameters hold the start
+    (fw/start_grid.py `score_rows`)."""
     from mergekit_fw.fw.start_grid import builtin_rows, choose, score_rows
 
     loss, rows = problem.loss_of(model), builtin_rows(settings, len(pool) - 1)

@@ -170,3 +170,24 @@ def test_screening_is_an_init_auto_option():
     assert FWSettings(calibration="x", iterations=1, init="base", screening=False).unused() == [
         "screening only applies with init: auto, so it is ignored here"
     ]
+
+
+@pytest.mark.e2e
+def test_forming_each_start_screens_alike(start_problem):
+    """Where the model cannot run block by block (`RowScan`: no model here), the same table
+    and losses come from forming each start in the parameters, which end at the best."""
+    from mergekit_fw.fw.start_grid import builtin_rows, score_rows, set_combinations
+    from mergekit_fw.settings import FWSettings
+
+    model, slots, pool, problem = start_problem
+    settings = FWSettings(calibration="x", iterations=1)
+    loss, rows = problem.loss_of(model), builtin_rows(settings, 3)
+    lines, _ = score_rows(rows, slots, pool, loss, model, settings)
+    formed, held = score_rows(rows, slots, pool, loss, None, settings)
+    assert [e["start"] for e in formed] == [e["start"] for e in lines]
+    assert [e["loss"] for e in formed] == pytest.approx([e["loss"] for e in lines], rel=1e-5)
+    assert held == min(formed, key=lambda e: e["loss"])["row"]
+    held_weights = {slot.name: slot.param.detach().clone() for slot in slots}
+    set_combinations(slots, pool, held)
+    for slot in slots:
+        assert torch.equal(held_weights[slot.name], slot.param)

@@ -1,5 +1,7 @@
-"""The data-free starts `init: auto` compares that need no mergekit: the base and task
-arithmetic over a small lambda grid, each a combination of the pool's vertices.
+"""The data-free starts `init: auto` compares that need no mergekit: the base, task
+arithmetic over a small lambda grid and, with `screening`, each candidate alone and the
+screened task-arithmetic lines (fw/screened_start.py); each a combination of the pool's
+vertices.
 
 The recipe path (mergekit/auto_start.py) adds mergekit's TIES to this table; the Python API
 (mergekit_fw/api.py) uses it as it is. Each start is formed in the model itself, streamed
@@ -138,7 +140,7 @@ class LineScan:
             alone = self.screen(slots, pool, PROBE)
             table += alone
             held = alone[-1]["weights"]
-            base = next((e["loss"] for e in table if e["start"] == "base"), None)
+            base = next((e["loss"] for e in table if line_position(e["row"]) == 0.0), None)
             base = self.loss_at(0.0) if base is None else base
             for line, w in screened_lines([base - e["loss"] for e in alone]):
                 screened = screened_rows(settings, line, w)
@@ -159,10 +161,12 @@ class LineScan:
 class RowScan(LineScan):
     """The same starts where the model cannot be run block by block with other weights:
     each is formed in the parameters from the pool (one read of its vertices) and scored
-    there, and the best is formed again at the end (`hold` returns 0: nothing to move)."""
+    there, and the best is formed again at the end unless it was the last one formed
+    (`hold` returns 0: nothing to move)."""
 
     def __init__(self, slots, pool, loss: Callable[[], float]):
         self.slots, self.pool, self.loss = slots, pool, loss
+        self.formed: list[float] | None = None  # the row the parameters hold
 
     def form(self, slots, pool, weights=None) -> None:
         """Nothing to hold: every start is formed where it is scored."""
@@ -171,6 +175,7 @@ class RowScan(LineScan):
         table = []
         for name, row in rows:
             set_combinations(self.slots, self.pool, row)
+            self.formed = row
             table.append({"start": name, "loss": self.loss(), "row": row, "weights": weights})
         return table
 
@@ -178,7 +183,8 @@ class RowScan(LineScan):
         return self.score([("base", [1.0] + [0.0] * (len(self.pool) - 1))])[0]["loss"]
 
     def hold(self, slots, pool, best: dict, held) -> float:
-        set_combinations(slots, pool, best["row"])
+        if best["row"] != self.formed:
+            set_combinations(slots, pool, best["row"])
         return 0.0
 
 

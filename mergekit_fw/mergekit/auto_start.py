@@ -1,10 +1,11 @@
 """`init: auto`: start from the data-free merge with the lowest calibration loss.
 
-Candidates: the base, task arithmetic over a small lambda grid, and mergekit's TIES over a
-small density grid. Each is formed in the model itself, streamed (task arithmetic one
-vertex tensor at a time, TIES through mergekit's executor one output tensor at a time), and
-scored with one calibration pass. Only the best TIES so far is kept, as the start vertex
-(one model copy in memory); a task-arithmetic or base winner needs no extra vertex. FW's
+Candidates: fw/start_grid.py's table (the base, task arithmetic over a small lambda grid,
+each candidate alone and the screened lines) and mergekit's TIES over a small density
+grid. Each is formed in the model itself, streamed (the table's starts one vertex tensor
+at a time, TIES through mergekit's executor one output tensor at a time), and scored with
+one calibration pass. Only the best TIES so far is kept, as the start vertex (one model
+copy in memory); any other winner needs no extra vertex. FW's
 step rules never rise above the chosen start, so the result is never worse on the
 calibration data than the best of these merges.
 """
@@ -36,9 +37,9 @@ def choose_start(recipe, options, *, model, slots, pool, problem, device):
     The start row is over the pool's vertices plus, when TIES wins, the start vertex
     (appended last by the caller). The table lists every candidate and its loss. `formed`:
     the parameters hold the start already. TIES runs first (mergekit writes each merge into
-    the parameters), then the base / task-arithmetic line, whose one read leaves its best
-    point in the parameters; a TIES winner is copied back from its snapshot in memory. So
-    the grid reads the pool once outside mergekit, and the loop forms nothing again.
+    the parameters), then the table's lines (one read each), which leave their best point
+    in the parameters; a TIES winner is copied back from its snapshot in memory. So the
+    loop forms nothing again.
     """
     n = len(pool) - 1
     dtype = pool.dtype

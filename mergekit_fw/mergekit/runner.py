@@ -207,14 +207,14 @@ def skeleton(objective, base_path: str, dtype, device, trust_remote_code: bool):
 def out_of_core_keywords(settings, n: int, checkpoint) -> dict:
     """`run_frank_wolfe`'s out-of-core keywords: the scratch folder (the state folder's, when
     there is one) and, for `init: auto`, the base and the task-arithmetic grid as the
-    candidate starts, formed block by block from the pool (TIES starts need a mergekit
+    candidate starts (the loop adds the screened ones), formed block by block from the pool (TIES starts need a mergekit
     merge held in memory and are left out; a mergekit start is refused by the settings,
     `out_of_core_clash`)."""
     from mergekit_fw.fw.start_grid import builtin_rows
 
     keywords: dict = {"scratch": None if checkpoint is None else str(checkpoint.folder / "scratch")}
     if settings.init_kind == "auto":
-        LOG.info("init: auto out of core: base and task-arithmetic starts (no TIES)")
+        LOG.info("init: auto out of core: base, task-arithmetic and screened starts (no TIES)")
         keywords["start_rows"] = builtin_rows(settings, n)
     return keywords
 
