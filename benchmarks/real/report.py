@@ -42,6 +42,8 @@ FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise", "frank_w
            "frank_wolfe_step")  # fmt: skip
 EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise")
 FW = ("frank_wolfe", "frank_wolfe_step")  # the earlier runs (benchmarks/real/lmeval.py's auto)
+# runs made while the machine was more crowded than usual (what the session's log says)
+CROWDED = {"1e1686c": "ran beside up to three other heavy jobs (one torch thread each)"}
 TABLE1 = "table1"  # the Table 1 analogue's pool (all 8 adapters, all 8 tasks)
 POOL_WORDS = {
     "targets4": "the 4 target adapters",
@@ -507,6 +509,11 @@ def summary(mg: dict) -> list[str]:
         "- Wall times come from runs at different moments on a shared 2-core machine, with "
         "other jobs competing for the cores: the ratios are rough."
     )
+    busy = sorted({r.get("package") for m in tab.values() for k, r in m.items()
+                   if k.startswith("fw_defaults@") and r.get("package") in CROWDED})  # fmt: skip
+    for package in busy:
+        lines.append(f"- The FW rows of package {package} {CROWDED[package]}: their wall times, "
+                     "and the ratios above, are upper bounds.")  # fmt: skip
     lines.append(
         "- FW reads the adapters as factors; the stock methods read mergekit's densified "
         "copies (`--lora-merge-cache`); TSV-M and the Iso methods decompose the factors; peft "
