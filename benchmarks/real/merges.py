@@ -5,7 +5,8 @@
 
 Needs `python -m benchmarks.real.build` first. For each pool (POOLS: the 4 target adapters,
 +2 irrelevant ones, all 8, all 8 + the noise adapter, all of them calibrated and scored on the 4
-target tasks; `table1`: all 8 adapters on all 8 tasks) and method it writes recipes under
+target tasks; `table1`: all 8 adapters on all 8 tasks; the relevance curve's `rel2` and `rel6`:
+2 and 6 adapters on their own tasks) and method it writes recipes under
 $BENCH_CACHE/real/merges/, runs one merge command per setting: `mergekit-yaml RECIPE OUT` for
 the stock methods (LoRA adapters as `base+adapter`, densified into one shared
 `--lora-merge-cache`) and for FW (adapters as factors through `parameters.adapters`);
@@ -52,10 +53,15 @@ POOLS = {
     "all8": list(tasks.TASKS),
     "all8_noise": [*tasks.TASKS, tasks.NOISE],  # + the adapter trained on random answers
     "table1": list(tasks.TASKS),  # the Table 1 analogue: every adapter, every task
+    # the relevance curve: the task set grows with the pool (n tasks, their n adapters); its
+    # n = 4 and n = 8 points are targets4 and table1
+    "rel2": list(tasks.TARGETS[:2]),
+    "rel6": [*tasks.TARGETS, *tasks.OTHERS[:2]],
 }
 # the tasks a pool is calibrated (FW's data, the choice of setting) and scored on: the 4 targets
-# in the Table 3 analogue's pools, all 8 in the Table 1 analogue
-POOL_TASKS = {"table1": list(tasks.TASKS)}
+# in the Table 3 analogue's pools, all 8 in the Table 1 analogue, its own in the relevance curve
+POOL_TASKS = {"table1": list(tasks.TASKS), "rel2": POOLS["rel2"], "rel6": POOLS["rel6"]}
+RELEVANCE = ("rel2", "targets4", "rel6", "table1")  # the relevance curve's pools, n = 2 .. 8
 
 
 def pool_tasks(pool_name: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks.real import tasks
 from benchmarks.real.lm import RESULTS
+from benchmarks.real.merges import POOLS, RELEVANCE
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 METHOD_NAMES = {
@@ -453,7 +454,7 @@ def summary(mg: dict) -> list[str]:
     """FW against the best baseline per pool, FW's change over the pools, cost."""
     tab = table(mg)
     pools = [p for p in POOL_WORDS if p in tab] + [
-        p for p in tab if p not in POOL_WORDS and p != TABLE1
+        p for p in tab if p not in POOL_WORDS and p not in RELEVANCE
     ]
     lines = ["## Summary", ""]
     fw_cols = fw_columns(tab, pools)
@@ -492,6 +493,7 @@ def summary(mg: dict) -> list[str]:
     lines += drop_lines(tab, pools, fw_cols)
     lines += why_lines(tab, pools, fw_cols)
     lines += table1_summary(tab)
+    lines += relevance_summary(tab)
     for pool in [*pools, TABLE1]:
         methods = tab.get(pool, {})
         ties = methods.get("ties")
@@ -573,6 +575,49 @@ def table1_summary(tab: dict) -> list[str]:
                     f"- {_name(m)} - best baseline ({_name(bb[0])}): "
                     f"{r['test_mean'] - bb[1]['test_mean']:+.3f}."
                 )
+    return lines + [""]
+
+
+RELEVANCE_FW = "fw_defaults@20:8"  # the relevance curve's FW budget (table1's best)
+
+
+def relevance_summary(tab: dict) -> list[str]:
+    """The relevance curve: n tasks and their n adapters, n = 2 .. 8, FW against the baseline
+    a user would pick (the best calibration mean), both at the same pool."""
+    pts = [p for p in RELEVANCE if p in tab]
+    if not any(p not in POOL_WORDS and p != TABLE1 for p in pts):
+        return []
+    lines = [
+        "",
+        "Relevance curve (the paper's: relevant experts added, the task set grows with them): "
+        "n target tasks and their n adapters, calibrated and scored on those n tasks "
+        f"(`{'`, `'.join(pts)}`; n = 4 and 8 are `targets4` and `{TABLE1}`). FW at "
+        f"{_name(RELEVANCE_FW).removeprefix('FW defaults ')}; the baseline is the one with "
+        "the best calibration mean in the pool (what a user would pick), scored on test:",
+        "",
+        "| n | pool | calib. inputs given to FW | "
+        f"{_name(RELEVANCE_FW)} | baseline chosen on calibration | FW - baseline |",
+        "|---:|---|---:|---:|---|---:|",
+    ]
+    for pool in pts:
+        methods = tab[pool]
+        n = len(POOLS[pool])
+        fw = methods.get(RELEVANCE_FW)
+        base = [(m, r) for m, r in methods.items() if not is_fw(m)]
+        bm, br = max(base, key=lambda mr: mr[1]["calib_mean"]) if base else (None, {})
+        fw_cell = f"{fw['test_mean']:.3f}" if fw and "test_mean" in fw else "not run"
+        b_cell = (
+            f"{br['test_mean']:.3f} ({_name(bm)}, calib. {br['calib_mean']:.3f})"
+            if "test_mean" in br
+            else "not run"
+        )
+        gap = (
+            f"{fw['test_mean'] - br['test_mean']:+.3f}"
+            if fw and "test_mean" in fw and "test_mean" in br
+            else "-"
+        )
+        k = int(RELEVANCE_FW.split(":")[1])
+        lines.append(f"| {n} | `{pool}` | {k} x {n} = {k * n} | {fw_cell} | {b_cell} | {gap} |")
     return lines + [""]
 
 
@@ -776,10 +821,14 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | 
         "python -m benchmarks.real.merges --pools targets4 --fw-budgets 10:16,10:32 --keep fw_defaults",
         "python -m benchmarks.real.merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4",
         "python -m benchmarks.real.merges --pools targets6,all8_noise --chosen-from targets4 \\",
-        "    --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts",
+        "    --fw-budgets 10:16,10:32 --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts",
         "python -m benchmarks.real.merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8",
         "python -m benchmarks.real.merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
         "    --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only",
+        "python -m benchmarks.real.merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8",
+        "python -m benchmarks.real.merges --pools rel2,rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
+        "    --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \\",
+        "    --alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only",
         "python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
         "python -m benchmarks.real.report                   # this page",
         "```",
