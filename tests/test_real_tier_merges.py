@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from benchmarks.real.svd_merges import iso_c, iso_cts, lowrank_svd, tsv_m, whiten
+from benchmarks.real.svd_merges import (
+    METHODS,
+    dense_task_matrix,
+    iso_c,
+    iso_cts,
+    lowrank_svd,
+    tsv_m,
+    whiten,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +89,17 @@ def test_iso_cts_is_isotropic_and_falls_back_to_iso_c():
     assert torch.allclose(sm[:rank], sm[0].expand(rank), atol=1e-8)
     # a common subspace as large as the rank leaves no task directions: Iso-C
     assert torch.allclose(iso_cts(factors, common=1.0), iso_c(factors), atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "iso_c", "iso_cts"])
+def test_dense_task_matrices_merge_like_their_factors(method):
+    # full task matrices of low rank: the dense form (Delta @ I) gives the factor form's merge
+    factors = _factors(3, m=12, n=10, r=2, tasks=3)
+    deltas = [b @ a for b, a in factors]
+    dense = dense_task_matrix(method, deltas, alpha=1.3)
+    if method == "iso_c":  # r = min(m, n) there: the flat spectrum spans every direction
+        total = sum(deltas)
+        s = torch.linalg.svdvals(total)
+        assert torch.allclose(torch.linalg.svdvals(dense), 1.3 * s.mean().expand(10), atol=1e-8)
+    else:
+        assert torch.allclose(dense, METHODS[method](factors, alpha=1.3), atol=1e-8)

@@ -1,7 +1,8 @@
 """The real tier's dense setting: the 4 target tasks fully fine-tuned, merged as full checkpoints.
 
     nice -n 10 python -m benchmarks.real.dense [--steps 60] [--batch 8] [--lr 1e-4] \
-        [--methods fw_defaults,task_arithmetic,ties,dare_ties,iso_c] [--fw-budget 10:16] [--cross]
+        [--methods fw_defaults,task_arithmetic,ties,dare_ties,iso_c,tsv_m,iso_cts] \
+        [--fw-budget 10:16] [--cross]
 
 Needs `python -m benchmarks.real.build` first (the base and the task files). Trains one full
 fine-tune (every parameter, `lm.train_full`: the training pairs, answer-only loss and loop of
@@ -11,7 +12,7 @@ own task's 100 test inputs (`--cross`: on the other 3 targets too). Then merges 
 (pool `dense4`) through the stock CLI `mergekit-yaml RECIPE OUT`, recording the command's wall
 time and peak RSS: FW with the package defaults (`models:` the base and the 4 experts,
 `calibration:` the first 16 calibration samples of each target, 10 iterations); task
-arithmetic, TIES and DARE-TIES (stock mergekit) and Iso-C (`benchmarks/real/svd_merges.py
+arithmetic, TIES and DARE-TIES (stock mergekit) and Iso-C, TSV-M, Iso-CTS (`benchmarks/real/svd_merges.py
 --experts`, its wall time and peak RSS that script's) over their grids (GRIDS). Every setting is scored on the 32 calibration inputs of
 each target; the one with the best calibration mean of each baseline is scored on the 100 test
 inputs (FW: every budget). The merge commands import `mergekit_fw` from PYTHONPATH (a
@@ -45,8 +46,11 @@ GRIDS = {
     "dare_ties": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
     # 4.0 and 5.0 added after 3.0, the top of the first grid, had the best calibration mean
     "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)],
+    # 3-point grids: TSV-M around its paper's 1.0, Iso-CTS around Iso-C's chosen 4.0
+    "tsv_m": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
+    "iso_cts": [{"alpha": a} for a in (2.0, 3.0, 4.0)],
 }
-SCRIPTED = ("iso_c",)  # benchmarks/real/svd_merges.py --experts
+SCRIPTED = ("iso_c", "tsv_m", "iso_cts")  # benchmarks/real/svd_merges.py --experts
 FW_METHODS = ("fw_defaults",)
 PER_MODEL = merges.PER_MODEL
 

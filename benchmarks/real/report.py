@@ -74,6 +74,11 @@ def _setting(method: str, s: dict) -> str:
     return ", ".join(f"{k} {str(v).lower()}" for k, v in s.items()) or "-"
 
 
+def _delta(x: float) -> str:
+    """A signed difference to 3 places, without a "-0.000" from rounding noise."""
+    return f"{round(x, 6) + 0.0:+.3f}"
+
+
 def score_cells(best: dict, names: list[str]) -> str:
     """A run's table cells: calibration mean, test per task, test mean (bold), cost."""
     test = best.get("test", {})
@@ -313,7 +318,7 @@ def drop_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
         if len(seq) < 2 or seq[0][0] != "targets4":
             continue
         first = seq[0][1]["test_mean"]
-        steps = ", ".join(f"{p} {r['test_mean'] - first:+.3f}" for p, r in seq[1:])
+        steps = ", ".join(f"{p} {_delta(r['test_mean'] - first)}" for p, r in seq[1:])
         worst = min(r["test_mean"] for _, r in seq[1:]) - first
         verdict = "within" if worst >= -0.02 else "more than"
         losses = ", ".join(
@@ -336,7 +341,12 @@ def why_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
              if m in tab.get("targets4", {}) and m in tab.get("all8", {})]  # fmt: skip
     if not pairs:
         return []
-    lines = ["", "Why the larger pools lose (FW defaults, `targets4` against `all8`):", ""]
+    lines = [
+        "",
+        "Why the larger pools lose with 16 samples per task, and what closes it (FW defaults, "
+        "`targets4` against `all8`):",
+        "",
+    ]
     n = sum(len(r["test"]) for r in tab["targets4"].values() if "test" in r) // max(
         1, sum(1 for r in tab["targets4"].values() if "test" in r)
     )
@@ -372,9 +382,25 @@ def why_lines(tab: dict, pools: list[str], fw_cols: list[str]) -> list[str]:
     lines.append(
         f"- **Fit, then generalisation** ({_name(m)}): final calibration loss / test mean, "
         + ", ".join(f"`{p}` {r['fw']['final_loss']:.3f} / {r['test_mean']:.3f}" for p, r in every)
-        + ". The larger pools fit the calibration set about as well and generalise worse "
-        "(compare the columns with 32 samples per task above)."
+        + ". The larger pools fit the calibration set about as well and generalise worse."
     )
+    more = [c for c in cols if int(c.split(":")[1]) > int(m.split(":")[1])]
+    for c in more:
+        seq = [(p, tab[p][c]) for p in POOL_WORDS if "test_mean" in tab.get(p, {}).get(c, {})]
+        if len(seq) < 2 or seq[0][0] != "targets4":
+            continue
+        lines.append(
+            f"- **More calibration data closes it** ({_name(c)}: every calibration input the "
+            "baselines' settings are chosen on): change from the 4 target adapters "
+            + ", ".join(
+                f"`{p}` {_delta(r['test_mean'] - seq[0][1]['test_mean'])}" for p, r in seq[1:]
+            )
+            + f" (against {', '.join(_delta(tab[p][m]['test_mean'] - small['test_mean']) for p, _ in seq[1:] if m in tab[p])}"
+            f" with {m.split(':')[1]} per task). Each candidate adds one coefficient per tensor "
+            "(272 here) for FW to fit; with twice the samples per task the larger pools "
+            "generalise as well as the 4 targets (one run per pool and budget; within the "
+            "noise above)."
+        )
     pair = tab.get("all8", {}).get(m.replace("fw_defaults@", "fw_pairwise@"))
     if pair and "test_mean" in pair and big["fw"].get("mean_coefficients"):
 
@@ -458,37 +484,58 @@ def summary(mg: dict) -> list[str]:
     ]
     lines = ["## Summary", ""]
     fw_cols = fw_columns(tab, pools)
-    main = next((m for m in fw_cols if m.startswith("fw_defaults@")), None)
+    # the package's defaults (one column per budget) beside the best baseline; the earlier FW
+    # runs (other commits, other options) in a table of their own
+    current = [m for m in fw_cols if m.startswith("fw_defaults@")]
+    earlier = [m for m in fw_cols if m not in current]
     lines += [
-        "Table 3 analogue. Test target mean (100 test inputs per target task) of each FW row "
-        "and of the best baseline (stock mergekit methods, TSV-M, Iso-C, Iso-CTS, peft; each "
-        "at its setting chosen on calibration; the best baseline is the one with the highest "
-        "*test* mean, which favours the baselines):",
+        "Table 3 analogue. Test target mean (100 test inputs per target task) of FW defaults "
+        "(each budget a column: iterations, calibration samples per task given to FW) and of "
+        "the best baseline (stock mergekit methods, TSV-M, Iso-C, Iso-CTS, peft; each at its "
+        "setting chosen on calibration, 32 inputs per task; the best baseline is the one with "
+        "the highest *test* mean, which favours the baselines):",
         "",
         "| pool | "
-        + " | ".join(_name(m) for m in fw_cols)
+        + " | ".join(_name(m) for m in current)
         + " | best baseline | "
-        + (f"{_name(main)} - best baseline |" if main else "|"),
-        "|---|" + "---:|" * len(fw_cols) + "---|---:|",
+        + " | ".join(f"{_name(m).removeprefix('FW defaults ')} - best baseline" for m in current)
+        + " |",
+        "|---|" + "---:|" * len(current) + "---|" + "---:|" * len(current),
     ]
+
+    def cell(r: dict | None) -> str:
+        return f"{r['test_mean']:.3f}" if r and "test_mean" in r else "not run"
+
     for pool in pools:
         methods = tab[pool]
         bb = best_baseline(methods)
-        cells = []
-        for m in fw_cols:
-            r = methods.get(m)
-            cells.append(f"{r['test_mean']:.3f}" if r and "test_mean" in r else "not run")
-        fw_main = methods.get(main, {}).get("test_mean") if main else None
-        if bb:
-            gap = f"{fw_main - bb[1]['test_mean']:+.3f}" if fw_main is not None else "-"
-            base = f"{bb[1]['test_mean']:.3f} ({_name(bb[0])})"
-        else:
-            gap, base = "-", "not run"
+        base = f"{bb[1]['test_mean']:.3f} ({_name(bb[0])})" if bb else "not run"
+        gaps = [
+            f"{methods[m]['test_mean'] - bb[1]['test_mean']:+.3f}"
+            if bb and "test_mean" in methods.get(m, {})
+            else "-"
+            for m in current
+        ]
         lines.append(
             f"| `{pool}`: {POOL_WORDS.get(pool, pool)} | "
-            + " | ".join(cells)
-            + f" | {base} | {gap} |"
+            + " | ".join(cell(methods.get(m)) for m in current)
+            + f" | {base} | "
+            + " | ".join(gaps)
+            + " |"
         )
+    if earlier:
+        lines += [
+            "",
+            "Earlier FW runs on the same pools (other package commits or options), test "
+            "target mean:",
+            "",
+            "| pool | " + " | ".join(_name(m) for m in earlier) + " |",
+            "|---|" + "---:|" * len(earlier),
+        ]
+        lines += [
+            f"| `{pool}` | " + " | ".join(cell(tab[pool].get(m)) for m in earlier) + " |"
+            for pool in pools
+        ]
     lines.append("")
     lines += drop_lines(tab, pools, fw_cols)
     lines += why_lines(tab, pools, fw_cols)
@@ -622,7 +669,8 @@ def relevance_summary(tab: dict) -> list[str]:
 
 
 DENSE_NAMES = {"fw_defaults": "FW defaults", "task_arithmetic": "task arithmetic",
-               "ties": "TIES", "dare_ties": "DARE-TIES", "iso_c": "Iso-C"}  # fmt: skip
+               "ties": "TIES", "dare_ties": "DARE-TIES", "iso_c": "Iso-C", "tsv_m": "TSV-M",
+               "iso_cts": "Iso-CTS"}  # fmt: skip
 
 
 def _dense_setting(method: str, s: dict) -> str:
@@ -665,9 +713,10 @@ def dense_section(dn: dict) -> list[str]:
         lines += [
             "",
             f"Merges of the 4 experts (pool `{dn['pool']}`) through `mergekit-yaml RECIPE OUT` "
-            "(Iso-C: `python -m benchmarks.real.svd_merges --method iso_c --experts ...`, "
-            "written from the paper, full SVD of each matrix's summed task matrix; norm "
-            "weights: the mean of the experts' differences), scored on the 4 targets: FW with "
+            "(Iso-C, TSV-M, Iso-CTS: `python -m benchmarks.real.svd_merges --method M "
+            "--experts ...`, written from the papers, full-rank SVDs of the task matrices, "
+            "r = min(m, n); norm weights: the mean of the experts' differences), scored on the "
+            "4 targets: FW with "
             "the package defaults (`models:` the base and the 4 experts, `calibration:` the "
             "first samples of each target's calibration file); "
             "each baseline's setting chosen by the best calibration mean (32 inputs per task; "
@@ -740,7 +789,8 @@ def dense_section(dn: dict) -> list[str]:
         "",
         "```",
         "REAL_PKG=$PWD/benchmarks/.cache/real_pkg   # git archive of mergekit_fw + COMMIT",
-        f"PYTHONPATH=$REAL_PKG:. BENCH_THREADS=1 nice -n 10 {dn['command'].strip()}",
+        f"PYTHONPATH=$REAL_PKG:. BENCH_THREADS={dn.get('threads', 1)} nice -n 10 "
+        f"{dn['command'].strip()}",
         "```",
         "",
     ]
@@ -924,7 +974,8 @@ def not_done(
         "(the tables list them), on `all8` only the one chosen on `targets4`.",
         "- Not run: "
         + ("" if dn and dn.get("runs") else "the 4 dense fine-tunes merged as full checkpoints, ")
-        + "the relevance curve, Gemma-3-270m; retraining adapters.",
+        + ("" if {"rel2", "rel6"} <= set(tab) else "the relevance curve, ")
+        + "Gemma-3-270m; retraining adapters.",
         "- Wall times are of one run on a shared 2-core machine, with other jobs competing "
         "for the cores; compare them within this page only.",
         "",

@@ -2,7 +2,8 @@
 
     python -m benchmarks.real.svd_merges --method tsv_m|iso_c|iso_cts --alpha 1.0 \
         --adapters DIR,DIR,... OUT
-    python -m benchmarks.real.svd_merges --method iso_c --alpha 1.0 --experts DIR,DIR,... OUT
+    python -m benchmarks.real.svd_merges --method tsv_m|iso_c|iso_cts --alpha 1.0 \
+        --experts DIR,DIR,... OUT
 
 - **TSV-M** (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
   Merging", CVPR 2025). Per weight matrix, each task matrix Delta_i = U_i S_i V_i^T is cut to its
@@ -29,9 +30,10 @@ decompositions go through the factors (Delta_i = B_i A_i, exact): QR of the two 
 the SVD of the small core, so no m x n SVD is ever taken. Tensors other than the adapters' 2-D
 projections are the base's (the adapters have no others).
 
-`--experts` (benchmarks/real/dense.py): Iso-C over full fine-tunes, whose task matrices
-(expert - base) are dense: the SVD of each 2-D tensor's sum is taken in full (r = min(m, n));
-the 1-D tensors (norm weights) get the mean of the experts' differences.
+`--experts` (benchmarks/real/dense.py): the same three over full fine-tunes, whose task
+matrices (expert - base) are dense, so r = min(m, n) as in the papers: Iso-C takes the SVD of
+each 2-D tensor's sum in full; TSV-M and Iso-CTS go through their factor forms with
+Delta_i = Delta_i @ I. The 1-D tensors (norm weights) get the mean of the experts' differences.
 """
 
 from __future__ import annotations
@@ -167,20 +169,28 @@ def iso_c_dense(deltas: list[torch.Tensor], alpha: float = 1.0) -> torch.Tensor:
     return (alpha * s.mean() * (u @ vh)).to(deltas[0].dtype)
 
 
+def dense_task_matrix(method: str, deltas: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """One merged 2-D update from full task matrices: Iso-C by iso_c_dense (r = min(m, n));
+    TSV-M and Iso-CTS by their factor forms with Delta_i = Delta_i @ I, whose numerical rank
+    is the full rank of a dense fine-tune's difference."""
+    if method == "iso_c":
+        return iso_c_dense(deltas, alpha)
+    eye = torch.eye(deltas[0].shape[1], dtype=deltas[0].dtype)
+    return METHODS[method]([(d, eye) for d in deltas], alpha)
+
+
 def dense_merge(base: Path, experts: list[Path], method: str, alpha: float, out: Path) -> dict:
-    """Iso-C over full checkpoints: every 2-D tensor base + iso_c_dense(expert - base); the 1-D
-    tensors (norm weights) base + the mean of the experts' differences."""
+    """An SVD merge of full checkpoints: every 2-D tensor base + dense_task_matrix(expert -
+    base); the 1-D tensors (norm weights) base + the mean of the experts' differences."""
     from safetensors.torch import load_file, save_file
 
-    if method != "iso_c":
-        raise SystemExit("--experts: only iso_c")
     state = load_file(str(base / "model.safetensors"))
     models = [load_file(str(e / "model.safetensors")) for e in experts]
     matrices = 0
     for name, w in state.items():
         deltas = [m[name] - w for m in models]
         if w.dim() == 2:
-            state[name] = w + iso_c_dense(deltas, alpha)
+            state[name] = w + dense_task_matrix(method, deltas, alpha)
             matrices += 1
         else:
             state[name] = w + torch.stack(deltas).mean(0)
@@ -198,7 +208,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--adapters", help="comma-separated PEFT adapter folders")
-    parser.add_argument("--experts", help="comma-separated full checkpoints (iso_c only)")
+    parser.add_argument("--experts", help="comma-separated full checkpoints")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     from benchmarks.real import lm
