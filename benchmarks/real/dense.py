@@ -46,9 +46,11 @@ GRIDS = {
     "dare_ties": [{"weight": w, "density": 0.5} for w in (0.3, 0.5)],
     # 4.0 and 5.0 added after 3.0, the top of the first grid, had the best calibration mean
     "iso_c": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)],
-    # 3-point grids: TSV-M around its paper's 1.0, Iso-CTS around Iso-C's chosen 4.0
-    "tsv_m": [{"alpha": a} for a in (0.5, 1.0, 1.5)],
-    "iso_cts": [{"alpha": a} for a in (2.0, 3.0, 4.0)],
+    # 3-point grids first: TSV-M around its paper's 1.0, Iso-CTS around Iso-C's chosen 4.0;
+    # TSV-M's 2.0 and 2.5 and Iso-CTS's 5.0 added after the top of each one's first grid had
+    # the best calibration mean
+    "tsv_m": [{"alpha": a} for a in (0.5, 1.0, 1.5, 2.0, 2.5)],
+    "iso_cts": [{"alpha": a} for a in (2.0, 3.0, 4.0, 5.0)],
 }
 SCRIPTED = ("iso_c", "tsv_m", "iso_cts")  # benchmarks/real/svd_merges.py --experts
 FW_METHODS = ("fw_defaults",)
@@ -188,6 +190,7 @@ def main() -> None:
             cost, pkg = done
             calib = merges.score(out, names, "calib")
             run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
+                   "threads": int(os.environ.get("BENCH_THREADS", "1")),
                    "calib_mean": merges.mean(calib),
                    "argv": argv}  # fmt: skip
             if method in FW_METHODS:

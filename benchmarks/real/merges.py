@@ -338,7 +338,6 @@ def main() -> None:
     result.setdefault("runs", {})
     result["targets"] = list(tasks.TARGETS)
     result["pools"] = POOLS
-    result["threads"] = int(os.environ.get("BENCH_THREADS", "1"))
     lora_cache = LORA_CACHE
 
     def save() -> None:
@@ -411,6 +410,7 @@ def main() -> None:
                 cost, pkg = done
                 calib = score(out, names, "calib")
                 run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
+                       "threads": int(os.environ.get("BENCH_THREADS", "1")),
                        "calib_mean": mean(calib),
                        "lora_cache_warm": None if method in FW_OPTIONS or method in SCRIPTED
                        else warm}  # fmt: skip

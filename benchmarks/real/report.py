@@ -269,15 +269,20 @@ def merge_section(mg: dict, ex: dict) -> list[str]:
                 + " | ".join(f"{v:.2f}" for v in own)
                 + f" | {sum(own) / len(own):.3f} | - | - |"
             )
-        lines += ["", "Every setting run (calibration mean; wall time; peak RSS):", ""]
-        lines += ["| merge | setting | calib mean | wall s | peak RSS MB | LoRA cache warm "
-                  "| package |", "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Every setting run (calibration mean; wall time and torch threads; peak RSS):",
+            "",
+        ]
+        lines += ["| merge | setting | calib mean | wall s | threads | peak RSS MB | LoRA cache "
+                  "warm | package |", "|---|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
         for method, runs in rows:
             for r in runs:
                 warm = r.get("lora_cache_warm")
                 lines.append(
                     f"| {_name(method)} | {_setting(method, r['setting'])} | "
-                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r.get('threads', 1)} | "
+                    f"{r['peak_rss_mb']:.0f} | "
                     f"{'-' if warm is None else ('yes' if warm else 'no (densifies)')} | "
                     f"{r.get('package') or 'checkout'} |"
                 )
@@ -548,11 +553,17 @@ def summary(mg: dict) -> list[str]:
             fw = methods[fm]
             if not ties:
                 continue
+            ft, tt = fw.get("threads", 1), ties.get("threads", 1)
+            ratio = (
+                f"FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x time, "
+                if ft == tt
+                else f"FW on {ft} torch threads, TIES on {tt}: no time ratio; FW / TIES "
+            )
             lines.append(
                 f"- Cost on `{pool}`, {_name(fm)}: {fw['wall_s']:.0f} s, peak RSS "
                 f"{fw['peak_rss_mb']:.0f} MB; TIES (chosen setting) {ties['wall_s']:.0f} s, "
-                f"{ties['peak_rss_mb']:.0f} MB: FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x "
-                f"time, {fw['peak_rss_mb'] / ties['peak_rss_mb']:.2f}x memory."
+                f"{ties['peak_rss_mb']:.0f} MB: {ratio}"
+                f"{fw['peak_rss_mb'] / ties['peak_rss_mb']:.2f}x memory."
             )
     lines.append(
         "- Wall times come from runs at different moments on a shared 2-core machine, with "
@@ -673,6 +684,10 @@ DENSE_NAMES = {"fw_defaults": "FW defaults", "task_arithmetic": "task arithmetic
                "iso_cts": "Iso-CTS"}  # fmt: skip
 
 
+# the SVD merges' first grids (points); benchmarks/real/dense.py's GRIDS extend some of them
+DENSE_FIRST_GRID = {"iso_c": 5, "tsv_m": 3, "iso_cts": 3}
+
+
 def _dense_setting(method: str, s: dict) -> str:
     if method == "fw_defaults":
         return f"{s['iterations']} iterations, {s['calib_per_task']} calib. samples per task"
@@ -743,23 +758,26 @@ def dense_section(dn: dict) -> list[str]:
                 + " | ".join(f"{v:.2f}" for v in own)
                 + f" | {sum(own) / len(own):.3f} | - | - | - |"
             )
-        lines += ["", "Every setting run (calibration mean; wall time; peak RSS):", "",
-                  "| merge | setting | calib mean | wall s | peak RSS MB |",
-                  "|---|---|---:|---:|---:|"]  # fmt: skip
+        lines += ["", "Every setting run (calibration mean; wall time and torch threads; peak "
+                  "RSS):", "", "| merge | setting | calib mean | wall s | threads | peak RSS MB |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
         for m in order:
             for r in runs[m]:
                 lines.append(
                     f"| {DENSE_NAMES.get(m, m)} | {_dense_setting(m, r['setting'])} | "
-                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+                    f"{r['calib_mean']:.3f} | {r['wall_s']:.0f} | {r.get('threads', 1)} | "
+                    f"{r['peak_rss_mb']:.0f} |"
                 )
-        iso = sorted(r["setting"]["alpha"] for r in runs.get("iso_c", []))
-        if len(iso) > 5:  # the grid was extended once its top had the best calibration mean
-            lines += [
-                "",
-                f"Iso-C's grid was {', '.join(f'{a:g}' for a in iso[:5])} first; "
-                f"{', '.join(f'{a:g}' for a in iso[5:])} ran in a second command because "
-                f"{iso[4]:g}, its top, had the best calibration mean.",
-            ]
+        for m, first in DENSE_FIRST_GRID.items():
+            alphas = sorted(r["setting"]["alpha"] for r in runs.get(m, []))
+            if len(alphas) > first:  # extended once its top had the best calibration mean
+                lines += [
+                    "",
+                    f"{DENSE_NAMES[m]}'s grid was {', '.join(f'{a:g}' for a in alphas[:first])} "
+                    f"first; {', '.join(f'{a:g}' for a in alphas[first:])} ran in a second "
+                    f"command because {alphas[first - 1]:g}, its top, had the best calibration "
+                    "mean.",
+                ]
         fw = runs.get("fw_defaults")
         if fw:
             f = chosen(fw).get("fw", {})
@@ -876,7 +894,10 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | 
         "python -m benchmarks.real.merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
         "    --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only",
         "python -m benchmarks.real.merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8",
-        "python -m benchmarks.real.merges --pools rel2,rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
+        "python -m benchmarks.real.merges --pools rel2 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
+        "    --ta-weights 0.2,0.3,0.6,1.0 --ties-grid 0.3:0.5 --alphas iso_c:0.5,0.7,1.0,1.5,2.0 \\",
+        "    --alphas iso_cts:0.5,0.7,1.0,1.5,2.0 --alphas tsv_m:0.3,0.45,0.6,1.0,1.5 --test-best-only",
+        "python -m benchmarks.real.merges --pools rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
         "    --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \\",
         "    --alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only",
         "python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
@@ -968,6 +989,15 @@ def not_done(
             "FW-soft not run: each of its iterations fits the coefficients with `inner_steps` "
             "(20) forward and backward passes over the calibration set, about 10x an FW "
             "defaults iteration."
+        )
+    if {"rel2", "rel6"} <= set(tab):
+        lines.append(
+            "- The relevance curve is cut to the CPU: one FW budget (20 iterations, 8 "
+            "calibration samples per task); on `rel2` and `rel6` the baselines are task "
+            "arithmetic, TIES (its setting chosen on `targets4`), TSV-M, Iso-C and Iso-CTS on "
+            "3-5 point grids (the first grids' edges won on `rel2`, so its grids were extended "
+            "past them; the tables list every setting), the other stock methods and peft not "
+            "run there; only the baseline with the best calibration mean scored on test."
         )
     lines += [
         "- Grids: the stock methods other than task arithmetic and TIES ran 1-2 settings each "
