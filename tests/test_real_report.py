@@ -1,8 +1,8 @@
-"""The real tier's page (benchmarks/real/report.py): the relevance curve's rows."""
+"""The real tier's page (benchmarks/real/report.py): the relevance curve and FW-soft lines."""
 
 import pytest
 
-from benchmarks.real.report import relevance_summary
+from benchmarks.real.report import relevance_summary, soft_lines
 
 pytestmark = pytest.mark.unit
 
@@ -36,3 +36,20 @@ def test_relevance_curve_compares_fw_with_the_baseline_chosen_on_calibration():
 def test_no_relevance_section_without_its_own_pools():
     tab = {"targets4": {"fw_defaults@20:8": _run(0.8, 0.8)}, "table1": {}}
     assert relevance_summary(tab) == []
+
+
+def test_fw_soft_is_compared_with_fw_defaults_at_its_own_budget_only():
+    def fw(test, loss, wall):
+        return {**_run(0.9, test), "fw": {"final_loss": loss}, "wall_s": wall, "threads": 2}
+
+    tab = {
+        "rel2": {
+            "fw_soft@10:8": fw(0.86, 0.5, 900.0),
+            "fw_defaults@10:8": fw(0.85, 0.6, 100.0),
+            "fw_defaults@20:8": fw(0.87, 0.4, 160.0),
+        },
+        "targets4": {"fw_soft@10:16": fw(0.8, 0.4, 1.0)},  # no FW defaults at 10:16 there
+    }
+    lines = [ln for ln in soft_lines(tab) if ln]
+    assert len(lines) == 1
+    assert "0.860 / 0.850" in lines[0] and "900 s / 100 s (9.0x" in lines[0]

@@ -546,6 +546,7 @@ def summary(mg: dict) -> list[str]:
     lines += why_lines(tab, pools, fw_cols)
     lines += table1_summary(tab)
     lines += relevance_summary(tab)
+    lines += soft_lines(tab)
     for pool in [*pools, TABLE1]:
         methods = tab.get(pool, {})
         ties = methods.get("ties")
@@ -634,6 +635,26 @@ def table1_summary(tab: dict) -> list[str]:
                     f"{r['test_mean'] - bb[1]['test_mean']:+.3f}."
                 )
     return lines + [""]
+
+
+def soft_lines(tab: dict) -> list[str]:
+    """FW-soft against FW defaults at the same budget on the same pool, where both ran."""
+    lines = []
+    for pool, methods in tab.items():
+        for m, soft in methods.items():
+            hard = methods.get(m.replace("fw_soft@", "fw_defaults@"))
+            if not m.startswith("fw_soft@") or not hard or "test_mean" not in soft:
+                continue
+            lines.append(
+                f"- FW-soft against FW defaults on `{pool}`, both "
+                f"{_name(m).removeprefix('FW-soft ')}: test mean {soft['test_mean']:.3f} / "
+                f"{hard['test_mean']:.3f}, final calibration loss "
+                f"{soft['fw']['final_loss']:.3f} / {hard['fw']['final_loss']:.3f}, merge command "
+                f"{soft['wall_s']:.0f} s / {hard['wall_s']:.0f} s "
+                f"({soft['wall_s'] / hard['wall_s']:.1f}x; {soft.get('threads', 1)} / "
+                f"{hard.get('threads', 1)} torch threads)."
+            )
+    return lines + [""] if lines else []
 
 
 RELEVANCE_FW = "fw_defaults@20:8"  # the relevance curve's FW budget (table1's best)
