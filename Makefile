@@ -81,6 +81,7 @@ bench-real: install
 	$(REAL).merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8
 	$(REAL).merges --pools rel2 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL2)
 	$(REAL).merges --pools rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_REL)
+	$(REAL).merges --pools rel2 --methods fw_defaults,fw_soft --fw-budgets 10:8
 	$(REAL).lmeval --pool targets4
 	$(REAL).dense --cross
 	$(BIN)/python -m benchmarks.real.report

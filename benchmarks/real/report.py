@@ -921,6 +921,7 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | 
         "python -m benchmarks.real.merges --pools rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
         "    --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \\",
         "    --alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only",
+        "python -m benchmarks.real.merges --pools rel2 --methods fw_defaults,fw_soft --fw-budgets 10:8",
         "python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
         "python -m benchmarks.real.report                   # this page",
         "```",
