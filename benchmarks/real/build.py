@@ -66,7 +66,7 @@ def main() -> None:
         "matrix": dict(old.get("matrix", {})) if same else {},
         "tasks": list(tasks.TASKS), "targets": list(tasks.TARGETS),
         "splits": {"train": tasks.N_TRAIN, "calib": tasks.N_CALIB, "test": tasks.N_TEST},
-        "threads": int(os.environ.get("BENCH_THREADS", "1")),
+        "threads": lm.thread_count(),
     }  # fmt: skip
 
     def save() -> None:

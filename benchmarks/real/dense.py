@@ -124,7 +124,7 @@ def main() -> None:
         "command": "python -m benchmarks.real.dense " + " ".join(sys.argv[1:]),
         "model": "SmolLM2-135M-Instruct (the real tier's base), every parameter fine-tuned",
         "training": hyper, "targets": list(tasks.TARGETS), "pool": POOL,
-        "threads": int(os.environ.get("BENCH_THREADS", "1")),
+        "threads": lm.thread_count(),
     })  # fmt: skip
     result.setdefault("experts", {})
     result.setdefault("runs", {})
@@ -190,7 +190,7 @@ def main() -> None:
             cost, pkg = done
             calib = merges.score(out, names, "calib")
             run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
-                   "threads": int(os.environ.get("BENCH_THREADS", "1")),
+                   "threads": lm.thread_count(),
                    "calib_mean": merges.mean(calib),
                    "argv": argv}  # fmt: skip
             if method in FW_METHODS:

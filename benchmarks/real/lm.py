@@ -22,8 +22,13 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 IGNORE = -100
 
 
+def thread_count() -> int:
+    """BENCH_THREADS: the torch (and merge commands' OMP) threads of a benchmark run."""
+    return int(os.environ.get("BENCH_THREADS", "1"))
+
+
 def threads() -> None:
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    torch.set_num_threads(thread_count())
 
 
 def base_dir() -> Path:

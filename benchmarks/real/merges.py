@@ -198,7 +198,7 @@ def merge_argv(method: str, pool: list[str], setting: dict, folder: Path) -> lis
 
 def run_command(argv: list[str], log: Path) -> dict:
     """Wall time and peak RSS (ru_maxrss of the child) of one CLI command."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1"),
+    env = {**os.environ, "OMP_NUM_THREADS": str(lm.thread_count()),
            "MERGEKIT_FW_PROGRESS": "lines"}  # fmt: skip
     started = time.perf_counter()
     with open(log, "w") as handle:
@@ -410,7 +410,7 @@ def main() -> None:
                 cost, pkg = done
                 calib = score(out, names, "calib")
                 run = {"setting": setting, "recipe": text, **cost, "package": pkg, "calib": calib,
-                       "threads": int(os.environ.get("BENCH_THREADS", "1")),
+                       "threads": lm.thread_count(),
                        "calib_mean": mean(calib),
                        "lora_cache_warm": None if method in FW_OPTIONS or method in SCRIPTED
                        else warm}  # fmt: skip

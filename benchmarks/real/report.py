@@ -678,6 +678,7 @@ def relevance_summary(tab: dict) -> list[str]:
         f"{_name(RELEVANCE_FW)} | baseline chosen on calibration | FW - baseline |",
         "|---:|---|---:|---:|---|---:|",
     ]
+    k = int(RELEVANCE_FW.split(":")[1])  # calibration samples per task given to FW
     for pool in pts:
         methods = tab[pool]
         n = len(POOLS[pool])
@@ -695,7 +696,6 @@ def relevance_summary(tab: dict) -> list[str]:
             if fw and "test_mean" in fw and "test_mean" in br
             else "-"
         )
-        k = int(RELEVANCE_FW.split(":")[1])
         lines.append(f"| {n} | `{pool}` | {k} x {n} = {k * n} | {fw_cell} | {b_cell} | {gap} |")
     return lines + [""]
 
