@@ -1,8 +1,8 @@
-"""The real tier's page (benchmarks/real/report.py): the relevance curve and FW-soft lines."""
+"""The real tier's page (benchmarks/real/report.py): relevance curve, FW-soft lines, commands."""
 
 import pytest
 
-from benchmarks.real.report import relevance_summary, soft_lines
+from benchmarks.real.report import make_commands, relevance_summary, soft_lines
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +53,42 @@ def test_fw_soft_is_compared_with_fw_defaults_at_its_own_budget_only():
     lines = [ln for ln in soft_lines(tab) if ln]
     assert len(lines) == 1
     assert "0.860 / 0.850" in lines[0] and "900 s / 100 s (9.0x" in lines[0]
+
+
+MAKEFILE = """\
+REAL_PKG := $(CURDIR)/snap
+REAL := PYTHONPATH=$(REAL_PKG) nice -n 10 $(BIN)/python -m benchmarks.real
+REAL_GRID := --ta-weights 0.2,0.3 \\
+\t--alphas iso_c:1.0,1.5,2.0 --test-best-only
+
+.PHONY: bench-real
+bench-real: install
+\t$(BIN)/pip install -q gguf
+\tgit archive HEAD mergekit_fw | tar -x -C $(REAL_PKG)
+\t$(REAL).merges --pools rel2 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_GRID) \\
+\t\t--alphas iso_cts:0.5,0.7,1.0,1.5,2.0 --alphas tsv_m:0.3,0.45,0.6,1.0,1.5
+\t$(BIN)/python -m benchmarks.real.report
+
+other:
+\techo not this one
+"""
+
+
+def test_reproduce_block_is_the_makefile_target_as_a_user_types_it(tmp_path):
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(MAKEFILE)
+    lines = make_commands("bench-real", makefile)
+    assert lines[0] == "pip install -q gguf"
+    assert not any("archive" in ln or "REAL_PKG" in ln or "echo" in ln for ln in lines)
+    assert lines[-1] == "python -m benchmarks.real.report"
+    merge = lines[1:-1]
+    assert merge[0].startswith("python -m benchmarks.real.merges --pools rel2 ")
+    # continuations joined, variables expanded, broken again before an option, within 100
+    assert all(ln.endswith(" \\") for ln in merge[:-1]) and all(len(ln) <= 100 for ln in merge)
+    assert all(ln.startswith("    --") for ln in merge[1:])
+    words = " ".join(ln.removesuffix(" \\").strip() for ln in merge).split()
+    assert words[3:] == [
+        "--pools", "rel2", "--methods", "iso_c,iso_cts,tsv_m,task_arithmetic,ties",
+        "--ta-weights", "0.2,0.3", "--alphas", "iso_c:1.0,1.5,2.0", "--test-best-only",
+        "--alphas", "iso_cts:0.5,0.7,1.0,1.5,2.0", "--alphas", "tsv_m:0.3,0.45,0.6,1.0,1.5",
+    ]  # fmt: skip

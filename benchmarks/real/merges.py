@@ -101,11 +101,13 @@ FULL_GRID = ("task_arithmetic", "ties")  # their whole grid on every pool (--cho
 # FW's methods: the recipe options each one sets besides the budget (iterations, calibration
 # samples per task). `frank_wolfe` (5 / 8) and `frank_wolfe_step` (step given by --fw-step) are
 # the earlier runs; `fw_defaults` is the package's defaults at the commit the run imports
-# (since 6ddb0de: step quadratic) and `fw_soft` changes only `variant: soft`. fw_defaults and
-# fw_soft take their budgets from --fw-budgets and score every budget on test.
+# (since 6ddb0de: step quadratic), `fw_soft` changes only `variant: soft`, and `fw_hard` is
+# the paper's FW-hard: its set (the hull conv{base, adapters}) from its start (the base). These
+# take their budgets from --fw-budgets and score every budget on test.
 FW_OPTIONS = {"frank_wolfe": {}, "frank_wolfe_step": {}, "fw_defaults": {},
-              "fw_soft": {"variant": "soft"}, "fw_pairwise": {"fw_steps": "pairwise"}}  # fmt: skip
-FW_EVERY_BUDGET = ("fw_defaults", "fw_soft", "fw_pairwise")
+              "fw_soft": {"variant": "soft"}, "fw_pairwise": {"fw_steps": "pairwise"},
+              "fw_hard": {"constraint": "hull", "init": "base"}}  # fmt: skip
+FW_EVERY_BUDGET = ("fw_defaults", "fw_soft", "fw_pairwise", "fw_hard")
 METHODS = ["fw_defaults", *GRIDS]  # the default --methods
 PER_MODEL = ("weight", "density", "gamma", "epsilon")
 # FW's budget on that machine: 5 iterations (the README's example recipe has 10), the first

