@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.real.report import make_commands, relevance_summary, soft_lines
+from benchmarks.real.report import make_commands, relevance_summary, soft_lines, table1_summary
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +92,24 @@ def test_reproduce_block_is_the_makefile_target_as_a_user_types_it(tmp_path):
         "--ta-weights", "0.2,0.3", "--alphas", "iso_c:1.0,1.5,2.0", "--test-best-only",
         "--alphas", "iso_cts:0.5,0.7,1.0,1.5,2.0", "--alphas", "tsv_m:0.3,0.45,0.6,1.0,1.5",
     ]  # fmt: skip
+
+
+def _fw(iterations: int, samples: int, calib: float, test: float) -> dict:
+    return {"setting": {"iterations": iterations, "calib_per_task": samples},
+            "calib_mean": calib, "test_mean": test, "wall_s": 1.0, "peak_rss_mb": 1.0,
+            "calib": {"add": calib}, "fw": {"losses": [3.0, 2.0], "final_loss": 2.0}}  # fmt: skip
+
+
+def test_table1_budgets_with_equal_iterations_are_told_in_the_order_they_ran():
+    tab = {"table1": {
+        "fw_defaults@20:16": _fw(20, 16, 0.6, 0.58),
+        "fw_defaults@10:8": _fw(10, 8, 0.45, 0.45),
+        "fw_defaults@20:8": _fw(20, 8, 0.54, 0.52),
+        "iso_c": {"setting": {"alpha": 1.5}, "calib_mean": 0.5, "test_mean": 0.48,
+                  "wall_s": 1.0, "peak_rss_mb": 1.0, "calib": {"add": 0.5}},
+    }}  # fmt: skip
+    text = "\n".join(table1_summary(tab))
+    budget = next(ln for ln in text.splitlines() if ln.startswith("- FW's budgets"))
+    assert budget.index("(10 it., 8/task) came first") < budget.index("so (20 it., 8/task)")
+    assert "Then (20 it., 16/task): more samples per task" in budget
+    assert "- FW defaults (20 it., 16/task) - best baseline (Iso-C): +0.100." in text

@@ -616,20 +616,27 @@ def table1_summary(tab: dict) -> list[str]:
         )
     lines.append("")
     budgets = sorted(
-        (r["setting"]["iterations"], r) for m, r in rows if m.startswith("fw_defaults@")
+        ((m, r) for m, r in rows if m.startswith("fw_defaults@")),
+        key=lambda mr: (mr[1]["setting"]["iterations"], mr[1]["setting"]["calib_per_task"]),
     )
     if len(budgets) > 1:
         first = budgets[0][1]
         cal = max((r["calib_mean"] for m, r in rows if not is_fw(m)), default=None)
         lines.append(
-            f"- FW's budgets: the {budgets[0][0]}-iteration run came first; its calibration "
-            f"mean ({first['calib_mean']:.3f}) was below the best baseline's"
+            f"- FW's budgets: {_name(budgets[0][0]).removeprefix('FW defaults ')} came first; "
+            f"its calibration mean ({first['calib_mean']:.3f}) was below the best baseline's"
             + (f" ({cal:.3f})" if cal is not None else "")
             + f" with its calibration loss still falling ({first['fw']['losses'][-2]:.2f} -> "
             f"{first['fw']['losses'][-1]:.2f} nats/sample over the last iteration), so "
-            + ", ".join(f"{it}" for it, _ in budgets[1:])
-            + " iterations ran next (a choice made on these calibration figures; the first "
-            "run's test mean was known by then)."
+            f"{_name(budgets[1][0]).removeprefix('FW defaults ')} ran next (a choice made on "
+            "these calibration figures; the first run's test mean was known by then)."
+            + "".join(
+                f" Then {_name(m).removeprefix('FW defaults ')}: more samples per task, "
+                "because on the Table 3 analogue twice the samples per task closed the "
+                "larger pools' drop."
+                for m, r in budgets[2:]
+                if r["setting"]["calib_per_task"] > first["setting"]["calib_per_task"]
+            )
         )
     bb = best_baseline(methods)
     if bb:
