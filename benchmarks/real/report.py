@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 
 from benchmarks.real import tasks
-from benchmarks.real.lm import RESULTS
+from benchmarks.real.lm import MODELS
 from benchmarks.real.merges import POOLS, RELEVANCE
 
+RESULTS = MODELS["smollm2"].results  # the page is about SmolLM2 whatever REAL_MODEL says
+SECOND = MODELS["gemma3"]  # the second architecture, a section of its own
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MAKEFILE = DOCS.parent / "Makefile"
 # how the page spells the Makefile's variables: the snapshot lines are said in words above the
@@ -75,7 +77,9 @@ def _name(method: str) -> str:
 def _setting(method: str, s: dict) -> str:
     if is_fw(method):
         text = f"{s['iterations']} iterations, {s['calib_per_task']} calib. samples per task"
-        return text + (f", step {s['step']}" if s.get("step") else "")
+        return text + "".join(
+            f", {k} {v}" for k, v in s.items() if k not in ("iterations", "calib_per_task")
+        )
     return ", ".join(f"{k} {str(v).lower()}" for k, v in s.items()) or "-"
 
 
@@ -138,7 +142,7 @@ def best_baseline(methods: dict[str, dict]) -> tuple[str, dict] | None:
     return m, scored[m]
 
 
-def expert_section(ex: dict) -> list[str]:
+def expert_section(ex: dict, end: str = "<|im_end|>") -> list[str]:
     names = ex["tasks"]
     st = ex["stages"]
     tr = ex["training"]
@@ -177,7 +181,7 @@ def expert_section(ex: dict) -> list[str]:
         "## Every expert on every task",
         "",
         f"Greedy exact match on the {ex['splits']['test']} test inputs of each task (bold: the "
-        "adapter's own task). The answer must be followed by `<|im_end|>`.",
+        f"adapter's own task). The answer must be followed by `{end}`.",
         "",
         "| model | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
@@ -247,6 +251,12 @@ def merge_section(mg: dict, ex: dict) -> list[str]:
         "RSS: the child's `ru_maxrss`).",
         "",
     ]
+    return lines + pool_tables(mg, ex)
+
+
+def pool_tables(mg: dict, ex: dict) -> list[str]:
+    """Per pool: each method's chosen setting on test, every setting run, FW's losses."""
+    lines: list[str] = []
     pools = list(mg["pools"]) + [p for p in table(mg) if p not in mg["pools"]]
     for pool in pools:
         rows = pool_rows(mg, pool)
@@ -848,6 +858,56 @@ def dense_section(dn: dict) -> list[str]:
     return lines
 
 
+def _demote(lines: list[str]) -> list[str]:
+    return ["#" + ln if ln.startswith("##") else ln for ln in lines]
+
+
+def second_model_section(ex: dict | None, mg: dict | None) -> list[str]:
+    """Gemma-3-270m (REAL_MODEL=gemma3): its build and merges, from its own results folder."""
+    if not ex and not mg:
+        return []
+    facts = (
+        " (Gemma3ForCausalLM: 18 layers, hidden 640, 4 heads / 1 KV head, head dim 256, "
+        "vocabulary 262,144, tied embeddings; "
+        f"{ex['params'] / 1e6:.1f}M parameters; the pretrained base model, not the "
+        "instruction-tuned one; Gemma terms of use)"
+        if ex and ex.get("params")
+        else ""
+    )
+    lines = [
+        f"## Second architecture: {SECOND.title}",
+        "",
+        f"The same tasks, data and adapter training on {SECOND.title}{facts}, as shipped "
+        f"inside `{SECOND.install.split()[2]}` as a Q4_K_M GGUF (`{SECOND.install}`), "
+        f"dequantised the same way into `$BENCH_CACHE/{SECOND.cache}`. Its GGUF has no chat "
+        "template: the build gives the tokenizer Gemma's turn format (`<start_of_turn>user "
+        "... <end_of_turn>`, the system message opening the user turn) and ends answers with "
+        f"`{SECOND.eos_token}`. Every command of this section is the SmolLM2 one with "
+        f"`REAL_MODEL=gemma3`; results in `benchmarks/real/results/{SECOND.results.name}/`. "
+        "`make bench-real-gemma` runs:",
+        "",
+        "```",
+        *make_commands("bench-real-gemma"),
+        "```",
+        "",
+    ]
+    if ex:
+        lines += _demote(expert_section(ex, SECOND.eos_token)) + [""]
+    if mg:
+        tab = table(mg)
+        for pool, methods in tab.items():
+            bb = best_baseline(methods)
+            for m, r in methods.items():
+                if m.startswith("fw_defaults@") and bb and "test_mean" in r:
+                    lines.append(
+                        f"- `{pool}`: {_name(m)} {r['test_mean']:.3f} against the best "
+                        f"baseline, {_name(bb[0])} {bb[1]['test_mean']:.3f}: "
+                        f"{_delta(r['test_mean'] - bb[1]['test_mean'])}."
+                    )
+        lines += [""] + _demote(pool_tables(mg, ex or {"matrix": {}}))
+    return lines
+
+
 def _logical_lines(text: str) -> list[str]:
     """The Makefile's lines with backslash continuations joined."""
     out: list[str] = []
@@ -897,15 +957,23 @@ def make_commands(target: str, makefile: Path = MAKEFILE) -> list[str]:
         command = line.strip()
         if "$(REAL_PKG)" in command:
             continue
-        for name, spelling in MAKE_SPELLING.items():
-            command = command.replace(name, spelling)
-        for name, value in defs.items():
-            command = command.replace(name, value)
+        while "$(" in command:  # a variable may name another
+            before = command
+            for name, spelling in [*MAKE_SPELLING.items(), *defs.items()]:
+                command = command.replace(name, spelling)
+            if command == before:
+                raise ValueError(f"{makefile}: {target}: an unknown variable in {command!r}")
         commands += _wrap(command)
     return commands
 
 
-def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | None = None) -> str:
+def render(
+    ex: dict | None,
+    mg: dict | None,
+    lv: dict | None = None,
+    dn: dict | None = None,
+    second: tuple[dict | None, dict | None] = (None, None),
+) -> str:
     lines = [
         "# Real pretrained LLM tier: SmolLM2-135M-Instruct and its LoRA adapters",
         "",
@@ -966,6 +1034,7 @@ def render(ex: dict | None, mg: dict | None, lv: dict | None = None, dn: dict | 
         lines += lmeval_section(lv)
     if dn:
         lines += dense_section(dn)
+    lines += second_model_section(*second)
     lines += [
         "## Reproduce",
         "",
@@ -1130,10 +1199,10 @@ def lmeval_section(lv: dict) -> list[str]:
     return lines
 
 
-def load_merges() -> dict | None:
+def load_merges(results: Path = RESULTS) -> dict | None:
     """merges*.json: one file per `merges` command (commands may run side by side)."""
     merges = None
-    for path in sorted(RESULTS.glob("merges*.json")):
+    for path in sorted(results.glob("merges*.json")):
         part = json.loads(path.read_text())
         if merges is None:
             merges = {**part, "runs": {}}
@@ -1157,13 +1226,19 @@ def section() -> list[str]:
     return head + summary(merges)[2:]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DOCS / "benchmarks_real.md")
-    args = parser.parse_args()
-    load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
+    args = parser.parse_args(argv)
+
+    def load(name: str, results: Path = RESULTS) -> dict | None:
+        return json.loads((results / name).read_text()) if (results / name).exists() else None
+
+    second = (load("experts.json", SECOND.results), load_merges(SECOND.results))
     args.out.write_text(
-        render(load("experts.json"), load_merges(), load("lmeval.json"), load("dense.json"))
+        render(
+            load("experts.json"), load_merges(), load("lmeval.json"), load("dense.json"), second
+        )  # fmt: skip
     )
     print(f"wrote {args.out}")
 
