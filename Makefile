@@ -76,7 +76,7 @@ bench-real: install
 	$(REAL).merges --pools all8 --fw-budgets 10:16,10:32 --chosen-from targets4
 	$(REAL).merges --pools targets6,all8_noise --chosen-from targets4 --fw-budgets 10:16,10:32 \
 		--methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts
-	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8,20:16
+	$(REAL).merges --pools table1 --methods fw_defaults --fw-budgets 10:8,20:8
 	$(REAL).merges --pools table1 --methods fw_hard,fw_soft --fw-budgets 10:8
 	$(REAL).merges --pools table1 --methods iso_c,iso_cts,tsv_m,task_arithmetic,ties $(REAL_T1)
 	$(REAL).merges --pools rel2,targets4,rel6 --methods fw_defaults --fw-budgets 20:8
