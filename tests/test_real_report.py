@@ -53,7 +53,10 @@ def test_fw_soft_is_compared_with_fw_defaults_at_its_own_budget_only():
     }
     lines = [ln for ln in soft_lines(tab) if ln]
     assert len(lines) == 1
-    assert "0.860 / 0.850" in lines[0] and "900 s / 100 s (9.0x" in lines[0]
+    assert "0.860 / 0.850" in lines[0] and "900 s / 100 s (9.0x; both on 2" in lines[0]
+    tab["rel2"]["fw_defaults@10:8"]["threads"] = 1  # no ratio across thread counts
+    line = next(ln for ln in soft_lines(tab) if ln)
+    assert "900 s / 100 s (on 2 / 1 torch threads: no time ratio)" in line and "9.0x" not in line
 
 
 MAKEFILE = """\

@@ -648,6 +648,19 @@ def table1_summary(tab: dict) -> list[str]:
                 if r["setting"]["calib_per_task"] > first["setting"]["calib_per_task"]
             )
         )
+    hull = [(m, r) for m, r in rows if m.startswith("fw_hard@")]
+    for m, r in hull:
+        same = methods.get(m.replace("fw_hard@", "fw_defaults@"))
+        lines.append(
+            f"- {_name(m)} stays in conv{{base, adapters}}: in every tensor the adapters' "
+            "weights sum to at most 1, so it can only average the task vectors; its final "
+            f"calibration loss is {r['fw']['final_loss']:.2f} nats/sample"
+            + (
+                f" against FW defaults' {same['fw']['final_loss']:.2f} at the same budget."
+                if same
+                else "."
+            )
+        )
     bb = best_baseline(methods)
     if bb:
         for m, r in rows:
@@ -672,9 +685,12 @@ def soft_lines(tab: dict) -> list[str]:
                 f"{_name(m).removeprefix('FW-soft ')}: test mean {soft['test_mean']:.3f} / "
                 f"{hard['test_mean']:.3f}, final calibration loss "
                 f"{soft['fw']['final_loss']:.3f} / {hard['fw']['final_loss']:.3f}, merge command "
-                f"{soft['wall_s']:.0f} s / {hard['wall_s']:.0f} s "
-                f"({soft['wall_s'] / hard['wall_s']:.1f}x; {soft.get('threads', 1)} / "
-                f"{hard.get('threads', 1)} torch threads)."
+                f"{soft['wall_s']:.0f} s / {hard['wall_s']:.0f} s ("
+                + (
+                    f"{soft['wall_s'] / hard['wall_s']:.1f}x; both on {st} torch threads)."
+                    if (st := soft.get("threads", 1)) == (ht := hard.get("threads", 1))
+                    else f"on {st} / {ht} torch threads: no time ratio)."
+                )
             )
     return lines + [""] if lines else []
 
