@@ -142,6 +142,24 @@ def best_baseline(methods: dict[str, dict]) -> tuple[str, dict] | None:
     return m, scored[m]
 
 
+def budgets_of(methods: dict[str, dict], base: str = "fw_defaults") -> list[str]:
+    """A pool's `base@iterations:samples` rows, by iterations, then samples per task."""
+    return sorted(
+        (m for m in methods if m.startswith(f"{base}@")),
+        key=lambda m: tuple(int(x) for x in m.split("@")[1].split(":")),
+    )
+
+
+def at_defaults_budget(methods: dict[str, dict], method: str) -> dict | None:
+    """FW defaults' run at the budget of `method` (`fw_soft@10:8` -> `fw_defaults@10:8`)."""
+    return methods.get("fw_defaults@" + method.partition("@")[2])
+
+
+def time_ratio(a: dict, b: dict) -> float | None:
+    """a's wall time over b's; None where they ran on different torch thread counts."""
+    return a["wall_s"] / b["wall_s"] if a.get("threads", 1) == b.get("threads", 1) else None
+
+
 def expert_section(ex: dict, end: str = "<|im_end|>", crowded: bool = True) -> list[str]:
     names = ex["tasks"]
     st = ex["stages"]
@@ -578,11 +596,12 @@ def summary(mg: dict) -> list[str]:
             fw = methods[fm]
             if not ties:
                 continue
-            ft, tt = fw.get("threads", 1), ties.get("threads", 1)
+            x = time_ratio(fw, ties)
             ratio = (
-                f"FW / TIES {fw['wall_s'] / ties['wall_s']:.1f}x time, "
-                if ft == tt
-                else f"FW on {ft} torch threads, TIES on {tt}: no time ratio; FW / TIES "
+                f"FW / TIES {x:.1f}x time, "
+                if x is not None
+                else f"FW on {fw.get('threads', 1)} torch threads, TIES on "
+                f"{ties.get('threads', 1)}: no time ratio; FW / TIES "
             )
             lines.append(
                 f"- Cost on `{pool}`, {_name(fm)}: {fw['wall_s']:.0f} s, peak RSS "
@@ -634,10 +653,7 @@ def table1_summary(tab: dict) -> list[str]:
             + f" | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     lines.append("")
-    budgets = sorted(
-        ((m, r) for m, r in rows if m.startswith("fw_defaults@")),
-        key=lambda mr: (mr[1]["setting"]["iterations"], mr[1]["setting"]["calib_per_task"]),
-    )
+    budgets = [(m, methods[m]) for m in budgets_of(methods)]
     if len(budgets) > 1:
         first = budgets[0][1]
         cal = max((r["calib_mean"] for m, r in rows if not is_fw(m)), default=None)
@@ -657,9 +673,8 @@ def table1_summary(tab: dict) -> list[str]:
                 if r["setting"]["calib_per_task"] > first["setting"]["calib_per_task"]
             )
         )
-    hull = [(m, r) for m, r in rows if m.startswith("fw_hard@")]
-    for m, r in hull:
-        same = methods.get(m.replace("fw_hard@", "fw_defaults@"))
+    for m in budgets_of(methods, "fw_hard"):
+        r, same = methods[m], at_defaults_budget(methods, m)
         lines.append(
             f"- {_name(m)} stays in conv{{base, adapters}}: in every tensor the adapters' "
             "weights sum to at most 1, so it can only average the task vectors; its final "
@@ -686,9 +701,10 @@ def soft_lines(tab: dict) -> list[str]:
     lines = []
     for pool, methods in tab.items():
         for m, soft in methods.items():
-            hard = methods.get(m.replace("fw_soft@", "fw_defaults@"))
+            hard = at_defaults_budget(methods, m)
             if not m.startswith("fw_soft@") or not hard or "test_mean" not in soft:
                 continue
+            x = time_ratio(soft, hard)
             lines.append(
                 f"- FW-soft against FW defaults on `{pool}`, both "
                 f"{_name(m).removeprefix('FW-soft ')}: test mean {soft['test_mean']:.3f} / "
@@ -696,9 +712,10 @@ def soft_lines(tab: dict) -> list[str]:
                 f"{soft['fw']['final_loss']:.3f} / {hard['fw']['final_loss']:.3f}, merge command "
                 f"{soft['wall_s']:.0f} s / {hard['wall_s']:.0f} s ("
                 + (
-                    f"{soft['wall_s'] / hard['wall_s']:.1f}x; both on {st} torch threads)."
-                    if (st := soft.get("threads", 1)) == (ht := hard.get("threads", 1))
-                    else f"on {st} / {ht} torch threads: no time ratio)."
+                    f"{x:.1f}x; both on {soft.get('threads', 1)} torch threads)."
+                    if x is not None
+                    else f"on {soft.get('threads', 1)} / {hard.get('threads', 1)} torch "
+                    "threads: no time ratio)."
                 )
             )
     return lines + [""] if lines else []
@@ -1160,11 +1177,7 @@ def not_done(
         )
     if TABLE1 in tab:
         runs = tab[TABLE1]
-        budgets = sorted(
-            (m for m in runs if m.startswith("fw_defaults@")),
-            key=lambda m: [int(x) for x in m.split("@")[1].split(":")],
-        )
-        soft = [m for m in runs if m.startswith("fw_soft@")]
+        budgets, soft = budgets_of(runs), budgets_of(runs, "fw_soft")
         lines.append(
             f"- `{TABLE1}` (Table 1 analogue) is cut to the CPU: FW defaults at "
             + ", ".join(_name(m).removeprefix("FW defaults ") for m in budgets)
